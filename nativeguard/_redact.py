@@ -1,0 +1,47 @@
+"""Keep secrets out of everything nativeguard records, prints or raises."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["REDACTED", "SECRET_HEADERS", "redact_headers", "redact_text"]
+
+REDACTED = "<redacted>"
+
+SECRET_HEADERS = frozenset(
+    {
+        "ocp-apim-subscription-key",
+        "authorization",
+        "x-identity-header",
+        "x-identity-secret",
+        "secret",
+        "cookie",
+        "set-cookie",
+    }
+)
+
+# key=value / "key": "value" / Bearer tokens in free text (URLs, error details, reprs).
+_SECRET_TEXT = re.compile(
+    r"(?i)(?P<name>subscription[-_ ]?key|ocp-apim-subscription-key|authorization[-_ ]?token|"
+    r"access[-_]token|client[-_]secret|identity[-_]header|x-identity-header|password|secret)"
+    r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',;&}]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/#=-]+")
+
+
+def redact_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Copy headers with lower-cased names, masking every secret-bearing value."""
+    return {
+        name.lower(): (REDACTED if name.lower() in SECRET_HEADERS else value)
+        for name, value in items
+    }
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask known secret values and anything shaped like a credential in ``text``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _SECRET_TEXT.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)

@@ -1,0 +1,196 @@
+"""What the local speech service "hears": scripted phrases per turn."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+__all__ = [
+    "DEFAULT_PHRASES",
+    "TICKS_PER_SECOND",
+    "Phrase",
+    "RecognitionStatus",
+    "Script",
+    "TimedPhrase",
+]
+
+TICKS_PER_SECOND = 10_000_000
+"""The service reports offsets and durations in 100 ns ticks."""
+
+RecognitionStatus = Literal[
+    "Success", "NoMatch", "InitialSilenceTimeout", "BabbleTimeout", "Error", "EndOfDictation"
+]
+_STATUSES: tuple[str, ...] = get_args(RecognitionStatus)
+
+# Layout of phrases that give no explicit timing.
+_FIRST_OFFSET_S = 0.1
+_GAP_S = 0.2
+_SECONDS_PER_WORD = 0.3
+_MIN_DURATION_S = 0.4
+
+
+@dataclass(frozen=True, slots=True)
+class Phrase:
+    """One utterance the service recognises.
+
+    ``offset_s``/``duration_s`` default to a layout after the previous phrase;
+    ``hypotheses`` default to growing word prefixes of ``text``.
+    """
+
+    text: str
+    speaker: str | None = None
+    offset_s: float | None = None
+    duration_s: float | None = None
+    hypotheses: tuple[str, ...] | None = None
+    status: RecognitionStatus = "Success"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Phrase.text must be str, got {type(self.text).__name__}")
+        if self.speaker is not None and not isinstance(self.speaker, str):
+            raise TypeError(
+                f"Phrase.speaker must be str or None, got {type(self.speaker).__name__}"
+            )
+        if self.offset_s is not None and not self.offset_s >= 0:
+            raise ValueError(f"Phrase.offset_s must be >= 0, got {self.offset_s!r}")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ValueError(f"Phrase.duration_s must be > 0, got {self.duration_s!r}")
+        if self.status not in _STATUSES:
+            raise ValueError(f"Phrase.status must be one of {_STATUSES}, got {self.status!r}")
+        if self.hypotheses is not None:
+            if isinstance(self.hypotheses, str) or not all(
+                isinstance(h, str) for h in self.hypotheses
+            ):
+                raise TypeError("Phrase.hypotheses must be a tuple of str")
+            object.__setattr__(self, "hypotheses", tuple(self.hypotheses))
+
+
+@dataclass(frozen=True, slots=True)
+class TimedPhrase:
+    """A phrase with its timing resolved to ticks, as sent on the wire."""
+
+    phrase: Phrase
+    offset: int
+    duration: int
+    hypotheses: tuple[str, ...]
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.duration
+
+
+DEFAULT_PHRASES: tuple[Phrase, ...] = (
+    Phrase("Hello from the nativeguard speech service.", speaker="Guest-1"),
+    Phrase("Every native handle is released.", speaker="Guest-2"),
+)
+
+
+def _default_hypotheses(text: str) -> tuple[str, ...]:
+    words = text.split()
+    return tuple(" ".join(words[:n]) for n in range(1, len(words)))
+
+
+def _layout(phrases: Sequence[Phrase]) -> tuple[TimedPhrase, ...]:
+    timed: list[TimedPhrase] = []
+    cursor = _FIRST_OFFSET_S
+    for phrase in phrases:
+        offset = phrase.offset_s if phrase.offset_s is not None else cursor
+        words = max(1, len(phrase.text.split()))
+        duration = (
+            phrase.duration_s
+            if phrase.duration_s is not None
+            else max(_MIN_DURATION_S, words * _SECONDS_PER_WORD)
+        )
+        hyps = phrase.hypotheses
+        if hyps is None:
+            hyps = _default_hypotheses(phrase.text)
+        timed.append(
+            TimedPhrase(
+                phrase=phrase,
+                offset=round(offset * TICKS_PER_SECOND),
+                duration=round(duration * TICKS_PER_SECOND),
+                hypotheses=hyps,
+            )
+        )
+        cursor = offset + duration + _GAP_S
+    return tuple(timed)
+
+
+def _coerce_turn(turn: Iterable[Phrase | str]) -> tuple[Phrase, ...]:
+    if isinstance(turn, (str, Phrase)):
+        raise TypeError("a turn is a sequence of phrases; wrap a single phrase in a list")
+    out: list[Phrase] = []
+    for item in turn:
+        if isinstance(item, str):
+            out.append(Phrase(item))
+        elif isinstance(item, Phrase):
+            out.append(item)
+        else:
+            raise TypeError(f"a script holds Phrase or str items, got {type(item).__name__}")
+    return tuple(out)
+
+
+class Script:
+    """The phrases the service answers with, for each turn (one audio stream).
+
+    ``Script([p1, p2])`` answers every turn with the same phrases.
+    ``Script.cycle(turn_a, turn_b)`` answers successive turns (across all
+    connections) with ``turn_a``, ``turn_b``, ``turn_a``, ...
+    ``Script.per_connection(turn_a, turn_b)`` answers every turn of the first
+    connection with ``turn_a``, of the second with ``turn_b``, and so on, cycling.
+    """
+
+    __slots__ = ("_counter", "_lock", "_mode", "_turns")
+
+    def __init__(
+        self,
+        phrases: Iterable[Phrase | str] = DEFAULT_PHRASES,
+        *,
+        _turns: Sequence[Iterable[Phrase | str]] | None = None,
+        _mode: Literal["turn", "connection"] = "turn",
+    ) -> None:
+        raw_turns = list(_turns) if _turns is not None else [phrases]
+        if not raw_turns:
+            raise ValueError("a script needs at least one turn")
+        self._turns = tuple(_layout(_coerce_turn(turn)) for turn in raw_turns)
+        self._mode = _mode
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def cycle(cls, *turns: Iterable[Phrase | str]) -> Script:
+        return cls(_turns=turns, _mode="turn")
+
+    @classmethod
+    def per_connection(cls, *turns: Iterable[Phrase | str]) -> Script:
+        return cls(_turns=turns, _mode="connection")
+
+    @classmethod
+    def coerce(cls, value: Script | Iterable[Phrase | str] | None) -> Script:
+        """Accept a Script, a list of phrases/strings, or None (the default script)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Script):
+            return value
+        if isinstance(value, (str, Phrase)):
+            return cls([value])
+        return cls(value)
+
+    @property
+    def turns(self) -> tuple[tuple[TimedPhrase, ...], ...]:
+        return self._turns
+
+    def next_turn(self, connection_index: int) -> tuple[TimedPhrase, ...]:
+        """The phrases of the next turn served on connection ``connection_index``."""
+        if self._mode == "connection":
+            return self._turns[connection_index % len(self._turns)]
+        with self._lock:
+            n = next(self._counter)
+        return self._turns[n % len(self._turns)]
+
+    def __repr__(self) -> str:
+        texts = [[t.phrase.text for t in turn] for turn in self._turns]
+        return f"Script(mode={self._mode!r}, turns={texts!r})"

@@ -1,0 +1,771 @@
+"""A local, protocol-compatible Azure Speech service on 127.0.0.1.
+
+The real ``azure-cognitiveservices-speech`` SDK connects to it with
+``SpeechConfig(host="ws://127.0.0.1:PORT")`` and gets real recognition,
+transcription and synthesis events, so leak tests exercise the native core
+exactly as production does, offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import ipaddress
+import math
+import re
+import threading
+import traceback
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import azure.cognitiveservices.speech as speechsdk
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from .._errors import ProtocolError, ServiceError, add_note
+from .._redact import redact_headers
+from ._audio import AudioFormat, parse_output_format, parse_wav_header, synthesize_words
+from ._faults import FaultPlan, Faults, check_plan, resolve_faults
+from ._script import TICKS_PER_SECOND, Phrase, Script, TimedPhrase
+from ._usp import Message, binary_frame, parse_binary, parse_text, text_frame
+
+__all__ = ["DEFAULT_KEY", "ConnectionLog", "SpeechService"]
+
+DEFAULT_KEY = "nativeguard-local-key"
+"""Subscription key :meth:`SpeechService.speech_config` uses when none is required."""
+
+_STOP_TIMEOUT_S = 1.0
+_CLOSE_TIMEOUT_S = 0.2
+_START_TIMEOUT_S = 5.0
+_TTS_CHUNK_S = 0.1
+_TOKEN_PREFIX = re.compile(r"^aad#[^#]*#")
+
+# Frames that break the protocol in different places. The SDK drops frames it
+# cannot parse, so a request answered only with these ends in ServiceTimeout.
+_MALFORMED_FRAMES: tuple[str | bytes, ...] = (
+    "this frame has no header block",
+    b"\xff\xffbinary frame whose header length exceeds the frame",
+    "Path:speech.phrase\r\nContent-Type:application/json\r\n\r\n{this is not json",
+    "X-RequestId:0\r\n\r\n{}",
+)
+
+# Client-side timeouts the SDK honours; shortened so a stalled service cancels
+# in seconds instead of the SDK's defaults of 60-80 s.
+_ONESHOT_TIMEOUT = "SPEECH-OneShotRecognition-OperationTimeoutMs"
+_TTS_FIRST_CHUNK_TIMEOUT = "SpeechSynthesis_FirstChunkTimeoutMs"
+_TTS_ALL_CHUNKS_TIMEOUT = "SpeechSynthesis_AllChunkTimeoutMs"
+_STOP_RECOGNITION_TIMEOUT = "SPEECH-StopRecognitionTimeoutInSeconds"
+
+
+@dataclass(frozen=True)
+class ConnectionLog:
+    """What the service received on one connection (secrets redacted)."""
+
+    index: int
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    refused: int | None
+    faults: Faults
+    speech_configs: tuple[Any, ...]
+    contexts: tuple[Any, ...]
+    ssml: tuple[str, ...]
+    telemetry: int
+    audio_bytes: int
+    audio_frames: int
+    turns: int
+    messages_received: int
+    messages_sent: int
+    errors: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        """The endpoint: interactive, conversation, dictation, universal, translation,
+        synthesis or other."""
+        return _kind_of(self.path)
+
+
+@dataclass
+class _ConnectionState:
+    index: int
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    faults: Faults
+    refused: int | None = None
+    speech_configs: list[Any] = field(default_factory=list)
+    contexts: list[Any] = field(default_factory=list)
+    ssml: list[str] = field(default_factory=list)
+    telemetry: int = 0
+    audio_bytes: int = 0
+    audio_frames: int = 0
+    turns: int = 0
+    received: int = 0
+    sent: int = 0
+    errors: list[str] = field(default_factory=list)
+    synthesis_contexts: dict[str, Any] = field(default_factory=dict)
+
+    def log(self) -> ConnectionLog:
+        return ConnectionLog(
+            index=self.index,
+            path=self.path,
+            query=dict(self.query),
+            headers=dict(self.headers),
+            refused=self.refused,
+            faults=self.faults,
+            speech_configs=tuple(self.speech_configs),
+            contexts=tuple(self.contexts),
+            ssml=tuple(self.ssml),
+            telemetry=self.telemetry,
+            audio_bytes=self.audio_bytes,
+            audio_frames=self.audio_frames,
+            turns=self.turns,
+            messages_received=self.received,
+            messages_sent=self.sent,
+            errors=tuple(self.errors),
+        )
+
+
+@dataclass
+class _Turn:
+    request_id: str
+    phrases: tuple[TimedPhrase, ...]
+    single_phrase: bool
+    fmt: AudioFormat = field(default_factory=AudioFormat)
+    audio_bytes: int = 0
+    started: bool = False
+    speech_started: bool = False
+    next_phrase: int = 0
+    ended: bool = False
+
+    @property
+    def position(self) -> int:
+        """Audio received so far, in ticks."""
+        return self.audio_bytes * TICKS_PER_SECOND // max(1, self.fmt.bytes_per_second)
+
+
+class _Dropped(Exception):
+    """The fault plan dropped the connection; the handler ends quietly."""
+
+
+def _kind_of(path: str) -> str:
+    if path.startswith("/speech/recognition/"):
+        return path.split("/")[3]
+    if path.startswith("/speech/universal/"):
+        return "universal"
+    if path.startswith("/speech/translation/"):
+        return "translation"
+    if path.startswith("/cognitiveservices/websocket/"):
+        return "synthesis"
+    return "other"
+
+
+def _check_loopback(host: str) -> str:
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host must be a loopback address, got {host!r}") from None
+    if not address.is_loopback:
+        raise ValueError(f"SpeechService only binds loopback addresses, got {host!r}")
+    return host
+
+
+def _ssml_text(ssml: str) -> str:
+    try:
+        root = ET.fromstring(ssml)
+    except ET.ParseError:
+        return re.sub(r"<[^>]+>", " ", ssml)
+    return " ".join(piece.strip() for piece in root.itertext() if piece.strip())
+
+
+class SpeechService:
+    """A websocket server that speaks the Speech SDK's protocol on loopback.
+
+    Runs on its own thread and event loop. Use as a context manager::
+
+        with SpeechService(script=["hello world"]) as service:
+            recognizer = speechsdk.SpeechRecognizer(service.speech_config(), audio_config)
+
+    ``require_key`` / ``require_token`` make it refuse connections without the
+    right ``Ocp-Apim-Subscription-Key`` or ``Authorization: Bearer`` token (HTTP
+    401, as the real service does); ``require_token`` takes a token or a
+    callable that validates one (e.g. ``TokenService.is_valid``). ``faults``
+    injects failures for the whole service or per connection.
+    """
+
+    def __init__(
+        self,
+        script: Script | Iterable[Phrase | str] | None = None,
+        *,
+        require_key: str | None = None,
+        require_token: str | Callable[[str], bool] | None = None,
+        faults: FaultPlan = None,
+        host: str = "127.0.0.1",
+        max_connections: int = 64,
+        max_message_bytes: int = 1 << 20,
+        response_timeout_s: float = 5.0,
+    ) -> None:
+        if require_key is not None and not (isinstance(require_key, str) and require_key):
+            raise TypeError("require_key must be a non-empty str")
+        if require_token is not None and not (
+            (isinstance(require_token, str) and require_token) or callable(require_token)
+        ):
+            raise TypeError("require_token must be a non-empty str or a callable(token) -> bool")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
+        if response_timeout_s <= 0:
+            raise ValueError(f"response_timeout_s must be > 0, got {response_timeout_s}")
+        self._script = Script.coerce(script)
+        self._require_key = require_key
+        self._require_token = require_token
+        self._faults = check_plan(faults)
+        self._host = _check_loopback(host)
+        self._max_connections = max_connections
+        self._max_message_bytes = max_message_bytes
+        self._response_timeout_s = response_timeout_s
+
+        self._lock = threading.Lock()
+        self._states: list[_ConnectionState] = []
+        self._live: dict[ServerConnection, _ConnectionState] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._internal_errors: list[str] = []
+        self._state = "new"
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> SpeechService:
+        """Bind an ephemeral loopback port and serve on a background thread."""
+        if self._state != "new":
+            raise ServiceError(
+                f"SpeechService is {self._state}; a service starts once, create a new one"
+            )
+        self._state = "starting"
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="nativeguard-speech-service", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(_START_TIMEOUT_S):
+            self._state = "stopped"
+            raise ServiceError(f"SpeechService did not start within {_START_TIMEOUT_S} s")
+        if self._startup_error is not None:
+            self._state = "stopped"
+            self._thread.join(_STOP_TIMEOUT_S)
+            raise ServiceError(f"SpeechService failed to start: {self._startup_error!r}") from (
+                self._startup_error
+            )
+        self._state = "running"
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and the listener; idempotent, returns within ~1 s.
+
+        Raises ``ServiceError`` (after stopping) if the service itself failed
+        while serving: a bug here must not pass as an SDK failure.
+        """
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        loop, stop_requested, thread = self._loop, self._stop_requested, self._thread
+        if loop is not None and stop_requested is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop already finished on its own
+                loop.call_soon_threadsafe(stop_requested.set)
+        if thread is not None:
+            thread.join(_STOP_TIMEOUT_S * 2)
+            if thread.is_alive():
+                raise ServiceError("SpeechService thread did not stop within 2 s")
+        if self._internal_errors:
+            raise ServiceError(
+                "SpeechService failed while serving:\n" + "\n".join(self._internal_errors)
+            )
+
+    def __enter__(self) -> SpeechService:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        except ServiceError as error:
+            if exc is None:
+                raise
+            add_note(exc, str(error))
+
+    async def __aenter__(self) -> SpeechService:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # stop() joins a thread for up to a second: keep the event loop free.
+        await asyncio.get_running_loop().run_in_executor(None, self.__exit__, exc_type, exc, tb)
+
+    # -- public surface --------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServiceError("SpeechService has no port until start()")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def script(self) -> Script:
+        return self._script
+
+    @property
+    def faults(self) -> FaultPlan:
+        return self._faults
+
+    @faults.setter
+    def faults(self, plan: FaultPlan) -> None:
+        """Change the fault plan; applies to connections opened from now on."""
+        self._faults = check_plan(plan)
+
+    @property
+    def connections(self) -> tuple[ConnectionLog, ...]:
+        """Every connection attempt so far, refused ones included, oldest first."""
+        with self._lock:
+            return tuple(state.log() for state in self._states)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def speech_config(
+        self,
+        *,
+        subscription: str | None = None,
+        auth_token: str | None = None,
+        language: str | None = None,
+    ) -> speechsdk.SpeechConfig:
+        """A real ``speechsdk.SpeechConfig`` pointed at this service.
+
+        Uses the required key (or :data:`DEFAULT_KEY`) unless ``subscription``
+        or ``auth_token`` is given, and shortens the SDK's client-side response
+        timeouts to ``response_timeout_s`` so a stalled service fails fast.
+        """
+        if auth_token is not None and subscription is not None:
+            raise ValueError("give subscription or auth_token, not both")
+        if auth_token is not None:
+            config = speechsdk.SpeechConfig(host=self.url)
+            config.authorization_token = auth_token
+        else:
+            key = subscription if subscription is not None else (self._require_key or DEFAULT_KEY)
+            config = speechsdk.SpeechConfig(host=self.url, subscription=key)
+        if language is not None:
+            config.speech_recognition_language = language
+        self.apply_timeouts(config)
+        return config
+
+    def apply_timeouts(self, config: speechsdk.SpeechConfig) -> None:
+        """Set the SDK's client-side response timeouts on ``config``.
+
+        Measured with SDK 1.53: ``recognize_once`` gives up after the timeout
+        plus a fixed 10 s; stopping a continuous session whose service went
+        silent, and synthesis, after the timeout itself.
+        """
+        timeout_ms = str(int(self._response_timeout_s * 1000))
+        for name in (_ONESHOT_TIMEOUT, _TTS_FIRST_CHUNK_TIMEOUT, _TTS_ALL_CHUNKS_TIMEOUT):
+            config.set_property_by_name(name, timeout_ms)
+        config.set_property_by_name(
+            _STOP_RECOGNITION_TIMEOUT, str(max(1, math.ceil(self._response_timeout_s)))
+        )
+
+    def __repr__(self) -> str:
+        where = self.url if self._port is not None else "unbound"
+        return f"<SpeechService {where} {self._state} connections={len(self._states)}>"
+
+    # -- event loop thread -----------------------------------------------
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready))
+        except BaseException as exc:  # recorded and re-raised by start()/stop()
+            if not ready.is_set():
+                self._startup_error = exc
+                ready.set()
+            else:
+                self._internal_errors.append("".join(traceback.format_exception(exc)))
+        finally:
+            loop.close()
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._stop_requested = asyncio.Event()
+        server: Server = await serve(
+            self._handle,
+            self._host,
+            0,
+            subprotocols=[Subprotocol("USP")],
+            process_request=self._process_request,
+            max_size=self._max_message_bytes,
+            close_timeout=_CLOSE_TIMEOUT_S,
+            ping_interval=None,
+            compression=None,
+        )
+        self._port = server.sockets[0].getsockname()[1]
+        ready.set()
+        try:
+            await self._stop_requested.wait()
+        finally:
+            server.close(close_connections=False)
+            for task in list(self._tasks):
+                task.cancel()
+            for connection in list(self._live):
+                connection.transport.abort()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT_S / 2)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        split = urlsplit(request.path)
+        with self._lock:
+            index = len(self._states)
+            faults = resolve_faults(self._faults, index, split.path)
+            state = _ConnectionState(
+                index=index,
+                path=split.path,
+                query=dict(parse_qsl(split.query)),
+                headers=redact_headers(request.headers.raw_items()),
+                faults=faults,
+            )
+            self._states.append(state)
+            live = len(self._live)
+        refusal = self._refusal(request.headers, faults, live)
+        if refusal is not None:
+            status, text = refusal
+            state.refused = status
+            return connection.respond(status, text)
+        with self._lock:
+            self._live[connection] = state
+        return None
+
+    def _refusal(self, headers: Headers, faults: Faults, live: int) -> tuple[int, str] | None:
+        if faults.refuse:
+            return faults.refuse_status, "Refused by fault injection.\n"
+        if live >= self._max_connections:
+            return http.HTTPStatus.TOO_MANY_REQUESTS, "Too many open connections.\n"
+        if self._require_key is None and self._require_token is None:
+            return None
+        key = headers.get("Ocp-Apim-Subscription-Key")
+        if self._require_key is not None and key == self._require_key:
+            return None
+        authorization = headers.get("Authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if self._require_token is not None and scheme.lower() == "bearer" and token:
+            token = _TOKEN_PREFIX.sub("", token)
+            valid = (
+                token == self._require_token
+                if isinstance(self._require_token, str)
+                else self._require_token(token)
+            )
+            if valid:
+                return None
+        return (
+            http.HTTPStatus.UNAUTHORIZED,
+            "Access denied due to invalid subscription key or wrong API endpoint.\n",
+        )
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        with self._lock:
+            state = self._live[connection]
+        turns: dict[str, _Turn] = {}
+        try:
+            async for raw in connection:
+                state.received += 1
+                try:
+                    message = parse_binary(raw) if isinstance(raw, bytes) else parse_text(raw)
+                except ProtocolError as error:
+                    state.errors.append(f"protocol error: {error}")
+                    await connection.close(1007, "invalid frame")
+                    return
+                await self._dispatch(connection, state, message, turns)
+        except (ConnectionClosed, _Dropped):
+            pass
+        except Exception:
+            self._internal_errors.append(
+                f"connection {state.index} ({state.path}):\n{traceback.format_exc()}"
+            )
+            connection.transport.abort()
+        finally:
+            self._tasks.discard(task)
+            with self._lock:
+                self._live.pop(connection, None)
+
+    async def _dispatch(
+        self,
+        connection: ServerConnection,
+        state: _ConnectionState,
+        message: Message,
+        turns: dict[str, _Turn],
+    ) -> None:
+        faults = state.faults
+        if faults.close_after == 0:
+            connection.transport.abort()
+            raise _Dropped
+        path = message.path.lower()
+        if path == "audio":
+            assert isinstance(message.body, bytes)
+            await self._on_audio(connection, state, message, turns)
+        elif path == "speech.config":
+            state.speech_configs.append(message.json())
+        elif path in ("speech.context", "synthesis.context"):
+            body = message.json()
+            state.contexts.append(body)
+            if path == "synthesis.context" and message.request_id:
+                state.synthesis_contexts[message.request_id] = body
+        elif path == "telemetry":
+            state.telemetry += 1
+        elif path == "ssml":
+            assert isinstance(message.body, str)
+            state.ssml.append(message.body)
+            await self._on_ssml(connection, state, message)
+        else:
+            state.errors.append(f"unknown message path {message.path!r}")
+
+    async def _send(
+        self, connection: ServerConnection, state: _ConnectionState, frame: str | bytes
+    ) -> None:
+        faults = state.faults
+        if faults.stall:
+            return
+        if faults.close_after is not None and state.sent >= faults.close_after:
+            connection.transport.abort()
+            raise _Dropped
+        if faults.delay_ms:
+            await asyncio.sleep(faults.delay_ms / 1000)
+        if faults.malformed:
+            frame = _MALFORMED_FRAMES[state.sent % len(_MALFORMED_FRAMES)]
+        await connection.send(frame)
+        state.sent += 1
+
+    # -- recognition -----------------------------------------------------
+
+    async def _on_audio(
+        self,
+        connection: ServerConnection,
+        state: _ConnectionState,
+        message: Message,
+        turns: dict[str, _Turn],
+    ) -> None:
+        payload = message.body
+        assert isinstance(payload, bytes)
+        request_id = message.request_id or ""
+        state.audio_frames += 1
+        turn = turns.get(request_id)
+        if turn is None:
+            state.turns += 1
+            turn = _Turn(
+                request_id=request_id,
+                phrases=self._script.next_turn(state.index),
+                single_phrase=_kind_of(state.path) == "interactive",
+            )
+            turns[request_id] = turn
+        if turn.ended:
+            return
+        if not turn.started:
+            turn.started = True
+            await self._send(
+                connection,
+                state,
+                text_frame("turn.start", request_id, {"context": {"serviceTag": uuid.uuid4().hex}}),
+            )
+        header = parse_wav_header(payload) if turn.audio_bytes == 0 else None
+        if header is not None:
+            turn.fmt, header_len = header
+            payload = payload[header_len:]
+        state.audio_bytes += len(payload)
+        turn.audio_bytes += len(payload)
+        end_of_stream = len(message.body) == 0
+        while turn.next_phrase < len(turn.phrases) and (
+            end_of_stream or turn.phrases[turn.next_phrase].end <= turn.position
+        ):
+            await self._send_phrase(connection, state, turn, turn.phrases[turn.next_phrase])
+            turn.next_phrase += 1
+            if turn.single_phrase:
+                end_of_stream = True
+                break
+        if end_of_stream:
+            await self._end_turn(connection, state, turn)
+
+    async def _send_phrase(
+        self,
+        connection: ServerConnection,
+        state: _ConnectionState,
+        turn: _Turn,
+        timed: TimedPhrase,
+    ) -> None:
+        rid = turn.request_id
+        status = state.faults.status or timed.phrase.status
+        if not turn.speech_started and status == "Success":
+            turn.speech_started = True
+            await self._send(
+                connection, state, text_frame("speech.startDetected", rid, {"Offset": timed.offset})
+            )
+        extra: dict[str, Any] = {}
+        if timed.phrase.speaker is not None:
+            extra["SpeakerId"] = timed.phrase.speaker
+        if status == "Success":
+            words = max(1, len(timed.phrase.text.split()))
+            for hypothesis in timed.hypotheses:
+                shown = len(hypothesis.split())
+                body = {
+                    "Text": hypothesis,
+                    "Offset": timed.offset,
+                    "Duration": timed.duration * min(shown, words) // words,
+                    **extra,
+                }
+                await self._send(connection, state, text_frame("speech.hypothesis", rid, body))
+        phrase_body: dict[str, Any] = {
+            "RecognitionStatus": status,
+            "Offset": timed.offset,
+            "Duration": timed.duration,
+        }
+        if status == "Success":
+            phrase_body["DisplayText"] = timed.phrase.text
+            phrase_body.update(extra)
+            phrase_body["Channel"] = 0
+        await self._send(connection, state, text_frame("speech.phrase", rid, phrase_body))
+
+    async def _end_turn(
+        self, connection: ServerConnection, state: _ConnectionState, turn: _Turn
+    ) -> None:
+        turn.ended = True
+        acknowledged = turn.phrases[turn.next_phrase - 1].end if turn.next_phrase else 0
+        if not turn.single_phrase and turn.position > acknowledged:
+            # Without this the SDK treats the audio after the last phrase as
+            # unprocessed and replays it in a new turn, as it does after a
+            # service hiccup.
+            await self._send(
+                connection,
+                state,
+                text_frame(
+                    "speech.phrase",
+                    turn.request_id,
+                    {
+                        "RecognitionStatus": "EndOfDictation",
+                        "Offset": acknowledged,
+                        "Duration": turn.position - acknowledged,
+                    },
+                ),
+            )
+        if turn.speech_started:
+            await self._send(
+                connection,
+                state,
+                text_frame("speech.endDetected", turn.request_id, {"Offset": turn.position}),
+            )
+        await self._send(connection, state, text_frame("turn.end", turn.request_id, {}))
+
+    # -- synthesis -------------------------------------------------------
+
+    async def _on_ssml(
+        self, connection: ServerConnection, state: _ConnectionState, message: Message
+    ) -> None:
+        rid = message.request_id or ""
+        context = state.synthesis_contexts.pop(rid, None) or {}
+        audio_options: dict[str, Any] = {}
+        if isinstance(context, dict):
+            audio_options = context.get("synthesis", {}).get("audio", {})
+        format_name = str(audio_options.get("outputFormat", "riff-16khz-16bit-mono-pcm"))
+        fmt = parse_output_format(format_name)
+        if fmt is None:
+            state.errors.append(f"unsupported output format {format_name!r}")
+            await connection.close(
+                1007,
+                f"nativeguard SpeechService cannot encode {format_name!r}; "
+                "use a raw-* or riff-* pcm, mulaw or alaw format",
+            )
+            raise _Dropped
+        options = audio_options.get("metadataOptions", {})
+        assert isinstance(message.body, str)
+        speech = synthesize_words(_ssml_text(message.body), fmt)
+        await self._send(
+            connection,
+            state,
+            text_frame("turn.start", rid, {"context": {"serviceTag": uuid.uuid4().hex}}),
+        )
+        chunk = max(2, int(fmt.bytes_per_second * _TTS_CHUNK_S))
+        words = list(speech.words) if options.get("wordBoundaryEnabled") else []
+        for start in range(0, len(speech.audio), chunk):
+            await self._send(
+                connection,
+                state,
+                binary_frame(
+                    "audio", rid, speech.audio[start : start + chunk], {"X-StreamId": "1"}
+                ),
+            )
+            sent_until_s = (start + chunk) / fmt.bytes_per_second
+            while words and words[0].offset_s <= sent_until_s:
+                word = words.pop(0)
+                metadata = {
+                    "Metadata": [
+                        {
+                            "Type": "WordBoundary",
+                            "Data": {
+                                "Offset": round(word.offset_s * TICKS_PER_SECOND),
+                                "Duration": round(word.duration_s * TICKS_PER_SECOND),
+                                "text": {
+                                    "Text": word.text,
+                                    "Length": len(word.text),
+                                    "BoundaryType": "WordBoundary",
+                                },
+                            },
+                        }
+                    ]
+                }
+                await self._send(connection, state, text_frame("audio.metadata", rid, metadata))
+        if options.get("sessionEndEnabled"):
+            end = {
+                "Metadata": [
+                    {
+                        "Type": "SessionEnd",
+                        "Data": {"Offset": round(speech.duration_s * TICKS_PER_SECOND)},
+                    }
+                ]
+            }
+            await self._send(connection, state, text_frame("audio.metadata", rid, end))
+        await self._send(connection, state, text_frame("turn.end", rid, {}))

@@ -1,0 +1,234 @@
+"""A local managed-identity token endpoint (App Service style) on 127.0.0.1.
+
+``azure.identity.ManagedIdentityCredential`` reads ``IDENTITY_ENDPOINT`` and
+``IDENTITY_HEADER`` and fetches tokens over HTTP; pointing those at this
+service gives the real credential real tokens offline, which
+:class:`~nativeguard.testing.SpeechService` can be told to accept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import parse_qs, urlsplit
+
+from .._errors import ServiceError
+from ._speech_service import _check_loopback
+
+__all__ = ["TokenRequest", "TokenService"]
+
+_TOKEN_PATH = "/msi/token"
+_ENV_KEYS = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")
+# Variables that would make azure-identity pick another managed-identity source.
+_CONFLICTING_ENV = ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT")
+_STOP_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One request the endpoint received (no secrets)."""
+
+    path: str
+    resource: str | None
+    api_version: str | None
+    authorized: bool
+    status: int
+
+
+@dataclass
+class _Issued:
+    resource: str
+    expires_on: float
+
+
+class TokenService:
+    """Serve managed-identity tokens on loopback.
+
+    ``with TokenService() as tokens, tokens.patch_environ():`` makes every
+    ``ManagedIdentityCredential()`` created inside the block use it. Tokens
+    are random and expire after ``lifetime_s``; :meth:`is_valid` tells whether
+    a token was issued here and is still good, so
+    ``SpeechService(require_token=tokens.is_valid)`` accepts exactly those.
+    """
+
+    def __init__(self, *, lifetime_s: float = 3600.0, host: str = "127.0.0.1") -> None:
+        if lifetime_s <= 0:
+            raise ValueError(f"lifetime_s must be > 0, got {lifetime_s!r}")
+        self._lifetime_s = lifetime_s
+        self._host = _check_loopback(host)
+        self._secret = secrets.token_urlsafe(24)
+        self._lock = threading.Lock()
+        self._issued: dict[str, _Issued] = {}
+        self._requests: list[TokenRequest] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> TokenService:
+        if self._state != "new":
+            raise ServiceError(f"TokenService is {self._state}; a service starts once")
+        self._server = ThreadingHTTPServer((self._host, 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="nativeguard-token-service",
+            daemon=True,
+        )
+        self._thread.start()
+        self._state = "running"
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; idempotent."""
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        assert self._server is not None
+        assert self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(_STOP_TIMEOUT_S)
+        if self._thread.is_alive():
+            raise ServiceError("TokenService thread did not stop within 1 s")
+
+    def __enter__(self) -> TokenService:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- public surface --------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        if self._server is None:
+            raise ServiceError("TokenService has no endpoint until start()")
+        port = self._server.server_address[1]
+        return f"http://{self._host}:{port}{_TOKEN_PATH}"
+
+    @property
+    def identity_header(self) -> str:
+        """The shared secret clients must send as ``X-IDENTITY-HEADER``."""
+        return self._secret
+
+    def environ(self) -> dict[str, str]:
+        """The environment variables ``ManagedIdentityCredential`` reads."""
+        return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self._secret}
+
+    @contextlib.contextmanager
+    def patch_environ(self) -> Iterator[dict[str, str]]:
+        """Point managed identity at this service for the block, then restore."""
+        saved = {key: os.environ.get(key) for key in (*_ENV_KEYS, *_CONFLICTING_ENV)}
+        try:
+            for key in _CONFLICTING_ENV:
+                os.environ.pop(key, None)
+            values = self.environ()
+            os.environ.update(values)
+            yield values
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def is_valid(self, token: str) -> bool:
+        """True if ``token`` was issued here and has not expired or been revoked."""
+        with self._lock:
+            issued = self._issued.get(token)
+        return issued is not None and issued.expires_on > time.time()
+
+    def revoke_all(self) -> None:
+        """Invalidate every token issued so far."""
+        with self._lock:
+            self._issued.clear()
+
+    @property
+    def requests(self) -> tuple[TokenRequest, ...]:
+        with self._lock:
+            return tuple(self._requests)
+
+    @property
+    def tokens_issued(self) -> int:
+        with self._lock:
+            return sum(1 for r in self._requests if r.status == 200)
+
+    def __repr__(self) -> str:
+        where = self.endpoint if self._server is not None else "unbound"
+        return f"<TokenService {where} {self._state} issued={self.tokens_issued}>"
+
+    # -- HTTP ------------------------------------------------------------
+
+    def _issue(self, resource: str) -> dict[str, str]:
+        token = secrets.token_urlsafe(32)
+        expires_on = time.time() + self._lifetime_s
+        with self._lock:
+            self._issued[token] = _Issued(resource, expires_on)
+        return {
+            "access_token": token,
+            "expires_on": str(int(expires_on)),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": "00000000-0000-0000-0000-000000000000",
+        }
+
+    def _record(self, request: TokenRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                split = urlsplit(self.path)
+                query = parse_qs(split.query)
+                resource = (query.get("resource") or [None])[0]
+                api_version = (query.get("api-version") or [None])[0]
+                authorized = secrets.compare_digest(
+                    self.headers.get("X-IDENTITY-HEADER", ""), service._secret
+                )
+                if split.path != _TOKEN_PATH:
+                    status, body = 404, {"error": "not_found"}
+                elif not authorized:
+                    status, body = (
+                        401,
+                        {"error": "invalid_request", "error_description": "bad header"},
+                    )
+                elif not resource:
+                    status, body = (
+                        400,
+                        {"error": "invalid_request", "error_description": "no resource"},
+                    )
+                else:
+                    status, body = 200, service._issue(resource)
+                service._record(TokenRequest(split.path, resource, api_version, authorized, status))
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:
+                # Requests are recorded in TokenService.requests instead of stderr.
+                return
+
+        return Handler
