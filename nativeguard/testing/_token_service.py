@@ -200,8 +200,8 @@ class TokenService:
             def do_GET(self) -> None:
                 split = urlsplit(self.path)
                 query = parse_qs(split.query)
-                resource = (query.get("resource") or [None])[0]
-                api_version = (query.get("api-version") or [None])[0]
+                resource = query.get("resource", [""])[0] or None
+                api_version = query.get("api-version", [""])[0] or None
                 authorized = secrets.compare_digest(
                     self.headers.get("X-IDENTITY-HEADER", ""), service._secret
                 )

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nativeguard.testing import SpeechService, write_wav
+
+
+@pytest.fixture(scope="session")
+def wav_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Three seconds of 16 kHz mono audio: long enough for the default script."""
+    return write_wav(tmp_path_factory.mktemp("audio") / "three-seconds.wav", 3.0)
+
+
+@pytest.fixture
+def speech_service() -> Iterator[SpeechService]:
+    """A SpeechService with the default script, stopped (and checked) after the test."""
+    with SpeechService() as service:
+        yield service
+
+
+@pytest.fixture
+def tmp_wav(tmp_path: Path):
+    """Factory for WAV files of a given length."""
+
+    def make(seconds: float) -> str:
+        return write_wav(tmp_path / f"{seconds:g}s.wav", seconds)
+
+    return make
