@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -38,6 +38,8 @@ class Phrase:
 
     ``offset_s``/``duration_s`` default to a layout after the previous phrase;
     ``hypotheses`` default to growing word prefixes of ``text``.
+    ``translations`` maps target languages to text for translation
+    recognizers; languages it does not name get ``"[lang] text"``.
     """
 
     text: str
@@ -46,6 +48,7 @@ class Phrase:
     duration_s: float | None = None
     hypotheses: tuple[str, ...] | None = None
     status: RecognitionStatus = "Success"
+    translations: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -66,6 +69,18 @@ class Phrase:
             ):
                 raise TypeError("Phrase.hypotheses must be a tuple of str")
             object.__setattr__(self, "hypotheses", tuple(self.hypotheses))
+        if self.translations is not None:
+            if not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.translations.items()
+            ):
+                raise TypeError("Phrase.translations must map language (str) to text (str)")
+            object.__setattr__(self, "translations", dict(self.translations))
+
+    def translation(self, language: str, text: str | None = None) -> str:
+        """The translation of ``text`` (default: the phrase) into ``language``."""
+        if text in (None, self.text) and self.translations and language in self.translations:
+            return self.translations[language]
+        return f"[{language}] {self.text if text is None else text}"
 
 
 @dataclass(frozen=True, slots=True)

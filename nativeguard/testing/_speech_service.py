@@ -94,6 +94,25 @@ class ConnectionLog:
         return _kind_of(self.path)
 
 
+@dataclass(frozen=True)
+class _RecognitionContext:
+    """What the latest ``speech.context`` asked for."""
+
+    single_phrase: bool
+    translate_to: tuple[str, ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], path: str) -> _RecognitionContext:
+        detection = body.get("phraseDetection") or {}
+        mode = str(detection.get("mode", "")).lower() if isinstance(detection, dict) else ""
+        translation = body.get("translation") or {}
+        targets = translation.get("targetLanguages", []) if isinstance(translation, dict) else []
+        return cls(
+            single_phrase=mode == "interactive" or (not mode and _kind_of(path) == "interactive"),
+            translate_to=tuple(str(t) for t in targets),
+        )
+
+
 @dataclass
 class _ConnectionState:
     index: int
@@ -113,6 +132,7 @@ class _ConnectionState:
     sent: int = 0
     errors: list[str] = field(default_factory=list)
     synthesis_contexts: dict[str, Any] = field(default_factory=dict)
+    recognition: _RecognitionContext | None = None
 
     def log(self) -> ConnectionLog:
         return ConnectionLog(
@@ -140,6 +160,7 @@ class _Turn:
     request_id: str
     phrases: tuple[TimedPhrase, ...]
     single_phrase: bool
+    translate_to: tuple[str, ...] = ()
     fmt: AudioFormat = field(default_factory=AudioFormat)
     audio_bytes: int = 0
     started: bool = False
@@ -384,14 +405,46 @@ class SpeechService:
         or ``auth_token`` is given, and shortens the SDK's client-side response
         timeouts to ``response_timeout_s`` so a stalled service fails fast.
         """
+        config: speechsdk.SpeechConfig = self._config(
+            speechsdk.SpeechConfig, subscription, auth_token, language
+        )
+        return config
+
+    def translation_config(
+        self,
+        *target_languages: str,
+        subscription: str | None = None,
+        auth_token: str | None = None,
+        language: str = "en-US",
+    ) -> speechsdk.translation.SpeechTranslationConfig:
+        """A real ``SpeechTranslationConfig`` pointed at this service.
+
+        Translations are scripted (``Phrase.translations``) or ``"[lang] text"``.
+        """
+        if not target_languages:
+            raise ValueError("translation_config needs at least one target language")
+        config = self._config(
+            speechsdk.translation.SpeechTranslationConfig, subscription, auth_token, language
+        )
+        for target in target_languages:
+            config.add_target_language(target)
+        return config
+
+    def _config(
+        self,
+        config_type: Any,
+        subscription: str | None,
+        auth_token: str | None,
+        language: str | None,
+    ) -> Any:
         if auth_token is not None and subscription is not None:
             raise ValueError("give subscription or auth_token, not both")
         if auth_token is not None:
-            config = speechsdk.SpeechConfig(host=self.url)
+            config = config_type(host=self.url)
             config.authorization_token = auth_token
         else:
             key = subscription if subscription is not None else (self._require_key or DEFAULT_KEY)
-            config = speechsdk.SpeechConfig(host=self.url, subscription=key)
+            config = config_type(host=self.url, subscription=key)
         if language is not None:
             config.speech_recognition_language = language
         self.apply_timeouts(config)
@@ -555,6 +608,8 @@ class SpeechService:
         elif path in ("speech.context", "synthesis.context"):
             body = message.json()
             state.contexts.append(body)
+            if path == "speech.context" and isinstance(body, dict):
+                state.recognition = _RecognitionContext.from_body(body, state.path)
             if path == "synthesis.context" and message.request_id:
                 state.synthesis_contexts[message.request_id] = body
         elif path == "telemetry":
@@ -598,10 +653,12 @@ class SpeechService:
         turn = turns.get(request_id)
         if turn is None:
             state.turns += 1
+            context = state.recognition or _RecognitionContext.from_body({}, state.path)
             turn = _Turn(
                 request_id=request_id,
                 phrases=self._script.next_turn(state.index),
-                single_phrase=_kind_of(state.path) == "interactive",
+                single_phrase=context.single_phrase,
+                translate_to=context.translate_to,
             )
             turns[request_id] = turn
         if turn.ended:
@@ -648,6 +705,9 @@ class SpeechService:
         extra: dict[str, Any] = {}
         if timed.phrase.speaker is not None:
             extra["SpeakerId"] = timed.phrase.speaker
+        if turn.translate_to:
+            await self._send_translation(connection, state, turn, timed, status)
+            return
         if status == "Success":
             words = max(1, len(timed.phrase.text.split()))
             for hypothesis in timed.hypotheses:
@@ -669,6 +729,44 @@ class SpeechService:
             phrase_body.update(extra)
             phrase_body["Channel"] = 0
         await self._send(connection, state, text_frame("speech.phrase", rid, phrase_body))
+
+    async def _send_translation(
+        self,
+        connection: ServerConnection,
+        state: _ConnectionState,
+        turn: _Turn,
+        timed: TimedPhrase,
+        status: str,
+    ) -> None:
+        rid = turn.request_id
+
+        def translated(text: str) -> dict[str, Any]:
+            return {
+                "TranslationStatus": "Success",
+                "Translations": [
+                    {"Language": lang, "Text": timed.phrase.translation(lang, text)}
+                    for lang in turn.translate_to
+                ],
+            }
+
+        if status == "Success":
+            for hypothesis in timed.hypotheses:
+                body = {
+                    "Text": hypothesis,
+                    "Offset": timed.offset,
+                    "Duration": timed.duration,
+                    "Translation": translated(hypothesis),
+                }
+                await self._send(connection, state, text_frame("translation.hypothesis", rid, body))
+        phrase: dict[str, Any] = {
+            "RecognitionStatus": status,
+            "Offset": timed.offset,
+            "Duration": timed.duration,
+        }
+        if status == "Success":
+            phrase["Text"] = timed.phrase.text
+            phrase["Translation"] = translated(timed.phrase.text)
+        await self._send(connection, state, text_frame("translation.phrase", rid, phrase))
 
     async def _end_turn(
         self, connection: ServerConnection, state: _ConnectionState, turn: _Turn
