@@ -7,6 +7,8 @@ Each one also subclasses the builtin that fits, so callers that already catch
 from __future__ import annotations
 
 __all__ = [
+    "NativeDiagnosticsFormatError",
+    "NativeDiagnosticsUnavailable",
     "NativeGuardError",
     "ProtocolError",
     "ServiceError",
@@ -33,3 +35,11 @@ class ProtocolError(NativeGuardError, ValueError):
 
 class ServiceError(NativeGuardError, RuntimeError):
     """A local test service could not start, or was used in a state it cannot serve."""
+
+
+class NativeDiagnosticsUnavailable(NativeGuardError, RuntimeError):
+    """The Speech SDK is missing, or its core lacks the handle-table exports (older SDK)."""
+
+
+class NativeDiagnosticsFormatError(NativeGuardError, ValueError):
+    """The SDK's handle table came back in a shape this module does not understand."""

@@ -182,6 +182,7 @@ class SynthesizedSpeech:
     audio: bytes
     words: tuple[SpokenWord, ...]
     duration_s: float
+    header_bytes: int = 0
 
 
 _LEAD_S = 0.05
@@ -209,6 +210,10 @@ def synthesize_words(text: str, fmt: AudioFormat) -> SynthesizedSpeech:
         samples.extend([0.0] * int(_PAUSE_S * rate))
         words.append(SpokenWord(word, match.start(), start, duration))
     audio = _encode(samples, fmt)
-    if fmt.riff:
-        audio = _riff_header(fmt, len(audio)) + audio
-    return SynthesizedSpeech(audio=audio, words=tuple(words), duration_s=len(samples) / rate)
+    header = _riff_header(fmt, len(audio)) if fmt.riff else b""
+    return SynthesizedSpeech(
+        audio=header + audio,
+        words=tuple(words),
+        duration_s=len(samples) / rate,
+        header_bytes=len(header),
+    )

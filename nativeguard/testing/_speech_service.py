@@ -33,7 +33,13 @@ from websockets.typing import Subprotocol
 
 from .._errors import ProtocolError, ServiceError, add_note
 from .._redact import redact_headers
-from ._audio import AudioFormat, parse_output_format, parse_wav_header, synthesize_words
+from ._audio import (
+    AudioFormat,
+    SpokenWord,
+    parse_output_format,
+    parse_wav_header,
+    synthesize_words,
+)
 from ._faults import FaultPlan, Faults, check_plan, resolve_faults
 from ._script import TICKS_PER_SECOND, Phrase, Script, TimedPhrase
 from ._usp import Message, binary_frame, parse_binary, parse_text, text_frame
@@ -200,6 +206,25 @@ def _check_loopback(host: str) -> str:
     if not address.is_loopback:
         raise ValueError(f"SpeechService only binds loopback addresses, got {host!r}")
     return host
+
+
+def _word_metadata(word: SpokenWord) -> dict[str, Any]:
+    return {
+        "Metadata": [
+            {
+                "Type": "WordBoundary",
+                "Data": {
+                    "Offset": round(word.offset_s * TICKS_PER_SECOND),
+                    "Duration": round(word.duration_s * TICKS_PER_SECOND),
+                    "text": {
+                        "Text": word.text,
+                        "Length": len(word.text),
+                        "BoundaryType": "WordBoundary",
+                    },
+                },
+            }
+        ]
+    }
 
 
 def _ssml_text(ssml: str) -> str:
@@ -453,9 +478,12 @@ class SpeechService:
     def apply_timeouts(self, config: speechsdk.SpeechConfig) -> None:
         """Set the SDK's client-side response timeouts on ``config``.
 
-        Measured with SDK 1.53: ``recognize_once`` gives up after the timeout
-        plus a fixed 10 s; stopping a continuous session whose service went
-        silent, and synthesis, after the timeout itself.
+        Measured with SDK 1.53: on a silent service ``recognize_once`` gives
+        up after about twice the timeout (it waits for a result, then for the
+        session to stop), stopping a continuous session after the timeout,
+        synthesis after about the timeout. Keep it above ~3 s where refused or
+        dropped connections must surface as such: the SDK spends that long
+        retrying before it reports them.
         """
         timeout_ms = str(int(self._response_timeout_s * 1000))
         for name in (_ONESHOT_TIMEOUT, _TTS_FIRST_CHUNK_TIMEOUT, _TTS_ALL_CHUNKS_TIMEOUT):
@@ -829,33 +857,18 @@ class SpeechService:
         chunk = max(2, int(fmt.bytes_per_second * _TTS_CHUNK_S))
         words = list(speech.words) if options.get("wordBoundaryEnabled") else []
         for start in range(0, len(speech.audio), chunk):
+            # Like the real service, announce a word before the audio that holds it.
+            chunk_end_s = (start + chunk - speech.header_bytes) / fmt.bytes_per_second
+            while words and words[0].offset_s < chunk_end_s:
+                await self._send(
+                    connection,
+                    state,
+                    text_frame("audio.metadata", rid, _word_metadata(words.pop(0))),
+                )
+            audio = speech.audio[start : start + chunk]
             await self._send(
-                connection,
-                state,
-                binary_frame(
-                    "audio", rid, speech.audio[start : start + chunk], {"X-StreamId": "1"}
-                ),
+                connection, state, binary_frame("audio", rid, audio, {"X-StreamId": "1"})
             )
-            sent_until_s = (start + chunk) / fmt.bytes_per_second
-            while words and words[0].offset_s <= sent_until_s:
-                word = words.pop(0)
-                metadata = {
-                    "Metadata": [
-                        {
-                            "Type": "WordBoundary",
-                            "Data": {
-                                "Offset": round(word.offset_s * TICKS_PER_SECOND),
-                                "Duration": round(word.duration_s * TICKS_PER_SECOND),
-                                "text": {
-                                    "Text": word.text,
-                                    "Length": len(word.text),
-                                    "BoundaryType": "WordBoundary",
-                                },
-                            },
-                        }
-                    ]
-                }
-                await self._send(connection, state, text_frame("audio.metadata", rid, metadata))
         if options.get("sessionEndEnabled"):
             end = {
                 "Metadata": [
