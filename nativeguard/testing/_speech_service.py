@@ -57,11 +57,14 @@ _TOKEN_PREFIX = re.compile(r"^aad#[^#]*#")
 
 # Frames that break the protocol in different places. The SDK drops frames it
 # cannot parse, so a request answered only with these ends in ServiceTimeout.
-_MALFORMED_FRAMES: tuple[str | bytes, ...] = (
+# Deliberately absent: a binary frame whose 2-byte header length exceeds the
+# frame. Measured with SDK 1.53, that crashes the native core (SIGSEGV in
+# recognize_once) in most runs; a test bed must not take the test run down.
+_MALFORMED_FRAMES: tuple[str, ...] = (
     "this frame has no header block",
-    b"\xff\xffbinary frame whose header length exceeds the frame",
     "Path:speech.phrase\r\nContent-Type:application/json\r\n\r\n{this is not json",
     "X-RequestId:0\r\n\r\n{}",
+    'Path:turn.start\r\nX-RequestId:0\r\n\r\n{"context":',
 )
 
 # Client-side timeouts the SDK honours; shortened so a stalled service cancels
