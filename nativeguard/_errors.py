@@ -6,11 +6,20 @@ Each one also subclasses the builtin that fits, so callers that already catch
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
 __all__ = [
+    "ClosedResourceError",
     "NativeDiagnosticsFormatError",
     "NativeDiagnosticsUnavailable",
     "NativeGuardError",
     "ProtocolError",
+    "ReleaseError",
+    "ReleaseTimeout",
     "ServiceError",
     "add_note",
 ]
@@ -43,3 +52,25 @@ class NativeDiagnosticsUnavailable(NativeGuardError, RuntimeError):
 
 class NativeDiagnosticsFormatError(NativeGuardError, ValueError):
     """The SDK's handle table came back in a shape this module does not understand."""
+
+
+class ReleaseError(ExceptionGroup, NativeGuardError):  # type: ignore[misc]
+    """Release steps that failed or timed out; every other step still ran.
+
+    The objects were released as far as possible ("closed"); this error means
+    "not clean". An ``ExceptionGroup``, so ``except*`` can pick out one kind.
+    """
+
+    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> ReleaseError:
+        return super().__new__(cls, message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> ReleaseError:
+        return ReleaseError(self.message, excs)
+
+
+class ReleaseTimeout(NativeGuardError, TimeoutError):
+    """A release step did not finish within its bounded wait."""
+
+
+class ClosedResourceError(NativeGuardError, RuntimeError):
+    """An object or scope was used after nativeguard released it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
@@ -18,9 +20,19 @@ def synthesize(service: SpeechService, text: str, *, ssml: bool = False, fmt=Non
     synthesizer.synthesis_word_boundary.connect(
         lambda evt: words.append((evt.text, evt.text_offset, evt.audio_offset))
     )
+    finished = threading.Event()
+    synthesizer.synthesis_completed.connect(lambda evt: finished.set())
+    synthesizer.synthesis_canceled.connect(lambda evt: finished.set())
     call = synthesizer.speak_ssml_async if ssml else synthesizer.speak_text_async
     result = call(text).get()
-    synthesizer.synthesis_word_boundary.disconnect_all()
+    # Events arrive on the SDK's thread and may trail .get(): wait for the last one.
+    assert finished.wait(5)
+    for signal in (
+        synthesizer.synthesis_word_boundary,
+        synthesizer.synthesis_completed,
+        synthesizer.synthesis_canceled,
+    ):
+        signal.disconnect_all()
     outcome = (result.reason, bytes(result.audio_data), result.audio_duration, words)
     if result.reason == speechsdk.ResultReason.Canceled:
         details = result.cancellation_details

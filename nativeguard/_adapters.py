@@ -1,0 +1,205 @@
+"""Release steps per kind of object, and the registry a Scope consults.
+
+The Azure Speech, azure-identity and ``concurrent.futures`` adapters below are
+registered exactly the way a user registers one for another SDK.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ReleaseTimeout
+
+__all__ = [
+    "Adapter",
+    "ReleaseStep",
+    "adapter_for",
+    "event_signals",
+    "register_adapter",
+    "run_bounded",
+]
+
+ReleaseStep = Callable[[Any, float], None]
+"""``step(obj, timeout_s)``: one release action; raise to report it failed."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How to release one kind of object: a predicate and ordered steps."""
+
+    name: str
+    matches: Callable[[object], bool]
+    steps: tuple[ReleaseStep, ...]
+
+
+_registry: list[Adapter] = []
+_registry_lock = threading.Lock()
+
+
+def register_adapter(
+    type_or_predicate: type | tuple[type, ...] | Callable[[object], bool],
+    release_steps: Sequence[ReleaseStep],
+    *,
+    name: str | None = None,
+) -> Adapter:
+    """Teach every Scope how to release a kind of object.
+
+    Later registrations win over earlier ones, so users can override the
+    built-in adapters.
+    """
+    matches: Callable[[object], bool]
+    if isinstance(type_or_predicate, type) or (
+        isinstance(type_or_predicate, tuple) and all(isinstance(t, type) for t in type_or_predicate)
+    ):
+        kinds = type_or_predicate
+
+        def is_instance(obj: object) -> bool:
+            return isinstance(obj, kinds)
+
+        matches = is_instance
+    elif callable(type_or_predicate):
+        matches = type_or_predicate
+    else:
+        raise TypeError(
+            "register_adapter takes a type, a tuple of types or a predicate callable, "
+            f"got {type(type_or_predicate).__name__}"
+        )
+    label = name or str(getattr(type_or_predicate, "__qualname__", repr(type_or_predicate)))
+    steps = tuple(release_steps)
+    for step in steps:
+        if not callable(step):
+            raise TypeError(f"release step {step!r} is not callable")
+    adapter = Adapter(label, matches, steps)
+    with _registry_lock:
+        _registry.append(adapter)
+    return adapter
+
+
+def adapter_for(obj: object) -> Adapter | None:
+    """The most recently registered adapter that matches ``obj``."""
+    with _registry_lock:
+        candidates = list(reversed(_registry))
+    for adapter in candidates:
+        if adapter.matches(obj):
+            return adapter
+    return None
+
+
+def run_bounded(action: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run a blocking SDK call on a helper thread, waiting at most ``timeout_s``.
+
+    ``future.get()`` of the SDK has no timeout of its own; a stalled service
+    must not hang release forever.
+    """
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            action()
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name=f"nativeguard-release: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ReleaseTimeout(f"{what} did not finish within {timeout_s:g} s")
+    if failure:
+        raise failure[0]
+
+
+def event_signals(obj: object) -> list[Any]:
+    """Every SDK ``EventSignal`` held by ``obj``, found by introspection.
+
+    Signals live in name-mangled private attributes; scanning ``vars(obj)``
+    covers signals a future SDK version adds, without a hard-coded list.
+    """
+    try:
+        from azure.cognitiveservices.speech import EventSignal  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        return []
+    try:
+        values = list(vars(obj).values())
+    except TypeError:
+        return []
+    return [value for value in values if isinstance(value, EventSignal)]
+
+
+# -- built-in adapters ---------------------------------------------------------
+
+
+def _call_if_present(method: str) -> ReleaseStep:
+    def step(obj: Any, timeout_s: float) -> None:
+        bound = getattr(obj, method, None)
+        if bound is None:
+            return
+        result = bound()
+        get = getattr(result, "get", None)
+        if callable(get):
+            run_bounded(get, timeout_s, f"{type(obj).__name__}.{method}()")
+
+    step.__name__ = f"{method}"
+    return step
+
+
+def _close(obj: Any, timeout_s: float) -> None:
+    obj.close()
+
+
+def _shutdown_executor(obj: Any, timeout_s: float) -> None:
+    run_bounded(
+        lambda: obj.shutdown(wait=True, cancel_futures=True),
+        timeout_s,
+        f"{type(obj).__name__}.shutdown()",
+    )
+
+
+def _has_plain_close(obj: object) -> bool:
+    close = getattr(obj, "close", None)
+    return callable(close) and not inspect.iscoroutinefunction(close)
+
+
+def _register_builtins() -> None:
+    register_adapter(_has_plain_close, [_close], name="generic close()")
+    register_adapter(concurrent.futures.Executor, [_shutdown_executor], name="executor")
+    try:
+        import azure.cognitiveservices.speech as speechsdk  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        return
+    register_adapter(
+        speechsdk.audio.PushAudioInputStream, [_close], name="azure speech push stream"
+    )
+    register_adapter(speechsdk.Connection, [_close], name="azure speech connection")
+    register_adapter(
+        speechsdk.SpeechSynthesizer,
+        [_call_if_present("stop_speaking_async")],
+        name="azure speech synthesizer",
+    )
+    register_adapter(
+        speechsdk.KeywordRecognizer,
+        [_call_if_present("stop_recognition_async")],
+        name="azure speech keyword recognizer",
+    )
+    register_adapter(
+        speechsdk.Recognizer,
+        [_call_if_present("stop_continuous_recognition_async")],
+        name="azure speech recognizer",
+    )
+    # Transcribers inherit stop_continuous_recognition_async only to raise
+    # NotImplementedError from it; they stop with stop_transcribing_async.
+    register_adapter(
+        (
+            speechsdk.transcription.ConversationTranscriber,
+            speechsdk.transcription.MeetingTranscriber,
+        ),
+        [_call_if_present("stop_transcribing_async")],
+        name="azure speech transcriber",
+    )
+
+
+_register_builtins()
