@@ -65,6 +65,7 @@ class Scope:
         self._lock = threading.Lock()
         self._tracked: list[_Tracked] = []
         self._callbacks: list[tuple[weakref.ReferenceType[Any], Callable[..., Any]]] = []
+        self._finalizers: list[Callable[[], None]] = []
         self._closed_at: str | None = None
         self._entered = False
         self._statistics: ScopeStatistics | None = None
@@ -99,6 +100,18 @@ class Scope:
         with self._lock:
             self._callbacks.append((weakref.ref(signal), callback))
 
+    def add_finalizer(self, finalizer: Callable[[], None]) -> None:
+        """Run ``finalizer()`` on close, after the release steps, before the GC check.
+
+        Proxies use it to detach kept events and cut their reference to the
+        target, so the survivor count reflects only references held elsewhere.
+        """
+        self._check_open("add a finalizer to")
+        if not callable(finalizer):
+            raise TypeError(f"finalizer must be callable, got {type(finalizer).__name__}")
+        with self._lock:
+            self._finalizers.append(finalizer)
+
     @property
     def closed(self) -> bool:
         return self._closed_at is not None
@@ -119,6 +132,7 @@ class Scope:
             self._closed_at = _caller_location()
             tracked, self._tracked = self._tracked, []
             callbacks, self._callbacks = self._callbacks, []
+            finalizers, self._finalizers = self._finalizers, []
         start = time.perf_counter()
         errors: list[Exception] = []
         steps_run = signals_disconnected = 0
@@ -155,6 +169,12 @@ class Scope:
                     errors.append(exc)
         callbacks_dropped = len(callbacks)
         callbacks.clear()  # drops closures whose cells may reach SDK objects
+        for finalizer in reversed(finalizers):
+            try:
+                finalizer()
+            except Exception as exc:
+                errors.append(exc)
+        finalizers.clear()
         generations, gc_seconds, survivors = _collect_until_dead([t.ref for t in tracked])
         self._statistics = ScopeStatistics(
             objects_tracked=len(tracked),

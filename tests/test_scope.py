@@ -187,3 +187,22 @@ def test_misuse_is_reported():
         pass
     with pytest.raises(RuntimeError, match="once the scope is closed"):
         Scope().statistics()
+
+
+def test_finalizers_run_after_release_and_before_the_survivor_check():
+    class Holder:
+        pass
+
+    order: list[str] = []
+    holder = Holder()
+    box = {"target": holder}
+    del holder
+    scope = Scope()
+    scope.register(box["target"])
+    scope.add_finalizer(lambda: order.append("first added"))
+    scope.add_finalizer(lambda: (order.append("cut"), box.clear()))
+    scope.close()
+    assert order == ["cut", "first added"]
+    assert scope.statistics().survivors == 0
+    with pytest.raises(ClosedResourceError):
+        scope.add_finalizer(print)
