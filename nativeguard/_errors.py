@@ -14,6 +14,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "ClosedResourceError",
+    "LeakError",
     "NativeDiagnosticsFormatError",
     "NativeDiagnosticsUnavailable",
     "NativeGuardError",
@@ -74,3 +75,14 @@ class ReleaseTimeout(NativeGuardError, TimeoutError):
 
 class ClosedResourceError(NativeGuardError, RuntimeError):
     """An object or scope was used after nativeguard released it."""
+
+
+class LeakError(NativeGuardError, RuntimeError):
+    """Objects were still alive after nativeguard released them (strict mode).
+
+    ``report`` holds the structured details (types, holders) for machines.
+    """
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
