@@ -13,6 +13,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
+    "CallbackError",
     "ClosedResourceError",
     "LeakError",
     "NativeDiagnosticsFormatError",
@@ -86,3 +87,18 @@ class LeakError(NativeGuardError, RuntimeError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class CallbackError(ExceptionGroup, NativeGuardError):  # type: ignore[misc]
+    """Callbacks connected through nativeguard raised while the SDK called them.
+
+    The SDK runs callbacks on its own threads and only prints what they raise;
+    nativeguard keeps those exceptions and raises them when the managed block
+    ends (after releasing everything), so a failing callback fails the caller.
+    """
+
+    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> CallbackError:
+        return super().__new__(cls, message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> CallbackError:
+        return CallbackError(self.message, excs)

@@ -1,0 +1,267 @@
+"""``managed_*``: context managers that own one SDK object each.
+
+Each yields a :class:`~nativeguard._proxy.ManagedProxy` of the real object and,
+on exit (success or failure), stops it, disconnects its signals, detaches kept
+events, cuts the proxy's reference and checks that the native object is gone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import azure.cognitiveservices.speech as speechsdk
+
+from ._errors import CallbackError, ReleaseError, add_note
+from ._proxy import ManagedProxy, callback_errors
+from ._scope import Scope
+
+__all__ = [
+    "Managed",
+    "managed",
+    "managed_connection",
+    "managed_credential",
+    "managed_executor",
+    "managed_recognizer",
+    "managed_synthesizer",
+    "managed_transcriber",
+    "managed_translation_recognizer",
+]
+
+T = TypeVar("T")
+
+
+class Managed(Generic[T]):
+    """A one-shot context manager (sync or async) owning one object.
+
+    ``scope=`` joins an existing Scope (the object is then released when that
+    scope closes, not at this block's exit); otherwise the block owns a fresh
+    one. ``plain=True`` makes every callback connected through the proxy
+    receive ``extract(evt)`` instead of the SDK event.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], T],
+        *,
+        scope: Scope | None = None,
+        plain: bool = False,
+        description: str = "object",
+    ) -> None:
+        if scope is not None and not isinstance(scope, Scope):
+            raise TypeError(f"scope must be a nativeguard Scope, got {type(scope).__name__}")
+        self._factory = factory
+        self._shared_scope = scope
+        self._plain = plain
+        self._description = description
+        self._scope: Scope | None = None
+        self._state = "new"
+
+    @property
+    def scope(self) -> Scope:
+        if self._scope is None:
+            raise RuntimeError(f"managed {self._description} has no scope until it is entered")
+        return self._scope
+
+    def __enter__(self) -> T:
+        if self._state != "new":
+            raise RuntimeError(
+                f"this managed {self._description} was already entered; "
+                "call the managed_*() function again for a new one"
+            )
+        self._state = "entered"
+        scope = self._shared_scope if self._shared_scope is not None else Scope()
+        self._scope = scope
+        target = self._factory()
+        self._factory = _spent  # drop the factory's closure: it may reference the object
+        scope.register(target)
+        proxy = ManagedProxy(target, scope, plain=self._plain)
+        del target  # from here on, the proxy holds the only reference we own
+
+        def cut() -> None:
+            # Dropping the proxy's reference here (not when the proxy dies) is
+            # what frees the native object while the caller still holds the proxy.
+            released = proxy._self_release(getattr(scope, "_closed_at", None) or "<unknown>")
+            del released
+
+        scope.add_finalizer(cut)
+        result: T = proxy  # type: ignore[assignment]
+        return result
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = "exited"
+        scope = self.scope
+        if self._shared_scope is not None:
+            return  # the shared scope's owner releases it
+        release_error: ReleaseError | None = None
+        try:
+            scope.close()
+        except ReleaseError as error:
+            release_error = error
+        failures = callback_errors(scope)
+        if exc is not None:
+            if release_error is not None:
+                add_note(exc, f"nativeguard: {release_error.message}: {release_error.exceptions!r}")
+            for failure in failures:
+                add_note(exc, f"nativeguard: a callback raised {failure!r}")
+            return
+        if failures:
+            group = CallbackError(
+                f"{len(failures)} callback(s) connected through nativeguard raised", failures
+            )
+            if release_error is not None:
+                add_note(group, f"nativeguard: {release_error.message}")
+            raise group
+        if release_error is not None:
+            raise release_error
+
+    async def __aenter__(self) -> T:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _spent() -> Any:
+    raise RuntimeError("a managed factory runs once")
+
+
+def _unwrap(obj: Any) -> Any:
+    return obj.__wrapped__ if isinstance(obj, ManagedProxy) else obj
+
+
+def managed_recognizer(
+    speech_config: Any,
+    audio_config: Any = None,
+    *,
+    scope: Scope | None = None,
+    plain: bool = False,
+    **kwargs: Any,
+) -> Managed[Any]:
+    """A ``speechsdk.SpeechRecognizer`` released at the end of the block."""
+    return Managed(
+        lambda: speechsdk.SpeechRecognizer(
+            _unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
+        ),
+        scope=scope,
+        plain=plain,
+        description="SpeechRecognizer",
+    )
+
+
+def managed_transcriber(
+    speech_config: Any,
+    audio_config: Any = None,
+    *,
+    scope: Scope | None = None,
+    plain: bool = False,
+    **kwargs: Any,
+) -> Managed[Any]:
+    """A ``ConversationTranscriber`` released at the end of the block."""
+    return Managed(
+        lambda: speechsdk.transcription.ConversationTranscriber(
+            _unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
+        ),
+        scope=scope,
+        plain=plain,
+        description="ConversationTranscriber",
+    )
+
+
+def managed_translation_recognizer(
+    translation_config: Any,
+    audio_config: Any = None,
+    *,
+    scope: Scope | None = None,
+    plain: bool = False,
+    **kwargs: Any,
+) -> Managed[Any]:
+    """A ``TranslationRecognizer`` released at the end of the block."""
+    return Managed(
+        lambda: speechsdk.translation.TranslationRecognizer(
+            translation_config=_unwrap(translation_config),
+            audio_config=_unwrap(audio_config),
+            **kwargs,
+        ),
+        scope=scope,
+        plain=plain,
+        description="TranslationRecognizer",
+    )
+
+
+def managed_synthesizer(
+    speech_config: Any,
+    audio_config: Any = None,
+    *,
+    scope: Scope | None = None,
+    plain: bool = False,
+    **kwargs: Any,
+) -> Managed[Any]:
+    """A ``SpeechSynthesizer`` released at the end of the block.
+
+    ``audio_config=None`` means what it means to the SDK: keep audio in memory,
+    play nothing (the SDK's own default would open a speaker).
+    """
+    return Managed(
+        lambda: speechsdk.SpeechSynthesizer(
+            speech_config=_unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
+        ),
+        scope=scope,
+        plain=plain,
+        description="SpeechSynthesizer",
+    )
+
+
+def managed_connection(
+    recognizer_or_synthesizer: Any, *, scope: Scope | None = None
+) -> Managed[Any]:
+    """The ``speechsdk.Connection`` of a recognizer or synthesizer, closed at exit."""
+    target = _unwrap(recognizer_or_synthesizer)
+
+    def make() -> Any:
+        if isinstance(target, speechsdk.SpeechSynthesizer):
+            return speechsdk.Connection.from_speech_synthesizer(target)
+        if isinstance(target, speechsdk.Recognizer):
+            return speechsdk.Connection.from_recognizer(target)
+        raise TypeError(
+            f"managed_connection takes a recognizer or a synthesizer, got {type(target).__name__}"
+        )
+
+    return Managed(make, scope=scope, description="Connection")
+
+
+def managed_credential(credential: Any, *, scope: Scope | None = None) -> Managed[Any]:
+    """An azure-identity credential (sync or ``aio``), closed at exit."""
+    if not callable(getattr(credential, "close", None)):
+        raise TypeError(f"{type(credential).__name__} has no close(); it is not a credential")
+    return Managed(lambda: credential, scope=scope, description=type(credential).__name__)
+
+
+def managed_executor(
+    max_workers: int | None = None, *, scope: Scope | None = None, **kwargs: Any
+) -> Managed[concurrent.futures.ThreadPoolExecutor]:
+    """A ``ThreadPoolExecutor`` shut down (``wait=True, cancel_futures=True``) at exit."""
+    return Managed(
+        lambda: concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, **kwargs),
+        scope=scope,
+        description="ThreadPoolExecutor",
+    )
+
+
+def managed(obj: T, *, scope: Scope | None = None, plain: bool = False) -> Managed[T]:
+    """Any object nativeguard has an adapter for (or with a plain ``close()``)."""
+    if isinstance(obj, ManagedProxy):
+        raise TypeError("this object is already managed; use it as it is")
+    return Managed(lambda: obj, scope=scope, plain=plain, description=type(obj).__name__)

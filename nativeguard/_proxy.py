@@ -1,0 +1,266 @@
+"""Proxies that stand in for SDK objects, signals, events and results.
+
+A managed object is handed out as a :class:`ManagedProxy`. When its scope
+closes the proxy's reference to the SDK object is cut (the proxy then raises
+:class:`ClosedResourceError`), signals reached through it route callbacks via
+the scope, and events those callbacks received are re-pointed at plain data so
+a result kept past its callback no longer pins a native handle.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import wrapt
+
+from ._errors import ClosedResourceError, add_note
+from ._extract import Cancellation, extract
+from ._scope import Scope
+
+__all__ = ["EventProxy", "ManagedProxy", "ResultProxy", "SignalProxy"]
+
+
+class _Released:
+    """What a proxy points at once its scope released the target."""
+
+    __slots__ = ("_description", "_where")
+
+    def __init__(self, description: str, where: str) -> None:
+        self._description = description
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            # Protocol probes (wrapt, copy, pickle) expect AttributeError.
+            raise AttributeError(name)
+        raise ClosedResourceError(
+            f"{self._description} was released by nativeguard at {self._where}; "
+            f"it cannot be used after its managed block (accessed .{name})"
+        )
+
+    def __repr__(self) -> str:
+        return f"<released {self._description} (closed at {self._where})>"
+
+
+def _is_signal(value: object) -> bool:
+    try:
+        from azure.cognitiveservices.speech import EventSignal  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        return False
+    return isinstance(value, EventSignal)
+
+
+class ManagedProxy(wrapt.ObjectProxy[Any]):
+    """Stands in for an SDK object owned by a Scope."""
+
+    def __init__(self, wrapped: object, scope: Scope, *, plain: bool = False) -> None:
+        super().__init__(wrapped)
+        self._self_scope = scope
+        self._self_plain = plain
+        self._self_description = f"{type(wrapped).__qualname__} object"
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.__wrapped__, name)
+        if _is_signal(value):
+            return SignalProxy(value, self._self_scope, plain=self._self_plain)
+        return value
+
+    def _self_release(self, where: str) -> object:
+        """Cut the reference to the target; returns it so the scope can drop it."""
+        target = self.__wrapped__
+        self.__wrapped__ = _Released(self._self_description, where)
+        return target
+
+    def __repr__(self) -> str:
+        return f"<nativeguard managed {self.__wrapped__!r}>"
+
+
+class SignalProxy(wrapt.ObjectProxy[Any]):
+    """An SDK ``EventSignal`` whose ``connect`` goes through the scope."""
+
+    def __init__(self, wrapped: object, scope: Scope, *, plain: bool = False) -> None:
+        super().__init__(wrapped)
+        self._self_scope = scope
+        self._self_plain = plain
+
+    def connect(self, callback: Callable[[Any], Any], *, plain: bool | None = None) -> None:
+        """Connect ``callback``; with ``plain=True`` it receives ``extract(evt)``."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        use_plain = self._self_plain if plain is None else plain
+        events = _events_of(self._self_scope)
+        handler = (
+            _plain_handler(callback, events) if use_plain else _proxy_handler(callback, events)
+        )
+        self._self_scope.connect(self.__wrapped__, handler)
+
+
+@dataclass
+class _ScopeEvents:
+    """Per-scope bookkeeping: event proxies handed out and callback failures."""
+
+    proxies: weakref.WeakSet[EventProxy | ResultProxy]
+    errors: list[Exception]
+    lock: threading.Lock
+
+
+_scope_events: weakref.WeakKeyDictionary[Scope, _ScopeEvents] = weakref.WeakKeyDictionary()
+_scope_events_lock = threading.Lock()
+
+
+def _events_of(scope: Scope) -> _ScopeEvents:
+    with _scope_events_lock:
+        events = _scope_events.get(scope)
+        if events is None:
+            events = _ScopeEvents(weakref.WeakSet(), [], threading.Lock())
+            _scope_events[scope] = events
+            scope.add_finalizer(lambda: detach_events(events))
+        return events
+
+
+def callback_errors(scope: Scope) -> list[Exception]:
+    """Exceptions raised by callbacks connected through ``scope``'s proxies.
+
+    The SDK calls callbacks from native threads and only prints what they
+    raise; nativeguard keeps them so the managed block can re-raise them.
+    """
+    with _scope_events_lock:
+        events = _scope_events.get(scope)
+    if events is None:
+        return []
+    with events.lock:
+        return list(events.errors)
+
+
+def _record_failure(events: _ScopeEvents, exc: Exception) -> None:
+    """Keep a callback's exception without its frames.
+
+    A traceback keeps its frames, and each frame its caller (``f_back``): the
+    SDK's dispatch frames, which hold the recognizer and the native event.
+    Keeping those would pin exactly what the scope is about to release, so the
+    traceback is kept as text in a note instead.
+    """
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    seen: set[int] = set()
+    chained: BaseException | None = exc
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        chained.__traceback__ = None
+        chained = chained.__cause__ or chained.__context__
+    add_note(exc, f"raised in a callback called by the SDK:\n{text}")
+    with events.lock:
+        events.errors.append(exc)
+
+
+def _proxy_handler(callback: Callable[[Any], Any], events: _ScopeEvents) -> Callable[[Any], None]:
+    def handler(evt: Any) -> None:
+        proxy = EventProxy(evt, events)
+        with events.lock:
+            events.proxies.add(proxy)
+        try:
+            callback(proxy)
+        except Exception as exc:  # kept and re-raised at the end of the managed block
+            _record_failure(events, exc)
+
+    handler.__name__ = getattr(callback, "__name__", "handler")
+    return handler
+
+
+def _plain_handler(callback: Callable[[Any], Any], events: _ScopeEvents) -> Callable[[Any], None]:
+    def handler(evt: Any) -> None:
+        try:
+            callback(extract(evt))
+        except Exception as exc:  # kept and re-raised at the end of the managed block
+            _record_failure(events, exc)
+
+    handler.__name__ = getattr(callback, "__name__", "handler")
+    return handler
+
+
+class EventProxy(wrapt.ObjectProxy[Any]):
+    """An SDK event handed to a callback; detached to plain data at scope exit."""
+
+    def __init__(self, wrapped: object, events: _ScopeEvents) -> None:
+        super().__init__(wrapped)
+        self._self_events = events
+        self._self_result: ResultProxy | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "result" and not isinstance(self.__wrapped__, DetachedEvent):
+            # One stable proxy per event, so `evt.result is evt.result`, and
+            # tracked on its own: callers often keep the result, not the event.
+            if self._self_result is None:
+                proxy = ResultProxy(self.__wrapped__.result)
+                with self._self_events.lock:
+                    self._self_events.proxies.add(proxy)
+                self._self_result = proxy
+            return self._self_result
+        return getattr(self.__wrapped__, name)
+
+    def _self_detach(self) -> None:
+        target = self.__wrapped__
+        if isinstance(target, DetachedEvent):
+            return
+        self.__wrapped__ = DetachedEvent.of(target)
+        self._self_result = None
+
+
+class ResultProxy(wrapt.ObjectProxy[Any]):
+    """An SDK result reached through an event proxy; detached at scope exit."""
+
+    def _self_detach(self) -> None:
+        target = self.__wrapped__
+        if _is_plain(target):
+            return
+        self.__wrapped__ = extract(target)
+
+
+def _is_plain(value: object) -> bool:
+    return type(value).__module__.startswith("nativeguard.")
+
+
+@dataclass(frozen=True, slots=True)
+class DetachedEvent:
+    """What a kept event becomes: the SDK event's common fields, as plain data."""
+
+    session_id: str | None
+    offset: int | None
+    result: object
+    cancellation_details: Cancellation | None
+
+    @classmethod
+    def of(cls, evt: Any) -> DetachedEvent:
+        result = getattr(evt, "result", None)
+        plain_result: object = None
+        cancellation: Cancellation | None = None
+        if result is not None:
+            extracted = extract(result)
+            plain_result = extracted
+            if isinstance(extracted, Cancellation):
+                cancellation = extracted
+        if getattr(evt, "cancellation_details", None) is not None:
+            extracted_evt = extract(evt)
+            if isinstance(extracted_evt, Cancellation):
+                cancellation = extracted_evt
+        offset = getattr(evt, "offset", None)
+        return cls(
+            session_id=getattr(evt, "session_id", None),
+            offset=offset if isinstance(offset, int) else None,
+            result=plain_result,
+            cancellation_details=cancellation,
+        )
+
+
+def detach_events(events: _ScopeEvents) -> None:
+    """Re-point every event/result proxy still alive at its plain data."""
+    with events.lock:
+        alive = list(events.proxies)
+    # Results first: detaching an event extracts from its SDK result, which a
+    # detached ResultProxy would no longer reach.
+    for proxy in sorted(alive, key=lambda p: isinstance(p, EventProxy)):
+        proxy._self_detach()

@@ -1,0 +1,72 @@
+"""Exact before/after accounting of SDK objects for the core's tests."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import psutil
+
+from nativeguard._native import native_handles
+
+SDK_MODULE = "azure.cognitiveservices.speech"
+
+
+def live_sdk_instances() -> Counter[str]:
+    """Live instances of SDK classes, by class name (full heap scan: tests only)."""
+    counts: Counter[str] = Counter()
+    for obj in gc.get_objects():
+        module = type.__dict__["__module__"].__get__(type(obj))  # not a proxy's property
+        if isinstance(module, str) and module.startswith(SDK_MODULE):
+            counts[type(obj).__qualname__] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    handles: dict[str, int]
+    instances: Counter[str]
+    threads: frozenset[threading.Thread]
+    fds: int
+
+
+def snapshot() -> Snapshot:
+    return Snapshot(
+        handles=native_handles(),
+        instances=live_sdk_instances(),
+        threads=frozenset(threading.enumerate()),
+        fds=psutil.Process().num_fds(),
+    )
+
+
+def assert_back_to(before: Snapshot, *, settle_s: float = 3.0, collect: bool = False) -> None:
+    """Assert handles, instances, threads and fds equal ``before`` exactly.
+
+    Session-end events arrive on SDK threads after the call returns, so poll
+    (bounded) before declaring a difference. ``collect`` is off by default: the
+    point is that nativeguard frees things without a full collection.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        if collect:
+            gc.collect()
+        now = snapshot()
+        same = (
+            now.handles == before.handles
+            and now.instances == before.instances
+            and now.threads == before.threads
+            and now.fds == before.fds
+        )
+        if same or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    names = set(now.handles) | set(before.handles)
+    changed = {k: now.handles.get(k, 0) - before.handles.get(k, 0) for k in names}
+    assert now.handles == before.handles, {k: d for k, d in changed.items() if d}
+    assert now.instances - before.instances == Counter()
+    assert now.instances == before.instances
+    assert sorted(t.name for t in now.threads - before.threads) == []
+    assert now.fds == before.fds

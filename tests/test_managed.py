@@ -1,0 +1,291 @@
+"""managed_* against the real SDK: exact native handles, instances, threads, fds."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import azure.cognitiveservices.speech as speechsdk
+import pytest
+from leakcheck import assert_back_to, snapshot
+
+from nativeguard._errors import CallbackError, ClosedResourceError
+from nativeguard._extract import Segment
+from nativeguard._managed import (
+    managed,
+    managed_connection,
+    managed_executor,
+    managed_recognizer,
+    managed_synthesizer,
+    managed_transcriber,
+    managed_translation_recognizer,
+)
+from nativeguard._native import native_handles
+from nativeguard.testing import Faults, Phrase, SpeechService
+
+SCRIPT = [
+    Phrase("first words", speaker="Guest-1", offset_s=0.1, duration_s=0.5),
+    Phrase("second words", speaker="Guest-2", offset_s=1.0, duration_s=0.5),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_sdk(wav_path):
+    """The SDK creates some process-wide state on first use; keep it out of baselines."""
+    with SpeechService(script=SCRIPT) as service:
+        transcriber = speechsdk.transcription.ConversationTranscriber(
+            service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+        )
+        done = threading.Event()
+        transcriber.session_stopped.connect(lambda evt: done.set())
+        transcriber.start_transcribing_async().get()
+        done.wait(10)
+        transcriber.stop_transcribing_async().get()
+        transcriber.session_stopped.disconnect_all()
+        del transcriber
+        synthesizer = speechsdk.SpeechSynthesizer(service.speech_config(), audio_config=None)
+        synthesizer.speak_text_async("warm").get()
+        del synthesizer
+    gc.collect()
+
+
+@pytest.fixture
+def service():
+    with SpeechService(script=SCRIPT, response_timeout_s=1.0) as svc:
+        yield svc
+
+
+def transcribe(transcriber, kept: list, *, raise_in_callback: bool = False) -> threading.Event:
+    """The field write-ups' leaky pattern, unchanged: closures and kept results."""
+    done = threading.Event()
+
+    def on_transcribed(evt):
+        kept.append(evt.result)  # kept past the callback
+        assert transcriber is not None  # closure captures the transcriber
+        if raise_in_callback:
+            raise ValueError("bug in user callback")
+
+    transcriber.transcribed.connect(on_transcribed)
+    transcriber.session_stopped.connect(lambda evt: done.set())
+    transcriber.canceled.connect(lambda evt: done.set())
+    transcriber.start_transcribing_async().get()
+    assert done.wait(15), "session did not end"
+    return done
+
+
+def test_naive_pattern_leaks_and_managed_transcriber_does_not(service, wav_path):
+    gc.disable()
+    try:
+        before = snapshot()
+        # Without nativeguard: the transcriber and every kept result stay native.
+        kept: list = []
+        transcriber = speechsdk.transcription.ConversationTranscriber(
+            service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+        )
+        transcribe(transcriber, kept)
+        transcriber.stop_transcribing_async().get()
+        del transcriber
+        leaked = native_handles()
+        assert leaked.get("ISpxRecognizer", 0) == before.handles.get("ISpxRecognizer", 0) + 1
+        assert leaked.get("ISpxRecognitionResult", 0) >= 2
+        kept.clear()
+        gc.collect()
+
+        before = snapshot()
+        kept = []
+        with managed_transcriber(
+            service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+        ) as transcriber:
+            transcribe(transcriber, kept)
+        assert_back_to(before)  # no gc.collect() anywhere
+        # The kept results still read like SDK results, but are plain data now.
+        assert [(r.text, r.speaker_id) for r in kept] == [
+            ("first words", "Guest-1"),
+            ("second words", "Guest-2"),
+        ]
+        assert kept[0].offset == 1_000_000
+        assert isinstance(kept[0].__wrapped__, Segment)
+    finally:
+        gc.enable()
+
+
+def test_use_after_exit_names_the_object_and_where(service, wav_path):
+    with managed_recognizer(
+        service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+    ) as recognizer:
+        assert recognizer.recognize_once_async().get().text == "first words"
+    with pytest.raises(ClosedResourceError, match=r"SpeechRecognizer object was released") as e:
+        recognizer.recognize_once_async()
+    assert "test_managed.py" in str(e.value)
+
+
+def test_recognizer_continuous_and_plain_callbacks(service, wav_path):
+    before = snapshot()
+    segments: list = []
+    with managed_recognizer(
+        service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+    ) as recognizer:
+        done = threading.Event()
+        recognizer.recognized.connect(segments.append, plain=True)
+        recognizer.session_stopped.connect(lambda evt: done.set())
+        recognizer.start_continuous_recognition_async().get()
+        assert done.wait(10)
+    assert_back_to(before)
+    assert [type(s) for s in segments] == [Segment, Segment]
+    assert [s.text for s in segments] == ["first words", "second words"]
+
+
+def test_translation_recognizer(service, wav_path):
+    before = snapshot()
+    with managed_translation_recognizer(
+        service.translation_config("de"), speechsdk.audio.AudioConfig(filename=wav_path)
+    ) as recognizer:
+        result = recognizer.recognize_once_async().get()
+        assert dict(result.translations) == {"de": "[de] first words"}
+        del result
+    assert_back_to(before)
+
+
+def test_synthesizer_and_its_connection(service):
+    before = snapshot()
+    words: list = []
+    with (
+        managed_synthesizer(service.speech_config()) as synthesizer,
+        managed_connection(synthesizer) as connection,
+    ):
+        connection.open(False)
+        finished = threading.Event()
+        synthesizer.synthesis_word_boundary.connect(lambda evt: words.append(evt.text))
+        synthesizer.synthesis_completed.connect(lambda evt: finished.set())
+        result = synthesizer.speak_text_async("managed speech").get()
+        assert result.reason == speechsdk.ResultReason.SynthesizingAudioCompleted
+        assert finished.wait(5)
+        del result
+    assert words == ["managed", "speech"]
+    assert_back_to(before)
+
+
+def test_executor_threads_are_gone(service):
+    before = snapshot()
+    with managed_executor(max_workers=3) as executor:
+        assert sorted(executor.map(lambda x: x * 2, range(5))) == [0, 2, 4, 6, 8]
+    assert_back_to(before)
+
+
+def test_generic_managed_push_stream(service):
+    before = snapshot()
+    with managed(speechsdk.audio.PushAudioInputStream()) as stream:
+        stream.write(b"\x00" * 320)
+    assert_back_to(before)
+
+
+@pytest.mark.parametrize(
+    ("faults", "key"),
+    [
+        pytest.param(Faults(refuse=True), None, id="connection-refused"),
+        pytest.param(Faults(close_after=3), None, id="socket-dropped-mid-stream"),
+        pytest.param(Faults(stall=True), None, id="stalled-service"),
+        pytest.param(None, "wrong-key", id="auth-refused"),
+    ],
+)
+def test_failure_paths_release_everything(wav_path, faults, key):
+    with SpeechService(
+        script=SCRIPT, faults=faults, require_key="right-key", response_timeout_s=1.0
+    ) as service:
+        before = snapshot()
+        config = service.speech_config(subscription=key or "right-key")
+        kept: list = []
+        with managed_transcriber(config, speechsdk.audio.AudioConfig(filename=wav_path)) as t:
+            done = threading.Event()
+            t.canceled.connect(lambda evt: (kept.append(evt), done.set()))
+            t.start_transcribing_async().get()
+            if faults is not None and faults.stall:
+                assert not done.wait(1.5)  # a silent service cancels only on stop
+            else:
+                assert done.wait(15)
+        del config
+        assert_back_to(before)
+    if kept:
+        (evt,) = kept
+        assert evt.cancellation_details.reason in ("Error", "EndOfStream")
+
+
+def test_exception_in_callback_is_raised_at_exit_after_release(service, wav_path):
+    before = snapshot()
+    kept: list = []
+    with (
+        pytest.raises(CallbackError) as caught,
+        managed_transcriber(
+            service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+        ) as transcriber,
+    ):
+        transcribe(transcriber, kept, raise_in_callback=True)
+    assert [type(e) for e in caught.value.exceptions] == [ValueError, ValueError]
+    assert_back_to(before)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("body failed"), KeyboardInterrupt()])
+def test_exception_in_body_propagates_and_releases(service, wav_path, error):
+    before = snapshot()
+    with (
+        pytest.raises(type(error)),
+        managed_transcriber(
+            service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+        ) as transcriber,
+    ):
+        transcriber.start_transcribing_async().get()
+        raise error
+    assert_back_to(before)
+
+
+def test_async_with(service, wav_path):
+    import asyncio
+
+    async def main() -> str:
+        async with managed_recognizer(
+            service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+        ) as recognizer:
+            future = recognizer.recognize_once_async()
+            result = await asyncio.get_running_loop().run_in_executor(None, future.get)
+            text = result.text
+            del result, future
+            return text
+
+    before = snapshot()
+    assert asyncio.run(main()) == "first words"
+    assert_back_to(before)
+
+
+def test_eight_threads_transcribe_without_cross_talk(wav_path):
+    services = [SpeechService(script=[f"thread {i} speaking"]).start() for i in range(8)]
+    try:
+        before = snapshot()
+
+        def work(i: int) -> list[str]:
+            kept: list = []
+            with managed_transcriber(
+                services[i].speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+            ) as transcriber:
+                transcribe(transcriber, kept)
+            return [r.text for r in kept]
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        assert results == [[f"thread {i} speaking"] for i in range(8)]
+        assert_back_to(before)
+    finally:
+        for service in services:
+            service.stop()
+
+
+def test_managed_objects_refuse_reuse_and_bad_input(service):
+    block = managed_executor(max_workers=1)
+    with block:
+        pass
+    with pytest.raises(RuntimeError, match="already entered"), block:
+        pass
+    with pytest.raises(TypeError, match="recognizer or a synthesizer"), managed_connection(42):
+        pass
+    with pytest.raises(TypeError, match="Scope"):
+        managed_executor(scope="nope")
