@@ -22,6 +22,7 @@ __all__ = [
     "ProtocolError",
     "ReleaseError",
     "ReleaseTimeout",
+    "RequestTimeout",
     "ServiceError",
     "add_note",
 ]
@@ -102,3 +103,10 @@ class CallbackError(ExceptionGroup, NativeGuardError):  # type: ignore[misc]
 
     def derive(self, excs: Sequence[Exception]) -> CallbackError:
         return CallbackError(self.message, excs)
+
+
+class RequestTimeout(NativeGuardError, TimeoutError):
+    """A one-call helper (transcribe, recognize_once, ...) did not finish in time.
+
+    Everything it created was released before this was raised.
+    """

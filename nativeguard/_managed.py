@@ -7,6 +7,7 @@ events, cuts the proxy's reference and checks that the native object is gone.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 from collections.abc import Callable
 from types import TracebackType
@@ -131,7 +132,9 @@ class Managed(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        # Stopping a session and the native teardown block for tens of ms:
+        # keep them off the event loop.
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
 
 
 def _spent() -> Any:

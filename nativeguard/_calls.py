@@ -1,0 +1,215 @@
+"""One-call helpers: the whole SDK dance under a scope, plain data out.
+
+``transcribe``, ``recognize_once`` and ``synthesize`` (and their ``a*`` async
+twins) create the SDK object, wait for the outcome, release everything and
+return only frozen dataclasses: nothing they return can pin a native handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import azure.cognitiveservices.speech as speechsdk
+
+from ._errors import RequestTimeout
+from ._extract import Cancellation, Segment, SynthesisResult, extract
+from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
+
+__all__ = [
+    "Transcript",
+    "arecognize_once",
+    "asynthesize",
+    "atranscribe",
+    "recognize_once",
+    "synthesize",
+    "transcribe",
+]
+
+AudioSource = str | os.PathLike[str] | Any
+"""A WAV file path, or an SDK ``AudioConfig`` built by the caller."""
+
+_DEFAULT_TIMEOUT_S = 300.0
+_STEP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A finished transcription as plain data."""
+
+    segments: tuple[Segment, ...]
+    cancellation: Cancellation | None
+    """Why the session was canceled with an error; None when the audio simply ended."""
+    elapsed_s: float
+
+    @property
+    def text(self) -> str:
+        return " ".join(segment.text for segment in self.segments if segment.text)
+
+
+def _audio_config(audio: AudioSource) -> Any:
+    if isinstance(audio, (str, os.PathLike)):
+        path = os.fspath(audio)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"audio file not found: {path}")
+        return speechsdk.audio.AudioConfig(filename=path)
+    if isinstance(audio, speechsdk.audio.AudioConfig):
+        return audio
+    raise TypeError(
+        "audio must be a WAV file path or a speechsdk.audio.AudioConfig, "
+        f"got {type(audio).__name__}"
+    )
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+
+
+@dataclass
+class _Session:
+    """Collects a continuous session's plain events; ``finish`` is called once it ends."""
+
+    finish: Callable[[], None]
+    segments: list[Segment]
+    cancellation: Cancellation | None = None
+
+    def on_segment(self, segment: Any) -> None:
+        if isinstance(segment, Segment) and segment.reason != "NoMatch":
+            self.segments.append(segment)
+
+    def on_canceled(self, cancellation: Any) -> None:
+        if isinstance(cancellation, Cancellation) and cancellation.reason != "EndOfStream":
+            self.cancellation = cancellation
+        self.finish()
+
+    def on_stopped(self, _event: Any) -> None:
+        self.finish()
+
+    def connect(self, transcriber: Any) -> None:
+        transcriber.transcribed.connect(self.on_segment, plain=True)
+        transcriber.canceled.connect(self.on_canceled, plain=True)
+        transcriber.session_stopped.connect(self.on_stopped, plain=True)
+
+
+def transcribe(
+    speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
+) -> Transcript:
+    """Transcribe ``audio`` with a ConversationTranscriber (speakers included).
+
+    Raises :class:`RequestTimeout` (after releasing everything) if the session
+    has not ended within ``timeout`` seconds.
+    """
+    _check_timeout(timeout)
+    start = time.monotonic()
+    ended = threading.Event()
+    session = _Session(ended.set, [])
+    with managed_transcriber(speech_config, _audio_config(audio)) as transcriber:
+        session.connect(transcriber)
+        transcriber.start_transcribing_async().get()
+        if not ended.wait(timeout):
+            raise RequestTimeout(f"transcription did not end within {timeout:g} s")
+        transcriber.stop_transcribing_async().get()
+    return Transcript(tuple(session.segments), session.cancellation, time.monotonic() - start)
+
+
+async def atranscribe(
+    speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
+) -> Transcript:
+    """Async :func:`transcribe`; SDK waits and native release run off the event loop.
+
+    Cancelling the awaiting task stops the session and releases everything.
+    """
+    _check_timeout(timeout)
+    loop = asyncio.get_running_loop()
+    start = time.monotonic()
+    ended = asyncio.Event()
+    session = _Session(lambda: _set_threadsafe(loop, ended), [])
+    async with managed_transcriber(speech_config, _audio_config(audio)) as transcriber:
+        session.connect(transcriber)
+        await asyncio.to_thread(lambda: transcriber.start_transcribing_async().get())
+        try:
+            await asyncio.wait_for(ended.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"transcription did not end within {timeout:g} s") from None
+        await asyncio.to_thread(lambda: transcriber.stop_transcribing_async().get())
+    return Transcript(tuple(session.segments), session.cancellation, time.monotonic() - start)
+
+
+def _set_threadsafe(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+    # Called on an SDK thread; the loop may already be gone if the caller was
+    # cancelled and the session ends late, which is harmless.
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(event.set)
+
+
+def _one_shot(future: Any, timeout: float, what: str) -> Any:
+    """``future.get()`` with a bound: the SDK's own get() has none."""
+    box: list[Any] = []
+    failure: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            box.append(future.get())
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+
+    waiter = threading.Thread(target=wait, name=f"nativeguard-wait: {what}", daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if waiter.is_alive():
+        raise RequestTimeout(f"{what} did not finish within {timeout:g} s")
+    if failure:
+        raise failure[0]
+    return box[0]
+
+
+def recognize_once(
+    speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
+) -> Segment | Cancellation:
+    """Recognize one utterance; a canceled request returns its Cancellation."""
+    _check_timeout(timeout)
+    with managed_recognizer(speech_config, _audio_config(audio)) as recognizer:
+        result = _one_shot(recognizer.recognize_once_async(), timeout, "recognize_once")
+        plain = extract(result)
+        del result  # the native result must not outlive the block
+    if not isinstance(plain, (Segment, Cancellation)):  # pragma: no cover - SDK contract
+        raise TypeError(f"recognize_once produced {type(plain).__name__}")
+    return plain
+
+
+async def arecognize_once(
+    speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
+) -> Segment | Cancellation:
+    """Async :func:`recognize_once`, run off the event loop."""
+    return await asyncio.to_thread(recognize_once, speech_config, audio, timeout=timeout)
+
+
+def synthesize(
+    speech_config: Any, text_or_ssml: str, *, timeout: float = _DEFAULT_TIMEOUT_S
+) -> SynthesisResult:
+    """Synthesize text (or SSML, when it starts with ``<speak``) to in-memory audio."""
+    _check_timeout(timeout)
+    if not isinstance(text_or_ssml, str) or not text_or_ssml.strip():
+        raise ValueError("synthesize needs non-empty text or SSML")
+    is_ssml = text_or_ssml.lstrip().startswith("<speak")
+    with managed_synthesizer(speech_config, None) as synthesizer:
+        speak = synthesizer.speak_ssml_async if is_ssml else synthesizer.speak_text_async
+        result = _one_shot(speak(text_or_ssml), timeout, "synthesis")
+        plain = extract(result)
+        del result
+    if not isinstance(plain, SynthesisResult):  # pragma: no cover - SDK contract
+        raise TypeError(f"synthesis produced {type(plain).__name__}")
+    return plain
+
+
+async def asynthesize(
+    speech_config: Any, text_or_ssml: str, *, timeout: float = _DEFAULT_TIMEOUT_S
+) -> SynthesisResult:
+    """Async :func:`synthesize`, run off the event loop."""
+    return await asyncio.to_thread(synthesize, speech_config, text_or_ssml, timeout=timeout)
