@@ -1,0 +1,623 @@
+"""``@guarded``: every SDK object a call creates is released when the call exits.
+
+While a guarded call runs, the ``__init__`` of every native-backed Speech SDK
+class registers the new object in that call's :class:`~nativeguard._scope.Scope`
+(bound in a :class:`contextvars.ContextVar`, so concurrent calls, threads and
+asyncio tasks never mix). At exit, on success and on every failure path, the
+scope releases them: recognition stopped, every event signal disconnected,
+callbacks dropped. That breaks the closure -> cell -> recognizer cycles that
+otherwise keep native handles alive until a full ``gc.collect()``.
+
+What is tracked: objects constructed in the call's context, i.e. on the calling
+thread (or task), in asyncio tasks it creates and ``asyncio.to_thread`` workers
+(both copy the context), and in functions wrapped with :func:`bind`. Not
+tracked: objects the SDK constructs on its own callback threads (event args and
+the results they carry), which start with an empty context; objects created by
+a bound function after the guarded call already returned.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import gc
+import importlib
+import inspect
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+import wrapt
+
+from ._errors import ClosedResourceError, LeakError, ReleaseError, add_note
+from ._scope import Scope, ScopeStatistics
+
+__all__ = ["Survivor", "SurvivorReport", "bind", "current_scope", "guarded"]
+
+_F = TypeVar("_F", bound="Callable[..., Any] | classmethod[Any, Any, Any] | staticmethod[Any, Any]")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+OnRelease = Callable[[ScopeStatistics], object]
+"""``on_release(statistics)``: called after every guarded call's release."""
+
+_SDK_PACKAGE = "azure.cognitiveservices.speech"
+# Imported explicitly: walking the package path would also try to import the
+# core's shared libraries (``libpal_azure_c_shared.so``) as extension modules.
+_SDK_SUBMODULES = (
+    "speech",
+    "audio",
+    "transcription",
+    "translation",
+    "dialog",
+    "languageconfig",
+    "properties",
+)
+_MAX_SURVIVORS_DESCRIBED = 10
+_MAX_HOLDERS = 3
+
+
+# -- the active call -----------------------------------------------------------
+
+
+class _Call:
+    """One guarded call in progress: its scope and, when strict, weak refs to check."""
+
+    __slots__ = ("_lock", "_prune_at", "_refs", "scope")
+
+    def __init__(self, scope: Scope, *, strict: bool) -> None:
+        self.scope = scope
+        self._lock = threading.Lock()
+        self._refs: list[weakref.ReferenceType[Any]] | None = [] if strict else None
+        self._prune_at = 64
+
+    def track(self, obj: object) -> None:
+        try:
+            self.scope.register(obj)
+        except ClosedResourceError:
+            # Created by a bound thread after the guarded call returned; that
+            # scope is gone and nothing else owns the object. Documented.
+            return
+        except TypeError:
+            # Not weak-referenceable (no SDK class in 1.53 is): leave it alone
+            # rather than break the caller's constructor.
+            return
+        refs = self._refs
+        if refs is None:
+            return
+        with self._lock:
+            refs.append(weakref.ref(obj))
+            if len(refs) >= self._prune_at:
+                # A long call creating many short-lived results must not grow
+                # without bound: drop dead refs, amortised O(1) per object.
+                refs[:] = [ref for ref in refs if ref() is not None]
+                self._prune_at = max(64, 2 * len(refs))
+
+    def alive(self) -> list[object]:
+        with self._lock:
+            refs = list(self._refs or ())
+        found = (ref() for ref in refs)
+        return [obj for obj in found if obj is not None]
+
+
+_active: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "nativeguard_guarded_call", default=None
+)
+
+
+def current_scope() -> Scope | None:
+    """The Scope of the innermost guarded call in this context, or None.
+
+    In a function run through :func:`bind` after the guarded call returned,
+    this is that call's scope, already closed (``scope.closed``).
+    """
+    call = _active.get()
+    return None if call is None else call.scope
+
+
+def bind(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``fn`` running in a copy of the current context, for another thread.
+
+    A thread or executor started "through nativeguard" runs ``bind(fn)`` so
+    SDK objects it creates are tracked by the caller's guarded call. Each
+    invocation runs in its own copy of the context captured here, so one bound
+    function can run on several threads at once (a Context can be entered by
+    one thread only).
+    """
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            "bind() takes a plain callable; coroutines run in their task's context, "
+            "and asyncio.create_task() already copies the current one"
+        )
+    context = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def bound(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return context.copy().run(fn, *args, **kwargs)
+
+    return bound
+
+
+# -- the decorator -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Survivor:
+    """A tracked object still alive after release, and who holds it."""
+
+    type_name: str
+    holders: tuple[str, ...]
+    """Short descriptions of its referrers: ``"list"``, ``"cell of f"``, ``"dict of C"``."""
+    held_by_survivor: bool
+    """Every holder is another survivor: it only lives through them."""
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorReport:
+    """What a strict guarded call left alive: ``LeakError.report``."""
+
+    function: str
+    survivors: tuple[Survivor, ...]
+    """Roots first; at most 10 (finding holders walks the whole heap)."""
+    omitted: int
+    """Survivors beyond the described ones."""
+    statistics: ScopeStatistics
+
+    def summary(self) -> str:
+        total = len(self.survivors) + self.omitted
+        roots = [s for s in self.survivors if not s.held_by_survivor]
+        inner = [s for s in self.survivors if s.held_by_survivor]
+        parts = [f"{s.type_name} (held by {', '.join(s.holders)})" for s in roots]
+        if inner:
+            parts.append(f"held only through those: {', '.join(s.type_name for s in inner)}")
+        if self.omitted:
+            parts.append(f"{self.omitted} more not described")
+        return (
+            f"guarded call {self.function} left {total} tracked object(s) alive after "
+            f"release: {'; '.join(parts)}"
+        )
+
+
+@overload
+def guarded(wrapped: _F, /) -> _F: ...
+
+
+@overload
+def guarded(
+    wrapped: None = None,
+    /,
+    *,
+    strict: bool = False,
+    on_release: OnRelease | None = None,
+    step_timeout_s: float | None = None,
+) -> Callable[[_F], _F]: ...
+
+
+def guarded(
+    wrapped: _F | None = None,
+    /,
+    *,
+    strict: bool = False,
+    on_release: OnRelease | None = None,
+    step_timeout_s: float | None = None,
+) -> _F | Callable[[_F], _F]:
+    """Release every SDK object the decorated call creates, when it exits.
+
+    Works on functions, ``async def`` functions, methods, classmethods and
+    staticmethods; signature, name and coroutine-ness are kept (wrapt). Each
+    call gets a fresh :class:`Scope`; nested guarded calls own what they create.
+
+    ``strict=True``: after release, raise :class:`LeakError` (``.report`` is a
+    :class:`SurvivorReport`) if a tracked object is still alive, including
+    objects in the return value. Not checked when the body raised: its
+    traceback holds the body's frames and so their locals, which would all
+    look like leaks. ``on_release(statistics)`` is called after every release,
+    success or failure, with that call's :class:`ScopeStatistics`; its own
+    exception propagates (or becomes a note when the body raised).
+    ``step_timeout_s`` bounds each release step (the Scope default otherwise).
+    """
+    if step_timeout_s is not None and not step_timeout_s > 0:
+        raise ValueError(f"step_timeout_s must be > 0, got {step_timeout_s!r}")
+    if on_release is not None and not callable(on_release):
+        raise TypeError(f"on_release must be callable, got {type(on_release).__name__}")
+    options = _Options(strict, on_release, step_timeout_s)
+    if wrapped is None:
+        return functools.partial(_decorate, options=options)
+    return _decorate(wrapped, options=options)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    strict: bool
+    on_release: OnRelease | None
+    step_timeout_s: float | None
+
+    def new_call(self) -> _Call:
+        scope = (
+            Scope() if self.step_timeout_s is None else Scope(step_timeout_s=self.step_timeout_s)
+        )
+        return _Call(scope, strict=self.strict)
+
+
+def _decorate(wrapped: _F, *, options: _Options) -> _F:
+    function = getattr(wrapped, "__func__", wrapped)  # classmethod / staticmethod
+    if not callable(function):
+        raise TypeError(f"@guarded decorates callables, got {type(wrapped).__name__}")
+    if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+        raise TypeError(
+            "@guarded does not support generator functions: the scope would close when "
+            "the generator is created, before its body runs"
+        )
+    is_async = inspect.iscoroutinefunction(function)
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+
+    def wrapper(
+        target: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if is_async:
+            return _call_async(options, name, target, args, kwargs)
+        return _call_sync(options, name, target, args, kwargs)
+
+    return cast(_F, wrapt.decorator(wrapper)(wrapped))
+
+
+def _call_sync(
+    options: _Options,
+    name: str,
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    _ensure_installed()
+    call = options.new_call()
+    token = _active.set(call)
+    try:
+        try:
+            result = target(*args, **kwargs)
+        finally:
+            _active.reset(token)
+    except BaseException as exc:  # KeyboardInterrupt too: release, then re-raise
+        _release_after_failure(call, options, exc)
+        raise
+    # Pass the result in a box so that, if strict raises, no frame of ours
+    # keeps the value (and the leaked objects in it) alive in the traceback.
+    box = [result]
+    del result
+    return _release_after_success(call, options, name, box)
+
+
+async def _call_async(
+    options: _Options,
+    name: str,
+    target: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    # Runs inside the awaiting task, so the ContextVar is per task. Release is
+    # synchronous, like Scope.__aexit__: it blocks the loop for at most
+    # step_timeout_s per step, but the objects are gone when the await returns.
+    _ensure_installed()
+    call = options.new_call()
+    token = _active.set(call)
+    try:
+        try:
+            result = await target(*args, **kwargs)
+        finally:
+            _active.reset(token)
+    except BaseException as exc:  # CancelledError too
+        _release_after_failure(call, options, exc)
+        raise
+    box = [result]
+    del result
+    return _release_after_success(call, options, name, box)
+
+
+def _release_after_failure(call: _Call, options: _Options, exc: BaseException) -> None:
+    """Close the scope; the body's exception wins, release problems become notes."""
+    try:
+        call.scope.close()
+    except ReleaseError as error:
+        add_note(exc, f"nativeguard: {error.message}: {error.exceptions!r}")
+    if options.on_release is not None:
+        try:
+            options.on_release(call.scope.statistics())
+        except Exception as error:
+            add_note(exc, f"nativeguard: on_release raised {error!r}")
+
+
+def _release_after_success(call: _Call, options: _Options, name: str, box: list[Any]) -> Any:
+    release_error: ReleaseError | None = None
+    try:
+        call.scope.close()
+    except ReleaseError as error:
+        release_error = error
+    statistics = call.scope.statistics()
+    if options.on_release is not None:
+        options.on_release(statistics)  # its failure is the caller's to see
+    leak: LeakError | None = None
+    if options.strict and statistics.survivors:
+        report = _survivor_report(name, call, statistics)
+        leak = LeakError(report.summary(), report)
+    if release_error is not None:
+        if leak is not None:
+            add_note(release_error, f"nativeguard: {leak}")
+        box.clear()
+        raise release_error
+    if leak is not None:
+        box.clear()
+        raise leak
+    return box.pop()
+
+
+# -- the leak report -----------------------------------------------------------
+
+
+def _survivor_report(name: str, call: _Call, statistics: ScopeStatistics) -> SurvivorReport:
+    """Describe the survivors this call's constructors tracked, roots first.
+
+    The scope's count is the authority (objects registered by hand through
+    ``current_scope()`` count too, but only constructor-tracked ones are
+    described).
+    """
+    alive = call.alive()
+    total = max(statistics.survivors, len(alive))
+    described = alive[:_MAX_SURVIVORS_DESCRIBED]
+    del alive  # the only strong references left are in `described`, ignored below
+    holders = _holders(described) if described else []
+    survivors = [
+        Survivor(
+            type_name=type(obj).__qualname__,
+            holders=tuple(text for text, _ in found) or ("no holder visible to gc",),
+            held_by_survivor=bool(found) and all(inner for _, inner in found),
+        )
+        for obj, found in zip(described, holders, strict=True)
+    ]
+    survivors.sort(key=lambda survivor: survivor.held_by_survivor)  # stable: roots first
+    return SurvivorReport(
+        function=name,
+        survivors=tuple(survivors),
+        omitted=total - len(survivors),
+        statistics=statistics,
+    )
+
+
+def _is_ours(referrer: object) -> bool:
+    """Frames of this module (their locals hold the survivors while we look)."""
+    return isinstance(referrer, types.FrameType) and referrer.f_code.co_filename == __file__
+
+
+def _holders(objs: list[object]) -> list[list[tuple[str, bool]]]:
+    """Describe who holds each object, one level up, in at most three heap walks.
+
+    ``gc.get_referrers`` walks every gc-tracked object, so all objects are
+    looked up in one walk; dicts and cells need their owner (one more walk),
+    closure tuples their function (one more). Only types and qualified names
+    are reported, never values: a holder may well contain a key. Each entry is
+    ``(description, held by another survivor)``.
+    """
+    index = {id(obj): i for i, obj in enumerate(objs)}
+    referrers = [r for r in gc.get_referrers(*objs) if r is not objs and not _is_ours(r)]
+    pending: list[object] = [
+        r for r in referrers if type(r) is dict or isinstance(r, types.CellType)
+    ]
+    owners = _owners(pending, ignored={id(objs), id(referrers), id(pending)})
+    found: list[list[tuple[str, bool]]] = [[] for _ in objs]
+    counts = [0] * len(objs)
+    for referrer in referrers:
+        for referent in gc.get_referents(referrer):
+            i = index.get(id(referent))
+            if i is None or referent is not objs[i]:
+                continue
+            counts[i] += 1
+            if counts[i] > _MAX_HOLDERS:
+                continue
+            text, owner = _describe(referrer, owners)
+            found[i].append((text, (owner if owner is not None else id(referrer)) in index))
+    for i, entries in enumerate(found):
+        if counts[i] > _MAX_HOLDERS:
+            entries.append((f"{counts[i] - _MAX_HOLDERS} more", False))
+    return found
+
+
+def _owners(containers: list[object], ignored: set[int]) -> dict[int, tuple[str, int]]:
+    """``id(dict or cell) -> (description, id(owner))`` for the holders that need one.
+
+    "dict of C" means a dict a C instance holds: its ``__dict__`` or an
+    attribute (telling them apart would mean materialising ``__dict__``).
+    """
+    owners: dict[int, tuple[str, int]] = {}
+    if not containers:
+        return owners
+    wanted = {id(c) for c in containers}
+    closures: dict[int, int] = {}  # id(closure tuple) -> id(cell)
+    tuples: list[tuple[Any, ...]] = []
+    for referrer in gc.get_referrers(*containers):
+        if id(referrer) in ignored or _is_ours(referrer) or referrer is containers:
+            continue
+        for referent in gc.get_referents(referrer):
+            key = id(referent)
+            if key not in wanted or key in owners:
+                continue
+            if type(referrer) is tuple and isinstance(referent, types.CellType):
+                closures[id(referrer)] = key
+                tuples.append(referrer)
+                continue
+            text = _owner_text(referrer, referent)
+            if text is not None:
+                owners[key] = (text, id(referrer))
+    if tuples:
+        for function in gc.get_referrers(*tuples):
+            if not isinstance(function, types.FunctionType):
+                continue
+            closure = function.__closure__
+            if closure is not None and id(closure) in closures:
+                cell = closures[id(closure)]
+                owners.setdefault(cell, (f"cell of {function.__qualname__}", id(function)))
+    return owners
+
+
+def _owner_text(owner: object, container: object) -> str | None:
+    what = "cell" if isinstance(container, types.CellType) else "dict"
+    if isinstance(owner, types.ModuleType):
+        return f"globals of module {owner.__name__}"
+    if isinstance(owner, types.FrameType):
+        return f"{what} of {_code_name(owner.f_code)}"
+    if isinstance(owner, type):
+        return f"{what} of class {owner.__qualname__}"
+    if isinstance(owner, (list, tuple, set, frozenset, dict)):
+        return None  # a container of dicts says nothing about whose dict it is
+    if type(owner).__dictoffset__:
+        return f"{what} of {type(owner).__qualname__}"
+    return None
+
+
+def _describe(referrer: object, owners: dict[int, tuple[str, int]]) -> tuple[str, int | None]:
+    """``(description, id of the object that owns the holder, if it is not the holder)``."""
+    if type(referrer) is dict or isinstance(referrer, types.CellType):
+        text, owner = owners.get(id(referrer), (type(referrer).__name__, None))
+        return text, owner
+    if isinstance(referrer, types.FrameType):
+        return f"frame of {_code_name(referrer.f_code)}", None
+    if isinstance(referrer, types.FunctionType):
+        return f"function {referrer.__qualname__}", None
+    if isinstance(referrer, types.MethodType):
+        return f"method {getattr(referrer.__func__, '__qualname__', '?')}", None
+    if isinstance(referrer, (list, tuple, set, frozenset)):
+        return type(referrer).__name__, None
+    if isinstance(referrer, type):
+        return f"class {referrer.__qualname__}", None
+    if type(referrer).__dictoffset__:
+        # Python >= 3.11 keeps attributes inline: the instance is the referrer.
+        return f"dict of {type(referrer).__qualname__}", None
+    return type(referrer).__qualname__, None
+
+
+def _code_name(code: types.CodeType) -> str:
+    return str(getattr(code, "co_qualname", code.co_name))  # co_qualname: 3.11+
+
+
+# -- constructor instrumentation -----------------------------------------------
+
+
+class _Constructing(threading.local):
+    """Objects whose ``__init__`` runs on this thread: only the outermost registers."""
+
+    def __init__(self) -> None:
+        self.stack: list[object] = []
+
+
+_constructing = _Constructing()
+_install_lock = threading.Lock()
+_installed: dict[type, tuple[Callable[..., None], Callable[..., None]]] = {}
+"""class -> (original ``__init__``, our wrapper); empty when not installed."""
+_handle_type: type | None = None
+
+
+def _ensure_installed() -> None:
+    if not _installed:
+        _install()
+
+
+def _install() -> None:
+    """Wrap ``__init__`` of every native-backed SDK class; once, idempotent."""
+    global _handle_type  # noqa: PLW0603 - set once, under the lock
+    with _install_lock:
+        if _installed:
+            return
+        from azure.cognitiveservices.speech.interop import _Handle  # noqa: PLC0415
+
+        _handle_type = _Handle
+        for cls in _native_backed_classes(_Handle):
+            original = cls.__dict__["__init__"]
+            wrapper = _instrumented(original)
+            setattr(cls, "__init__", wrapper)  # noqa: B010 - explicit class patch
+            _installed[cls] = (original, wrapper)
+
+
+def _uninstall() -> None:
+    """Restore the SDK's constructors (tests); leaves anyone else's patch alone."""
+    with _install_lock:
+        for cls, (original, wrapper) in _installed.items():
+            if cls.__dict__.get("__init__") is wrapper:
+                setattr(cls, "__init__", original)  # noqa: B010
+        _installed.clear()
+
+
+def _native_backed_classes(handle_type: type) -> list[type]:
+    """SDK classes whose construction (theirs or a base's) creates a ``_Handle``.
+
+    Found by introspection: a class qualifies when an ``__init__`` in its MRO
+    names ``_Handle`` in its code. Every such class with its own ``__init__``
+    is wrapped, so the most derived constructor is the one that registers.
+    """
+    for submodule in _SDK_SUBMODULES:
+        try:
+            importlib.import_module(f"{_SDK_PACKAGE}.{submodule}")
+        except ImportError:  # pragma: no cover - a future SDK may drop one
+            continue
+    found: dict[type, None] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module_name != _SDK_PACKAGE and not module_name.startswith(_SDK_PACKAGE + "."):
+            continue
+        for value in list(vars(module).values()):
+            if (
+                isinstance(value, type)
+                and value is not handle_type
+                and value.__module__.startswith(_SDK_PACKAGE)
+                and "__init__" in value.__dict__
+                and _constructs_handle(value)
+            ):
+                found[value] = None
+    return list(found)
+
+
+def _constructs_handle(cls: type) -> bool:
+    for klass in cls.__mro__:
+        init = inspect.unwrap(klass.__dict__.get("__init__", object.__init__))
+        code = getattr(init, "__code__", None)
+        if code is not None and "_Handle" in code.co_names:
+            return True
+    return False
+
+
+def _instrumented(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: object, *args: Any, **kwargs: Any) -> None:
+        # The only cost outside guarded calls: one ContextVar lookup.
+        call = _active.get()
+        if call is None:
+            original(self, *args, **kwargs)
+            return
+        _construct_tracked(call, original, self, args, kwargs)
+
+    return __init__
+
+
+def _construct_tracked(
+    call: _Call,
+    original: Callable[..., None],
+    obj: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    stack = _constructing.stack
+    if any(entry is obj for entry in stack):  # a super().__init__ of the same object
+        original(obj, *args, **kwargs)
+        return
+    stack.append(obj)
+    try:
+        original(obj, *args, **kwargs)
+    finally:
+        stack.pop()
+    # Registered once its outermost constructor succeeded, and only if it
+    # really holds a native handle (some constructors create one conditionally).
+    try:
+        values = list(vars(obj).values())
+    except TypeError:
+        return
+    if any(type(value) is _handle_type for value in values):
+        call.track(obj)
