@@ -166,6 +166,24 @@ def test_synthesizer_and_its_connection(service):
     assert_back_to(before)
 
 
+def test_credential_is_closed(service):
+    from azure.identity import ManagedIdentityCredential
+
+    from nativeguard._managed import managed_credential
+    from nativeguard.testing import TokenService
+
+    scope_url = "https://cognitiveservices.azure.com/.default"
+    with TokenService() as tokens, tokens.patch_environ():
+        credential = ManagedIdentityCredential()
+        with managed_credential(credential) as managed_cred:
+            assert tokens.is_valid(managed_cred.get_token(scope_url).token)
+        # A token for another resource is not cached: it needs the (closed) transport.
+        with pytest.raises(ValueError, match="transport has already been closed"):
+            credential.get_token("https://storage.azure.com/.default")
+        with pytest.raises(ClosedResourceError):
+            managed_cred.get_token(scope_url)
+
+
 def test_executor_threads_are_gone(service):
     before = snapshot()
     with managed_executor(max_workers=3) as executor:
@@ -180,35 +198,68 @@ def test_generic_managed_push_stream(service):
     assert_back_to(before)
 
 
-@pytest.mark.parametrize(
-    ("faults", "key"),
-    [
-        pytest.param(Faults(refuse=True), None, id="connection-refused"),
-        pytest.param(Faults(close_after=3), None, id="socket-dropped-mid-stream"),
-        pytest.param(Faults(stall=True), None, id="stalled-service"),
-        pytest.param(None, "wrong-key", id="auth-refused"),
-    ],
-)
-def test_failure_paths_release_everything(wav_path, faults, key):
+FAULTS = [
+    pytest.param(Faults(refuse=True), None, "ServiceUnavailable", id="connection-refused"),
+    pytest.param(Faults(close_after=3), None, "ConnectionFailure", id="socket-dropped-mid-stream"),
+    # A silent service is given up on when the release stops the session.
+    pytest.param(Faults(stall=True), None, "ServiceTimeout", id="stalled-service"),
+    pytest.param(None, "wrong-key", "AuthenticationFailure", id="auth-refused"),
+]
+
+
+def start_continuous(kind: str, service, config, wav):
+    audio = speechsdk.audio.AudioConfig(filename=wav)
+    if kind == "recognizer":
+        block = managed_recognizer(config, audio)
+        return block, lambda r: r.start_continuous_recognition_async().get()
+    if kind == "translation":
+        block = managed_translation_recognizer(config, audio)
+        return block, lambda r: r.start_continuous_recognition_async().get()
+    block = managed_transcriber(config, audio)
+    return block, lambda r: r.start_transcribing_async().get()
+
+
+@pytest.mark.parametrize("kind", ["recognizer", "transcriber", "translation"])
+@pytest.mark.parametrize(("faults", "key", "code"), FAULTS)
+def test_recognition_failure_paths_release_everything(wav_path, kind, faults, key, code):
     with SpeechService(
         script=SCRIPT, faults=faults, require_key="right-key", response_timeout_s=1.0
     ) as service:
         before = snapshot()
-        config = service.speech_config(subscription=key or "right-key")
+        subscription = key or "right-key"
+        config = (
+            service.translation_config("de", subscription=subscription)
+            if kind == "translation"
+            else service.speech_config(subscription=subscription)
+        )
         kept: list = []
-        with managed_transcriber(config, speechsdk.audio.AudioConfig(filename=wav_path)) as t:
+        block, start = start_continuous(kind, service, config, wav_path)
+        with block as recognizer:
             done = threading.Event()
-            t.canceled.connect(lambda evt: (kept.append(evt), done.set()))
-            t.start_transcribing_async().get()
+            recognizer.canceled.connect(lambda evt: (kept.append(evt), done.set()))
+            start(recognizer)
             if faults is not None and faults.stall:
                 assert not done.wait(1.5)  # a silent service cancels only on stop
             else:
                 assert done.wait(15)
+        del config, block
+        assert_back_to(before)
+    # The kept canceled event is plain data now, with the SDK's error code.
+    assert [evt.cancellation_details.code for evt in kept] == [code]
+
+
+@pytest.mark.parametrize(("faults", "key", "code"), FAULTS)
+def test_synthesis_failure_paths_release_everything(faults, key, code):
+    with SpeechService(faults=faults, require_key="right-key", response_timeout_s=1.0) as service:
+        before = snapshot()
+        config = service.speech_config(subscription=key or "right-key")
+        with managed_synthesizer(config) as synthesizer:
+            result = synthesizer.speak_text_async("failing speech").get()
+            got = result.cancellation_details.error_code.name
+            del result
         del config
         assert_back_to(before)
-    if kept:
-        (evt,) = kept
-        assert evt.cancellation_details.reason in ("Error", "EndOfStream")
+    assert got == code
 
 
 def test_exception_in_callback_is_raised_at_exit_after_release(service, wav_path):
