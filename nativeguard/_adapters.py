@@ -2,6 +2,11 @@
 
 The Azure Speech, azure-identity and ``concurrent.futures`` adapters below are
 registered exactly the way a user registers one for another SDK.
+
+A step may return an awaitable (``azure.identity.aio`` credentials close with
+``async def close()``): ``Scope.aclose()`` awaits it with the step's bounded
+wait; a synchronous ``close()`` refuses it with :class:`_AsyncReleaseRequired`
+instead of leaving a coroutine that is never awaited.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ReleaseTimeout
+from ._errors import NativeGuardError, ReleaseTimeout
 
 __all__ = [
     "Adapter",
@@ -24,8 +29,18 @@ __all__ = [
     "run_bounded",
 ]
 
-ReleaseStep = Callable[[Any, float], None]
-"""``step(obj, timeout_s)``: one release action; raise to report it failed."""
+ReleaseStep = Callable[[Any, float], object]
+"""``step(obj, timeout_s)``: one release action; raise to report it failed.
+
+Return None, or an awaitable for ``Scope.aclose()`` to await (bounded by ``timeout_s``).
+"""
+
+
+class _AsyncReleaseRequired(NativeGuardError, RuntimeError):
+    """A release step returned an awaitable, and a synchronous close() cannot await it.
+
+    Private until it moves to ``_errors`` as public ``AsyncReleaseRequired``.
+    """
 
 
 @dataclass(frozen=True)
@@ -164,8 +179,31 @@ def _has_plain_close(obj: object) -> bool:
     return callable(close) and not inspect.iscoroutinefunction(close)
 
 
+def _async_close_method(obj: object) -> str | None:
+    """``close`` or ``aclose``, whichever is an ``async def``; None if neither."""
+    for name in ("close", "aclose"):
+        method = getattr(obj, name, None)
+        if method is not None and inspect.iscoroutinefunction(method):
+            return name
+    return None
+
+
+def _has_async_close(obj: object) -> bool:
+    return _async_close_method(obj) is not None
+
+
+def _async_close(obj: Any, timeout_s: float) -> object:
+    # Creating the coroutine runs nothing: the driver awaits it (aclose) or
+    # closes it unstarted and reports why (close).
+    name = _async_close_method(obj)
+    return getattr(obj, name)() if name is not None else None
+
+
 def _register_builtins() -> None:
     register_adapter(_has_plain_close, [_close], name="generic close()")
+    # azure.identity.aio credentials (aiohttp transport), and any other client
+    # with ``async def close()`` / ``aclose()``.
+    register_adapter(_has_async_close, [_async_close], name="generic async close()")
     register_adapter(concurrent.futures.Executor, [_shutdown_executor], name="executor")
     try:
         import azure.cognitiveservices.speech as speechsdk  # noqa: PLC0415

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import gc
+import inspect
+import subprocess
+import sys
 import threading
 import time
+import tracemalloc
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
+from nativeguard import _malloc
 from nativeguard._adapters import register_adapter, run_bounded
-from nativeguard._errors import ClosedResourceError, ReleaseError, ReleaseTimeout
+from nativeguard._errors import ClosedResourceError, NativeGuardError, ReleaseError, ReleaseTimeout
 from nativeguard._native import native_handles
-from nativeguard._scope import Scope
+from nativeguard._scope import Scope, creation_tracebacks_enabled, set_creation_tracebacks
+from nativeguard.testing import TokenService
 
 
 @pytest.fixture
@@ -85,7 +95,9 @@ def test_no_collection_when_everything_is_already_dead(speech_service):
     scope = Scope()
     with scope:
         config = scope.register(speech_service.speech_config())
-        del config
+        # Dies before the scope released it: warned, like an unclosed file.
+        with pytest.warns(ResourceWarning, match="before its nativeguard scope released it"):
+            del config
     stats = scope.statistics()
     assert stats.collections == ()
     assert stats.collection_seconds < 0.05
@@ -206,3 +218,326 @@ def test_finalizers_run_after_release_and_before_the_survivor_check():
     assert scope.statistics().survivors == 0
     with pytest.raises(ClosedResourceError):
         scope.add_finalizer(print)
+
+
+# -- async release: aclose() and async credentials --------------------------------
+
+TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
+OTHER_TOKEN_SCOPE = "https://storage.azure.com/.default"  # not cached: needs the transport
+
+
+def credential_transport(credential):
+    """The azure-core transport inside a ManagedIdentityCredential (azure-identity 1.27 layout)."""
+    return credential._credential._client._pipeline._transport
+
+
+def test_async_with_awaits_an_async_credentials_close():
+    from azure.identity.aio import ManagedIdentityCredential
+
+    async def main():
+        credential = ManagedIdentityCredential()
+        async with Scope() as scope:
+            scope.register(credential)
+            token = await credential.get_token(TOKEN_SCOPE)
+            session = credential_transport(credential).session  # aiohttp.ClientSession
+            assert not session.closed
+        assert session.closed
+        with pytest.raises(ValueError, match="transport has already been closed"):
+            await credential.get_token(OTHER_TOKEN_SCOPE)
+        return token, scope.statistics()
+
+    with TokenService() as tokens, tokens.patch_environ():
+        token, stats = asyncio.run(main())
+        assert tokens.is_valid(token.token)
+    assert stats.release_steps_run == 1
+    assert stats.release_errors == 0
+
+
+def test_sync_close_refuses_an_async_step_instead_of_dropping_a_coroutine():
+    from azure.identity.aio import ManagedIdentityCredential
+
+    async def main():
+        credential = ManagedIdentityCredential()
+        scope = Scope()
+        scope.register(credential)
+        await credential.get_token(TOKEN_SCOPE)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ReleaseError) as raised:
+                scope.close()
+            gc.collect()  # a never-awaited coroutine would warn by now
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+        (error,) = raised.value.exceptions
+        assert isinstance(error, NativeGuardError)
+        assert isinstance(error, RuntimeError)
+        assert "`async with Scope()`" in str(error)
+        assert "aclose()" in str(error)
+        assert "ManagedIdentityCredential (generic async close())" in error.__notes__[0]
+        assert scope.closed  # closed, not clean
+        # Nothing was closed behind our back: it still works, and we close it.
+        assert not credential_transport(credential).session.closed
+        await credential.close()
+
+    with TokenService() as tokens, tokens.patch_environ():
+        asyncio.run(main())
+
+
+def test_sync_credentials_transport_is_closed():
+    from azure.identity import ManagedIdentityCredential
+
+    with TokenService() as tokens, tokens.patch_environ():
+        credential = ManagedIdentityCredential()
+        with Scope() as scope:
+            scope.register(credential)
+            assert tokens.is_valid(credential.get_token(TOKEN_SCOPE).token)
+            transport = credential_transport(credential)
+            assert transport.session is not None  # requests.Session
+        assert transport.session is None
+        with pytest.raises(ValueError, match="transport has already been closed"):
+            credential.get_token(OTHER_TOKEN_SCOPE)
+    assert scope.statistics().release_steps_run == 1
+
+
+class AsyncThing:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.closed = False
+
+    async def close(self) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.closed = True
+
+
+def test_aclose_awaits_each_step_with_a_bounded_wait():
+    quick, slow = AsyncThing(), AsyncThing(delay_s=10)
+
+    async def main():
+        scope = Scope(step_timeout_s=0.1)
+        scope.register(quick)
+        scope.register(slow)
+        start = time.monotonic()
+        with pytest.raises(ReleaseError) as raised:
+            await scope.aclose()
+        assert time.monotonic() - start < 1
+        return raised.value
+
+    error = asyncio.run(main())
+    (timeout,) = error.exceptions
+    assert isinstance(timeout, ReleaseTimeout)
+    assert quick.closed
+    assert not slow.closed
+
+
+def test_a_cancelled_aclose_still_runs_every_step_then_propagates():
+    first, second = AsyncThing(delay_s=10), AsyncThing()
+    plain_closed = []
+
+    class Plain:
+        def close(self) -> None:
+            plain_closed.append(True)
+
+    async def main():
+        scope = Scope()
+        plain = scope.register(Plain())
+        scope.register(second)
+        scope.register(first)  # released first (reverse order), and hangs
+        task = asyncio.ensure_future(scope.aclose())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        del plain
+        return scope
+
+    scope = asyncio.run(main())
+    assert scope.released
+    assert plain_closed == [True]
+    assert not second.closed  # its coroutine could not be awaited any more...
+    stats = scope.statistics()
+    assert stats.release_errors == 2  # ...so it is reported, as is the interrupted one
+
+
+def test_async_with_in_background_mode_drops_on_the_reaper():
+    deaths: list[str] = []
+
+    async def main():
+        async with Scope(release="background") as scope:
+            thing = scope.register(AsyncThing())
+            weakref.finalize(thing, lambda: deaths.append(threading.current_thread().name))
+            scope.adopt(thing)
+            del thing
+        return scope
+
+    scope = asyncio.run(main())
+    assert scope.wait_released(5)
+    assert deaths == ["nativeguard-reaper"]
+    assert scope.statistics().release_steps_run == 1
+
+
+# -- ResourceWarning for objects that die before release ---------------------------
+
+
+class Node:
+    pass
+
+
+def test_an_object_that_dies_before_release_warns_where_it_was_registered():
+    scope = Scope()
+    node = scope.register(Node())
+    line = inspect.currentframe().f_lineno - 1
+    with pytest.warns(ResourceWarning) as record:
+        del node
+    (warning,) = record
+    assert str(warning.message).startswith(
+        f"Node registered at {__file__}:{line} was garbage-collected before its nativeguard "
+        "scope released it"
+    )
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    scope.close()
+    assert scope.statistics().objects_tracked == 1
+
+
+def test_with_tracemalloc_the_warning_shows_where_the_object_was_created():
+    class Slotted:
+        __slots__ = ("__weakref__",)
+
+    def register_here(scope: Scope, obj: object) -> None:
+        scope.register(obj)
+
+    tracemalloc.start()
+    try:
+        slotted, node = Slotted(), Node()
+        created = inspect.currentframe().f_lineno - 1
+        scope = Scope()
+        register_here(scope, slotted)
+        register_here(scope, node)
+        with pytest.warns(ResourceWarning) as record:
+            del slotted, node
+    finally:
+        tracemalloc.stop()
+    allocated, registered = (str(w.message) for w in record)
+    assert f"Slotted created at {__file__}:{created} " in allocated
+    assert "Object allocated at (most recent call last):" in allocated
+    # CPython 3.11 cannot tell where objects with a __dict__ were allocated:
+    # the registering stack is shown instead.
+    if not registered.startswith("Node created at"):
+        assert "Registered at (most recent call last):" in registered
+        assert "in register_here" in registered
+
+
+def test_creation_tracebacks_switch_records_the_registering_stack():
+    def register_deep(scope: Scope) -> Node:
+        return scope.register(Node())
+
+    assert not creation_tracebacks_enabled()
+    set_creation_tracebacks(True)
+    try:
+        scope = Scope()
+        node = register_deep(scope)
+    finally:
+        set_creation_tracebacks(False)
+    with pytest.warns(ResourceWarning) as record:
+        del node
+    message = str(record[0].message)
+    assert "Registered at (most recent call last):" in message
+    assert "in register_deep" in message
+    assert "in test_creation_tracebacks_switch_records_the_registering_stack" in message
+
+
+def test_the_warning_comes_from_whichever_thread_the_object_dies_on():
+    scope = Scope()
+    box = [scope.register(Node())]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        worker = threading.Thread(target=box.clear)
+        worker.start()
+        worker.join()
+    assert [w.category for w in caught] == [ResourceWarning]
+
+
+def test_released_survivors_and_living_objects_do_not_warn():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scope = Scope()
+        survivor = scope.register(Node())
+        dies_at_release = scope.register(Node())
+        scope.adopt(dies_at_release)
+        del dies_at_release
+        scope.close()
+        del survivor  # dies after the release: no leak
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert scope.statistics().survivors == 1
+
+
+def test_objects_alive_at_interpreter_exit_do_not_warn():
+    script = (
+        "from nativeguard._scope import Scope\n"
+        "class Node: pass\n"
+        "scope = Scope()\n"
+        "node = scope.register(Node())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+# -- optional heap trim --------------------------------------------------------------
+
+_libc = ctypes.CDLL(None)
+c_malloc = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)(("malloc", _libc))
+c_free = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(("free", _libc))
+glibc_only = pytest.mark.skipif(not _malloc._load().malloc_trim, reason="needs glibc (malloc_trim)")
+MiB = 1 << 20
+
+
+@glibc_only
+def test_trim_after_release_gives_freed_native_heap_back():
+    # 100k x 256 B freed under one live block: ~27 MB of resident heap that
+    # glibc keeps (as after a native teardown) until malloc_trim.
+    blocks = [c_malloc(256) for _ in range(100_000)]
+    assert all(blocks)
+    try:
+        with Scope(trim_threshold_bytes=MiB) as scope:
+            for block in blocks[:-1]:
+                c_free(block)
+    finally:
+        c_free(blocks[-1])
+    stats = scope.statistics()
+    assert stats.trim_available is True
+    assert stats.trim_attempted is True
+    assert stats.bytes_trimmed > 8 * MiB
+
+
+@glibc_only
+def test_no_trim_by_default_or_below_the_threshold():
+    with Scope() as default:
+        pass
+    with Scope(trim_threshold_bytes=1 << 60) as high:
+        pass
+    for scope in (default, high):
+        stats = scope.statistics()
+        assert (stats.trim_available, stats.trim_attempted, stats.bytes_trimmed) == (True, False, 0)
+
+
+def test_without_glibc_trimming_is_a_flagged_no_op(monkeypatch):
+    monkeypatch.setattr(_malloc, "_load", lambda: _malloc._Libc(None, None, "not glibc"))
+    with Scope(trim_threshold_bytes=0) as scope:
+        pass
+    stats = scope.statistics()
+    assert (stats.trim_available, stats.trim_attempted, stats.bytes_trimmed) == (False, False, 0)
+
+
+def test_new_arguments_are_checked():
+    with pytest.raises(ValueError, match="release must be"):
+        Scope(release="lazy")
+    with pytest.raises(ValueError, match="trim_threshold_bytes"):
+        Scope(trim_threshold_bytes=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        Scope().wait_released(-1)
+    assert Scope(release="background").release_mode == "background"

@@ -1,0 +1,276 @@
+"""The ``nativeguard-reaper`` thread: where native teardown runs off the caller's path.
+
+Dropping the last reference to an SDK object runs the native teardown
+(``_Handle.__del__`` -> the core's ``*_handle_release``) right there, on the
+dropping thread: ~57 ms for a recognizer that ran. A Scope in background mode
+hands its strong references to this thread instead, and a Scope closed on a
+thread that must not release (an SDK callback thread) hands it the whole
+release.
+
+Measured with SDK 1.53 (``threading.current_thread()`` inside a ``recognized``
+or ``session_stopped`` handler): SDK callbacks run on native threads Python
+did not start, seen as ``threading._DummyThread`` named ``Dummy-N``. Dropping a
+recognizer's last reference inside its own callback deadlocks that SDK thread
+for good in ``_Handle.__del__``: the handle is never released, not even by
+``gc.collect()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "REAPER_THREAD_NAME",
+    "ForeignOrigin",
+    "Reaper",
+    "drop_all",
+    "foreign_origin",
+    "get_reaper",
+    "park",
+]
+
+REAPER_THREAD_NAME = "nativeguard-reaper"
+_DEFAULT_MAX_PENDING = 256
+_DRAIN_AT_EXIT_S = 2.0
+_SDK_MODULE = "azure.cognitiveservices.speech"
+
+# Payloads whose drop would have been unsafe (an SDK callback that never
+# returned): kept alive on purpose. A leak is reported; a deadlocked SDK thread
+# is not.
+_parked: list[object] = []
+
+
+def _report(what: str, exc: BaseException) -> None:
+    """Hand an exception nobody can catch to ``sys.unraisablehook`` (pytest reports those)."""
+    sys.unraisablehook(
+        types.SimpleNamespace(
+            exc_type=type(exc),
+            exc_value=exc,
+            exc_traceback=exc.__traceback__,
+            err_msg=f"Exception in {REAPER_THREAD_NAME} while running {what}",
+            object=None,
+        )
+    )
+
+
+class Reaper:
+    """One daemon thread that runs release jobs in submission order, started on first use.
+
+    The queue is bounded: a producer that releases faster than the native
+    core tears down would otherwise pile up dead-but-not-dropped SDK objects,
+    the very memory growth nativeguard exists to stop. ``submit`` refuses
+    instead of blocking, and the caller does the work itself (back-pressure).
+    """
+
+    def __init__(self, max_pending: int = _DEFAULT_MAX_PENDING) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
+        self.max_pending = max_pending
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._exit_hook_registered = False
+
+    def submit(self, what: str, job: Callable[[], None], *, bounded: bool = True) -> bool:
+        """Queue ``job`` for the reaper thread; False, and nothing queued, if the queue is full.
+
+        ``bounded=False`` queues past the bound: for work that must not run on
+        the calling thread at all. The job must drop its payload itself (clear
+        its lists): the caller may still hold the job object when it runs.
+        """
+        with self._cond:
+            if bounded and len(self._jobs) >= self.max_pending:
+                return False
+            self._jobs.append((what, job))
+            self._start_locked()
+            self._cond.notify()
+        return True
+
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        with self._cond:
+            return len(self._jobs) + int(self._busy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or running; False on timeout."""
+        if self.is_current():
+            raise RuntimeError(f"{REAPER_THREAD_NAME} cannot wait for itself")
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._jobs and not self._busy, timeout)
+
+    def is_current(self) -> bool:
+        """Whether the calling thread is this reaper's thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def _start_locked(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        # Started from whichever thread submits first, an SDK callback thread
+        # included: Thread.start() makes a new Python thread either way.
+        thread = threading.Thread(target=self._run, name=REAPER_THREAD_NAME, daemon=True)
+        thread.start()
+        self._thread = thread
+        if not self._exit_hook_registered:
+            # A daemon thread frozen mid-teardown at interpreter exit can leave
+            # the native core half-released; give queued drops a bounded chance.
+            atexit.register(self._drain_at_exit)
+            self._exit_hook_registered = True
+
+    def _drain_at_exit(self) -> None:
+        if self._thread is not None and not self.is_current():
+            self.wait_idle(_DRAIN_AT_EXIT_S)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                while not self._jobs:
+                    self._cond.wait()
+                what, job = self._jobs.popleft()
+                self._busy = True
+            try:
+                job()
+            except BaseException as exc:  # the reaper must survive any job
+                _report(what, exc)
+            # The job (and anything its closure still holds) goes here, not
+            # when the next job overwrites the variable.
+            del job, what
+
+
+_reaper = Reaper()
+_reaper_lock = threading.Lock()
+
+
+def get_reaper() -> Reaper:
+    """The process-wide reaper every Scope hands work to."""
+    with _reaper_lock:
+        return _reaper
+
+
+def _reset_after_fork() -> None:
+    # The child has no reaper thread, and the old lock may have been held by it
+    # at fork time. Jobs queued in the parent are the parent's business: keep
+    # them undropped rather than run native teardown of the parent's handles.
+    global _reaper, _reaper_lock  # noqa: PLW0603
+    _parked.append(_reaper)
+    _reaper = Reaper(_reaper.max_pending)
+    _reaper_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# -- threads that must not release --------------------------------------------
+
+
+@dataclass
+class ForeignOrigin:
+    """A close() that ran on a thread Python did not start.
+
+    ``frame`` is the outermost Python frame of that thread, i.e. the SDK's
+    ctypes callback trampoline when ``sdk_callback`` is true. Holding it does
+    two things: ``frame.clear()`` raises ``RuntimeError`` while the frame still
+    executes (documented), which tells when the callback has returned; and once
+    it has returned, the frame object owns the trampoline's locals (``obj``, the
+    recognizer whose event fired), so its reference is not dropped on the SDK
+    thread but here, by ``clear()``, on the reaper.
+    """
+
+    thread_name: str
+    frame: FrameType | None
+    sdk_callback: bool
+
+    def describe(self) -> str:
+        if self.sdk_callback:
+            return f"an Azure Speech SDK callback thread ({self.thread_name})"
+        return f"a thread not started by Python's threading module ({self.thread_name})"
+
+    def wait_returned(self, timeout: float) -> bool:
+        """Wait until the callback that closed the scope has returned; False on timeout.
+
+        Non-SDK foreign threads are not waited for: nothing says they return.
+        """
+        frame = self.frame
+        if frame is None or not self.sdk_callback:
+            self.frame = None
+            return True
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                frame.clear()
+            except RuntimeError:  # still executing on the SDK thread
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.01)
+            else:
+                self.frame = None
+                return True
+
+    def park(self) -> None:
+        """Keep the frame (and what it will own) alive for good: see ``_parked``."""
+        if self.frame is not None:
+            _parked.append(self.frame)
+            self.frame = None
+
+
+def park(refs: list[Any]) -> None:
+    """Keep ``refs`` alive for good instead of dropping them (see ``_parked``); empties ``refs``."""
+    _parked.extend(refs)
+    refs.clear()
+
+
+def _sdk_directory() -> str | None:
+    module = sys.modules.get(_SDK_MODULE)
+    path = getattr(module, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) + os.sep if path else None
+
+
+def foreign_origin() -> ForeignOrigin | None:
+    """Describe the calling thread if Python did not start it (SDK callbacks); else None."""
+    thread = threading.current_thread()
+    if not isinstance(thread, threading._DummyThread):
+        return None
+    frame: FrameType | None = sys._getframe(1)
+    outermost = None
+    while frame is not None:
+        outermost, frame = frame, frame.f_back
+    sdk = _sdk_directory()
+    in_sdk = (
+        outermost is not None
+        and sdk is not None
+        and os.path.abspath(outermost.f_code.co_filename).startswith(sdk)
+    )
+    return ForeignOrigin(thread.name, outermost, in_sdk)
+
+
+def drop_all(refs: list[Any]) -> int:
+    """Drop every reference in ``refs``, last first, on the calling thread; how many.
+
+    Each ``del`` may be the last reference, so the native teardown runs inside
+    this loop, on this thread.
+    """
+    dropped = 0
+    while refs:
+        obj = refs.pop()
+        del obj
+        dropped += 1
+    return dropped
