@@ -434,7 +434,7 @@ def _after_success(
             raise
     leak: LeakError | None = None
     if options.strict and statistics.scope is not None and statistics.scope.survivors:
-        report = _survivor_report(call, statistics)
+        report = _survivor_report(call, statistics, returned=box)
         leak = LeakError(report.summary(), report)
     if error is not None:
         if leak is not None:
@@ -450,18 +450,20 @@ def _after_success(
 # -- the leak report -----------------------------------------------------------
 
 
-def _survivor_report(call: _Call, statistics: GuardStatistics) -> SurvivorReport:
+def _survivor_report(
+    call: _Call, statistics: GuardStatistics, *, returned: list[Any]
+) -> SurvivorReport:
     """Describe the survivors this call's constructors tracked, roots first.
 
     The scope's count is the authority (objects registered by hand through
     ``current_scope()`` count too, but only constructor-tracked ones are
-    described).
+    described). ``returned`` is the box holding the call's return value.
     """
     alive = call.alive()
     total = max(statistics.scope.survivors if statistics.scope else 0, len(alive))
     described = alive[:_MAX_SURVIVORS_DESCRIBED]
     del alive  # the only strong references left are in `described`, ignored below
-    holders = _holders(described) if described else []
+    holders = _holders(described, returned) if described else []
     survivors = [
         Survivor(
             type_name=type(obj).__qualname__,
@@ -484,7 +486,7 @@ def _is_ours(referrer: object) -> bool:
     return isinstance(referrer, types.FrameType) and referrer.f_code.co_filename == __file__
 
 
-def _holders(objs: list[object]) -> list[list[tuple[str, bool]]]:
+def _holders(objs: list[object], returned: list[Any]) -> list[list[tuple[str, bool]]]:
     """Describe who holds each object, one level up, in at most three heap walks.
 
     ``gc.get_referrers`` walks every gc-tracked object, so all objects are
@@ -498,7 +500,7 @@ def _holders(objs: list[object]) -> list[list[tuple[str, bool]]]:
     pending: list[object] = [
         r for r in referrers if type(r) is dict or isinstance(r, types.CellType)
     ]
-    owners = _owners(pending, ignored={id(objs), id(referrers), id(pending)})
+    owners = _owners(pending, ignored={id(objs), id(referrers), id(pending), id(returned)})
     found: list[list[tuple[str, bool]]] = [[] for _ in objs]
     counts = [0] * len(objs)
     for referrer in referrers:
@@ -509,7 +511,10 @@ def _holders(objs: list[object]) -> list[list[tuple[str, bool]]]:
             counts[i] += 1
             if counts[i] > _MAX_HOLDERS:
                 continue
-            text, owner = _describe(referrer, owners)
+            if referrer is returned:  # our box: the object itself was returned
+                text, owner = "return value", None
+            else:
+                text, owner = _describe(referrer, owners)
             found[i].append((text, (owner if owner is not None else id(referrer)) in index))
     for i, entries in enumerate(found):
         if counts[i] > _MAX_HOLDERS:
@@ -609,18 +614,20 @@ _install_lock = threading.Lock()
 _installed: dict[type, tuple[Callable[..., None], Callable[..., None]]] = {}
 """class -> (original ``__init__``, our wrapper); empty when not installed."""
 _handle_type: type | None = None
+_is_installed = False
+"""Set once every class is patched: a racing first call must not see half of them."""
 
 
 def _ensure_installed() -> None:
-    if not _installed:
+    if not _is_installed:
         _install()
 
 
 def _install() -> None:
     """Wrap ``__init__`` of every native-backed SDK class; once, idempotent."""
-    global _handle_type  # noqa: PLW0603 - set once, under the lock
+    global _handle_type, _is_installed  # noqa: PLW0603 - set under the lock
     with _install_lock:
-        if _installed:
+        if _is_installed:
             return
         from azure.cognitiveservices.speech.interop import _Handle  # noqa: PLC0415
 
@@ -630,11 +637,14 @@ def _install() -> None:
             wrapper = _instrumented(original)
             setattr(cls, "__init__", wrapper)  # noqa: B010 - explicit class patch
             _installed[cls] = (original, wrapper)
+        _is_installed = True
 
 
 def _uninstall() -> None:
     """Restore the SDK's constructors (tests); leaves anyone else's patch alone."""
+    global _is_installed  # noqa: PLW0603 - set under the lock
     with _install_lock:
+        _is_installed = False
         for cls, (original, wrapper) in _installed.items():
             if cls.__dict__.get("__init__") is wrapper:
                 setattr(cls, "__init__", original)  # noqa: B010

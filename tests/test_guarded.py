@@ -182,6 +182,15 @@ def test_strict_reports_a_recognizer_in_the_returned_list(
     assert native_handles() == baseline
 
 
+def test_strict_names_a_returned_sdk_object_as_the_return_value(no_automatic_gc):
+    @guarded(strict=True)
+    def make() -> speechsdk.SpeechConfig:
+        return config()
+
+    with pytest.raises(LeakError, match=r"SpeechConfig \(held by return value\)"):
+        make()
+
+
 def test_strict_passes_when_only_plain_data_escapes(speech_service, wav_path):
     baseline = native_handles()
 
