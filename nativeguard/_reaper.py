@@ -110,8 +110,8 @@ class Reaper:
             return self._cond.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
     def is_current(self) -> bool:
-        """Whether the calling thread is this reaper's thread."""
-        return self._thread is not None and threading.current_thread() is self._thread
+        """Whether the calling thread is this reaper's thread; no side effect on SDK threads."""
+        return self._thread is not None and self._thread.ident == threading.get_ident()
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -244,10 +244,25 @@ def _sdk_directory() -> str | None:
     return os.path.dirname(os.path.abspath(path)) + os.sep if path else None
 
 
+def _python_thread() -> tuple[bool, str]:
+    """(started by Python's threading module, name) of the calling thread.
+
+    ``threading.current_thread()`` is avoided on purpose: on a foreign thread it
+    registers a ``_DummyThread`` in ``threading.enumerate()`` for good (until a
+    new thread reuses the ident), which is a side effect a library should not
+    leave on the SDK's threads.
+    """
+    ident = threading.get_ident()
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return not isinstance(thread, threading._DummyThread), thread.name
+    return False, f"native thread {threading.get_native_id()}"
+
+
 def foreign_origin() -> ForeignOrigin | None:
     """Describe the calling thread if Python did not start it (SDK callbacks); else None."""
-    thread = threading.current_thread()
-    if not isinstance(thread, threading._DummyThread):
+    started_by_python, name = _python_thread()
+    if started_by_python:
         return None
     frame: FrameType | None = sys._getframe(1)
     outermost = None
@@ -259,7 +274,7 @@ def foreign_origin() -> ForeignOrigin | None:
         and sdk is not None
         and os.path.abspath(outermost.f_code.co_filename).startswith(sdk)
     )
-    return ForeignOrigin(thread.name, outermost, in_sdk)
+    return ForeignOrigin(name, outermost, in_sdk)
 
 
 def drop_all(refs: list[Any]) -> int:
