@@ -37,6 +37,7 @@ from ._extract import (
     extract,
     plain,
 )
+from ._guarded import GuardStatistics, Survivor, SurvivorReport, bind, current_scope, guarded
 from ._managed import (
     Managed,
     managed,
@@ -59,6 +60,7 @@ __all__ = [
     "ClosedResourceError",
     "Extracted",
     "FrozenMap",
+    "GuardStatistics",
     "LeakError",
     "Managed",
     "NativeDiagnosticsFormatError",
@@ -75,6 +77,8 @@ __all__ = [
     "ServiceError",
     "SessionEvent",
     "SpeechDetected",
+    "Survivor",
+    "SurvivorReport",
     "SynthesisResult",
     "Transcript",
     "WordBoundary",
@@ -82,7 +86,10 @@ __all__ = [
     "arecognize_once",
     "asynthesize",
     "atranscribe",
+    "bind",
+    "current_scope",
     "extract",
+    "guarded",
     "managed",
     "managed_connection",
     "managed_credential",

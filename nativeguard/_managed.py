@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import azure.cognitiveservices.speech as speechsdk
 
 from ._errors import CallbackError, ReleaseError, add_note
+from ._guarded import bind
 from ._proxy import ManagedProxy, callback_errors
 from ._scope import Scope
 
@@ -252,12 +253,25 @@ def managed_credential(credential: Any, *, scope: Scope | None = None) -> Manage
     return Managed(lambda: credential, scope=scope, description=type(credential).__name__)
 
 
+class _ContextExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each task in the submitter's context, so ``@guarded`` tracks across threads."""
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        return super().submit(bind(fn), *args, **kwargs)
+
+
 def managed_executor(
     max_workers: int | None = None, *, scope: Scope | None = None, **kwargs: Any
 ) -> Managed[concurrent.futures.ThreadPoolExecutor]:
-    """A ``ThreadPoolExecutor`` shut down (``wait=True, cancel_futures=True``) at exit."""
+    """A ``ThreadPoolExecutor`` shut down (``wait=True, cancel_futures=True``) at exit.
+
+    Tasks run in the submitting context: SDK objects they create inside a
+    ``@guarded`` call belong to that call.
+    """
     return Managed(
-        lambda: concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, **kwargs),
+        lambda: _ContextExecutor(max_workers=max_workers, **kwargs),
         scope=scope,
         description="ThreadPoolExecutor",
     )

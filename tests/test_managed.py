@@ -340,3 +340,23 @@ def test_managed_objects_refuse_reuse_and_bad_input(service):
         pass
     with pytest.raises(TypeError, match="Scope"):
         managed_executor(scope="nope")
+
+
+def test_executor_tasks_belong_to_the_guarded_call(service):
+    from nativeguard._guarded import GuardStatistics, guarded
+
+    seen: list[GuardStatistics] = []
+
+    @guarded(on_release=seen.append)
+    def fan_out(make_executor) -> int:
+        with make_executor(max_workers=2) as executor:
+            configs = list(executor.map(lambda _: service.speech_config(), range(3)))
+        return len(configs)
+
+    assert fan_out(managed_executor) == 3
+    assert fan_out(ThreadPoolExecutor) == 3
+    managed_stats, plain_stats = seen
+    # Each SpeechConfig is two native-backed objects (config + property bag):
+    # made on worker threads, they belong to the call only through managed_executor.
+    assert managed_stats.objects_created == 6
+    assert plain_stats.objects_created == 0
