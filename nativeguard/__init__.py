@@ -13,6 +13,7 @@ from ._calls import (
     transcribe,
 )
 from ._errors import (
+    AsyncReleaseRequired,
     CallbackError,
     ClosedResourceError,
     LeakError,
@@ -49,12 +50,19 @@ from ._managed import (
     managed_transcriber,
     managed_translation_recognizer,
 )
-from ._scope import Scope, ScopeStatistics
+from ._scope import (
+    ReleaseMode,
+    Scope,
+    ScopeStatistics,
+    creation_tracebacks_enabled,
+    set_creation_tracebacks,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "AsyncReleaseRequired",
     "CallbackError",
     "Cancellation",
     "ClosedResourceError",
@@ -68,6 +76,7 @@ __all__ = [
     "NativeGuardError",
     "ProtocolError",
     "ReleaseError",
+    "ReleaseMode",
     "ReleaseStep",
     "ReleaseTimeout",
     "RequestTimeout",
@@ -87,6 +96,7 @@ __all__ = [
     "asynthesize",
     "atranscribe",
     "bind",
+    "creation_tracebacks_enabled",
     "current_scope",
     "extract",
     "guarded",
@@ -101,6 +111,7 @@ __all__ = [
     "plain",
     "recognize_once",
     "register_adapter",
+    "set_creation_tracebacks",
     "synthesize",
     "transcribe",
 ]

@@ -5,7 +5,7 @@ registered exactly the way a user registers one for another SDK.
 
 A step may return an awaitable (``azure.identity.aio`` credentials close with
 ``async def close()``): ``Scope.aclose()`` awaits it with the step's bounded
-wait; a synchronous ``close()`` refuses it with :class:`_AsyncReleaseRequired`
+wait; a synchronous ``close()`` refuses it with :class:`AsyncReleaseRequired`
 instead of leaving a coroutine that is never awaited.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import NativeGuardError, ReleaseTimeout
+from ._errors import ReleaseTimeout
 
 __all__ = [
     "Adapter",
@@ -34,13 +34,6 @@ ReleaseStep = Callable[[Any, float], object]
 
 Return None, or an awaitable for ``Scope.aclose()`` to await (bounded by ``timeout_s``).
 """
-
-
-class _AsyncReleaseRequired(NativeGuardError, RuntimeError):
-    """A release step returned an awaitable, and a synchronous close() cannot await it.
-
-    Private until it moves to ``_errors`` as public ``AsyncReleaseRequired``.
-    """
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
+    "AsyncReleaseRequired",
     "CallbackError",
     "ClosedResourceError",
     "LeakError",
@@ -109,4 +110,12 @@ class RequestTimeout(NativeGuardError, TimeoutError):
     """A one-call helper (transcribe, recognize_once, ...) did not finish in time.
 
     Everything it created was released before this was raised.
+    """
+
+
+class AsyncReleaseRequired(NativeGuardError, RuntimeError):
+    """A release step must be awaited (an async ``close()``), but close() was synchronous.
+
+    Use ``async with`` or ``await scope.aclose()``; the coroutine was closed
+    unstarted so nothing is left "never awaited".
     """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -18,7 +19,7 @@ import azure.cognitiveservices.speech as speechsdk
 from ._errors import CallbackError, ReleaseError, add_note
 from ._guarded import bind
 from ._proxy import ManagedProxy, callback_errors
-from ._scope import Scope
+from ._scope import ReleaseMode, Scope
 
 __all__ = [
     "Managed",
@@ -40,8 +41,10 @@ class Managed(Generic[T]):
 
     ``scope=`` joins an existing Scope (the object is then released when that
     scope closes, not at this block's exit); otherwise the block owns a fresh
-    one. ``plain=True`` makes every callback connected through the proxy
-    receive ``extract(evt)`` instead of the SDK event.
+    one, created with ``release`` (``"inline"``: native handles are freed when
+    the block ends; ``"background"``: the native teardown runs on nativeguard's
+    reaper thread, see :meth:`Scope.wait_released`). ``plain=True`` makes every
+    callback connected through the proxy receive ``extract(evt)``.
     """
 
     def __init__(
@@ -49,16 +52,25 @@ class Managed(Generic[T]):
         factory: Callable[[], T],
         *,
         scope: Scope | None = None,
+        release: ReleaseMode = "inline",
         plain: bool = False,
         description: str = "object",
     ) -> None:
         if scope is not None and not isinstance(scope, Scope):
             raise TypeError(f"scope must be a nativeguard Scope, got {type(scope).__name__}")
+        if release not in ("inline", "background"):
+            raise ValueError(f"release must be 'inline' or 'background', got {release!r}")
+        if scope is not None and release != "inline":
+            raise ValueError(
+                "release= applies to the block's own scope; set it on the shared scope"
+            )
         self._factory = factory
         self._shared_scope = scope
+        self._release: ReleaseMode = release
         self._plain = plain
         self._description = description
         self._scope: Scope | None = None
+        self._async_target = False
         self._state = "new"
 
     @property
@@ -74,19 +86,20 @@ class Managed(Generic[T]):
                 "call the managed_*() function again for a new one"
             )
         self._state = "entered"
-        scope = self._shared_scope if self._shared_scope is not None else Scope()
+        scope = self._shared_scope or Scope(release=self._release)
         self._scope = scope
         target = self._factory()
         self._factory = _spent  # drop the factory's closure: it may reference the object
+        self._async_target = _closes_async(target)
         scope.register(target)
         proxy = ManagedProxy(target, scope, plain=self._plain)
         del target  # from here on, the proxy holds the only reference we own
 
         def cut() -> None:
-            # Dropping the proxy's reference here (not when the proxy dies) is
-            # what frees the native object while the caller still holds the proxy.
-            released = proxy._self_release(getattr(scope, "_closed_at", None) or "<unknown>")
-            del released
+            # Cutting here (not when the proxy dies) is what frees the native
+            # object while the caller still holds the proxy. The scope drops
+            # the reference: inline on this thread, or on its reaper thread.
+            scope.adopt(proxy._self_release(scope.closed_at or "<unknown>"))
 
         scope.add_finalizer(cut)
         result: T = proxy  # type: ignore[assignment]
@@ -98,16 +111,36 @@ class Managed(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._exit_starts():
+            self._conclude(exc, _close(self.scope))
+
+    async def __aenter__(self) -> T:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._exit_starts():
+            return
+        if self._async_target:
+            # An async close (azure.identity.aio) belongs to this event loop.
+            error = await _aclose(self.scope)
+        else:
+            # Stopping a session and the native teardown block for tens of
+            # ms: keep them off the event loop.
+            error = await asyncio.to_thread(_close, self.scope)
+        self._conclude(exc, error)
+
+    def _exit_starts(self) -> bool:
+        """Mark the block exited; False when a shared scope's owner releases it."""
         self._state = "exited"
-        scope = self.scope
-        if self._shared_scope is not None:
-            return  # the shared scope's owner releases it
-        release_error: ReleaseError | None = None
-        try:
-            scope.close()
-        except ReleaseError as error:
-            release_error = error
-        failures = callback_errors(scope)
+        return self._shared_scope is None
+
+    def _conclude(self, exc: BaseException | None, release_error: ReleaseError | None) -> None:
+        failures = callback_errors(self.scope)
         if exc is not None:
             if release_error is not None:
                 add_note(exc, f"nativeguard: {release_error.message}: {release_error.exceptions!r}")
@@ -124,18 +157,25 @@ class Managed(Generic[T]):
         if release_error is not None:
             raise release_error
 
-    async def __aenter__(self) -> T:
-        return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Stopping a session and the native teardown block for tens of ms:
-        # keep them off the event loop.
-        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
+def _close(scope: Scope) -> ReleaseError | None:
+    try:
+        scope.close()
+    except ReleaseError as error:
+        return error
+    return None
+
+
+async def _aclose(scope: Scope) -> ReleaseError | None:
+    try:
+        await scope.aclose()
+    except ReleaseError as error:
+        return error
+    return None
+
+
+def _closes_async(obj: object) -> bool:
+    return inspect.iscoroutinefunction(getattr(obj, "close", None))
 
 
 def _spent() -> Any:
@@ -151,6 +191,7 @@ def managed_recognizer(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
+    release: ReleaseMode = "inline",
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -160,6 +201,7 @@ def managed_recognizer(
             _unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
         ),
         scope=scope,
+        release=release,
         plain=plain,
         description="SpeechRecognizer",
     )
@@ -170,6 +212,7 @@ def managed_transcriber(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
+    release: ReleaseMode = "inline",
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -179,6 +222,7 @@ def managed_transcriber(
             _unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
         ),
         scope=scope,
+        release=release,
         plain=plain,
         description="ConversationTranscriber",
     )
@@ -189,6 +233,7 @@ def managed_translation_recognizer(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
+    release: ReleaseMode = "inline",
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -200,6 +245,7 @@ def managed_translation_recognizer(
             **kwargs,
         ),
         scope=scope,
+        release=release,
         plain=plain,
         description="TranslationRecognizer",
     )
@@ -210,6 +256,7 @@ def managed_synthesizer(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
+    release: ReleaseMode = "inline",
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -223,13 +270,14 @@ def managed_synthesizer(
             speech_config=_unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
         ),
         scope=scope,
+        release=release,
         plain=plain,
         description="SpeechSynthesizer",
     )
 
 
 def managed_connection(
-    recognizer_or_synthesizer: Any, *, scope: Scope | None = None
+    recognizer_or_synthesizer: Any, *, scope: Scope | None = None, release: ReleaseMode = "inline"
 ) -> Managed[Any]:
     """The ``speechsdk.Connection`` of a recognizer or synthesizer, closed at exit."""
     target = _unwrap(recognizer_or_synthesizer)
@@ -243,7 +291,7 @@ def managed_connection(
             f"managed_connection takes a recognizer or a synthesizer, got {type(target).__name__}"
         )
 
-    return Managed(make, scope=scope, description="Connection")
+    return Managed(make, scope=scope, release=release, description="Connection")
 
 
 def managed_credential(credential: Any, *, scope: Scope | None = None) -> Managed[Any]:
@@ -263,7 +311,11 @@ class _ContextExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def managed_executor(
-    max_workers: int | None = None, *, scope: Scope | None = None, **kwargs: Any
+    max_workers: int | None = None,
+    *,
+    scope: Scope | None = None,
+    release: ReleaseMode = "inline",
+    **kwargs: Any,
 ) -> Managed[concurrent.futures.ThreadPoolExecutor]:
     """A ``ThreadPoolExecutor`` shut down (``wait=True, cancel_futures=True``) at exit.
 
@@ -273,12 +325,17 @@ def managed_executor(
     return Managed(
         lambda: _ContextExecutor(max_workers=max_workers, **kwargs),
         scope=scope,
+        release=release,
         description="ThreadPoolExecutor",
     )
 
 
-def managed(obj: T, *, scope: Scope | None = None, plain: bool = False) -> Managed[T]:
+def managed(
+    obj: T, *, scope: Scope | None = None, release: ReleaseMode = "inline", plain: bool = False
+) -> Managed[T]:
     """Any object nativeguard has an adapter for (or with a plain ``close()``)."""
     if isinstance(obj, ManagedProxy):
         raise TypeError("this object is already managed; use it as it is")
-    return Managed(lambda: obj, scope=scope, plain=plain, description=type(obj).__name__)
+    return Managed(
+        lambda: obj, scope=scope, release=release, plain=plain, description=type(obj).__name__
+    )

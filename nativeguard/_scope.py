@@ -20,8 +20,14 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _malloc
-from ._adapters import _AsyncReleaseRequired, adapter_for, event_signals
-from ._errors import ClosedResourceError, ReleaseError, ReleaseTimeout, add_note
+from ._adapters import adapter_for, event_signals
+from ._errors import (
+    AsyncReleaseRequired,
+    ClosedResourceError,
+    ReleaseError,
+    ReleaseTimeout,
+    add_note,
+)
 from ._reaper import (
     REAPER_THREAD_NAME,
     ForeignOrigin,
@@ -252,6 +258,11 @@ class Scope:
     @property
     def closed(self) -> bool:
         return self._closed_at is not None
+
+    @property
+    def closed_at(self) -> str | None:
+        """``file:line`` outside nativeguard where the scope was closed, or None."""
+        return self._closed_at
 
     @property
     def released(self) -> bool:
@@ -643,7 +654,7 @@ def _refuse(awaitable: Awaitable[Any]) -> Exception:
     if inspect.iscoroutine(awaitable):
         what = f"coroutine {awaitable.__qualname__}()"
         awaitable.close()  # never started: closing it runs nothing and warns nothing
-    return _AsyncReleaseRequired(
+    return AsyncReleaseRequired(
         f"the release step returned an awaitable ({what}) that a synchronous close() cannot "
         "await; the object was not released: use `async with Scope()` or `await scope.aclose()`"
     )

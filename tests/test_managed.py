@@ -47,6 +47,9 @@ def warm_sdk(wav_path):
         synthesizer = speechsdk.SpeechSynthesizer(service.speech_config(), audio_config=None)
         synthesizer.speak_text_async("warm").get()
         del synthesizer
+    # nativeguard's reaper thread lives for the whole process once started.
+    with managed_executor(max_workers=1, release="background") as executor:
+        executor.submit(int).result()
     gc.collect()
 
 
@@ -360,3 +363,49 @@ def test_executor_tasks_belong_to_the_guarded_call(service):
     # made on worker threads, they belong to the call only through managed_executor.
     assert managed_stats.objects_created == 6
     assert plain_stats.objects_created == 0
+
+
+def test_background_release_frees_everything_off_the_callers_thread(service, wav_path):
+    before = snapshot()
+    kept: list = []
+    block = managed_transcriber(
+        service.speech_config(),
+        speechsdk.audio.AudioConfig(filename=wav_path),
+        release="background",
+    )
+    with block as transcriber:
+        transcribe(transcriber, kept)
+    assert block.scope.wait_released(5)
+    stats = block.scope.statistics()
+    assert stats.release_mode == "background"
+    assert stats.objects_adopted == 1  # the proxy's cut reference went to the reaper
+    assert stats.reaper_dropped >= 1
+    assert stats.survivors == 0
+    del block, transcriber
+    assert_back_to(before)
+    assert [r.text for r in kept] == ["first words", "second words"]
+
+
+def test_async_credential_is_closed_on_the_event_loop():
+    import asyncio
+
+    from azure.identity.aio import ManagedIdentityCredential
+
+    from nativeguard._managed import managed_credential
+    from nativeguard.testing import TokenService
+
+    async def main():
+        credential = ManagedIdentityCredential()
+        async with managed_credential(credential) as managed_cred:
+            token = await managed_cred.get_token("https://cognitiveservices.azure.com/.default")
+        with pytest.raises(ValueError, match="transport has already been closed"):
+            await credential.get_token("https://storage.azure.com/.default")
+        return token
+
+    with TokenService() as tokens, tokens.patch_environ():
+        assert tokens.is_valid(asyncio.run(main()).token)
+
+
+def test_release_option_is_checked():
+    with pytest.raises(ValueError, match="'inline' or 'background'"):
+        managed_executor(release="later")
