@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,25 @@ def test_unexpected_outcomes_are_named():
     )
     assert "glibc heap in use, growth" in text  # n/a where mallinfo2 is missing
     assert report.to_json()["verdict"] == {"naive": "not leaking", "guarded": "not flat"}
+
+
+def test_interrupt_releases_the_sdk_objects_and_exits_130():
+    # Interrupted in the naive phase, leaked transcribers are alive; left to
+    # interpreter exit, SDK callbacks make the native core abort (SIGABRT).
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nativeguard", "demo", "--requests", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("SpeechService"):
+            break
+    time.sleep(1.0)  # warm-up done, a few naive requests in
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode >= 0, stderr  # not killed by a signal
+    assert "exception not rethrown" not in stderr
+    if "interrupted" in stderr:
+        assert process.returncode == 130
