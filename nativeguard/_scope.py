@@ -713,12 +713,32 @@ def _collect_until_dead(
     start = time.perf_counter()
     for generation in (None, 0, 1, 2):
         if generation is not None:
-            gc.collect(generation)
+            _collect(generation)
             generations.append(generation)
         alive = sum(1 for ref in refs if ref() is not None)
         if alive == 0:
             break
     return tuple(generations), time.perf_counter() - start, alive
+
+
+_SKIPPED_COLLECTION_RETRIES = 20
+_SKIPPED_COLLECTION_WAIT_S = 0.005
+
+
+def _collect(generation: int) -> None:
+    """``gc.collect(generation)`` that really ran.
+
+    While another thread is collecting (here often an SDK callback thread,
+    where allocations trigger automatic collections) gc.collect() returns 0 at
+    once without collecting; judging survivors then would report false leaks.
+    The generation's collection counter tells whether ours ran.
+    """
+    for _ in range(_SKIPPED_COLLECTION_RETRIES):
+        before = gc.get_stats()[generation]["collections"]
+        gc.collect(generation)
+        if gc.get_stats()[generation]["collections"] != before:
+            return
+        time.sleep(_SKIPPED_COLLECTION_WAIT_S)
 
 
 def _trim_available() -> bool:

@@ -547,3 +547,35 @@ def test_new_arguments_are_checked():
     with pytest.raises(ValueError, match="timeout"):
         Scope().wait_released(-1)
     assert Scope(release="background").release_mode == "background"
+
+
+def test_a_collection_skipped_by_another_threads_collection_is_retried(monkeypatch):
+    # Simulate CPython's behaviour while another thread collects: the first
+    # call returns at once and the collection counter does not move.
+    import nativeguard._scope as scope_module
+
+    calls: list[int] = []
+    real_collect = gc.collect
+
+    def busy_once(generation=2):
+        calls.append(generation)
+        if len(calls) == 1:
+            return 0
+        return real_collect(generation)
+
+    monkeypatch.setattr(scope_module.gc, "collect", busy_once)
+
+    class Node:
+        pass
+
+    gc.disable()
+    try:
+        scope = Scope()
+        with scope:
+            node = scope.register(Node())
+            node.self = node
+            del node
+    finally:
+        gc.enable()
+    assert calls[:2] == [0, 0]  # skipped, then retried
+    assert scope.statistics().survivors == 0
