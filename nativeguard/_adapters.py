@@ -16,7 +16,7 @@ import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ._errors import ReleaseTimeout
 
@@ -28,6 +28,8 @@ __all__ = [
     "register_adapter",
     "run_bounded",
 ]
+
+_R = TypeVar("_R")
 
 ReleaseStep = Callable[[Any, float], object]
 """``step(obj, timeout_s)``: one release action; raise to report it failed.
@@ -98,27 +100,36 @@ def adapter_for(obj: object) -> Adapter | None:
     return None
 
 
-def run_bounded(action: Callable[[], object], timeout_s: float, what: str) -> None:
+def run_bounded(
+    action: Callable[[], _R],
+    timeout_s: float,
+    what: str,
+    *,
+    timeout_error: type[Exception] = ReleaseTimeout,
+) -> _R:
     """Run a blocking SDK call on a helper thread, waiting at most ``timeout_s``.
 
     ``future.get()`` of the SDK has no timeout of its own; a stalled service
-    must not hang release forever.
+    must not hang release (or a caller) forever. Returns what ``action``
+    returned, re-raises what it raised, raises ``timeout_error`` on time-out.
     """
+    outcome: list[_R] = []
     failure: list[BaseException] = []
 
     def target() -> None:
         try:
-            action()
+            outcome.append(action())
         except BaseException as exc:  # handed to the caller below
             failure.append(exc)
 
-    worker = threading.Thread(target=target, name=f"nativeguard-release: {what}", daemon=True)
+    worker = threading.Thread(target=target, name=f"nativeguard-wait: {what}", daemon=True)
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise ReleaseTimeout(f"{what} did not finish within {timeout_s:g} s")
+        raise timeout_error(f"{what} did not finish within {timeout_s:g} s")
     if failure:
         raise failure[0]
+    return outcome[0]
 
 
 def event_signals(obj: object) -> list[Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
+from ._adapters import run_bounded
 from ._errors import RequestTimeout
 from ._extract import Cancellation, Segment, SynthesisResult, extract
 from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
@@ -150,23 +151,7 @@ def _set_threadsafe(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> No
 
 def _one_shot(future: Any, timeout: float, what: str) -> Any:
     """``future.get()`` with a bound: the SDK's own get() has none."""
-    box: list[Any] = []
-    failure: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            box.append(future.get())
-        except BaseException as exc:  # handed to the caller
-            failure.append(exc)
-
-    waiter = threading.Thread(target=wait, name=f"nativeguard-wait: {what}", daemon=True)
-    waiter.start()
-    waiter.join(timeout)
-    if waiter.is_alive():
-        raise RequestTimeout(f"{what} did not finish within {timeout:g} s")
-    if failure:
-        raise failure[0]
-    return box[0]
+    return run_bounded(future.get, timeout, what, timeout_error=RequestTimeout)
 
 
 def recognize_once(

@@ -186,6 +186,29 @@ def _unwrap(obj: Any) -> Any:
     return obj.__wrapped__ if isinstance(obj, ManagedProxy) else obj
 
 
+def _sdk_block(
+    sdk_class: Callable[..., Any],
+    config_name: str,
+    config: Any,
+    audio_config: Any,
+    *,
+    scope: Scope | None,
+    release: ReleaseMode,
+    plain: bool,
+    kwargs: dict[str, Any],
+) -> Managed[Any]:
+    """A managed block that constructs ``sdk_class(<config_name>=config, audio_config=...)``."""
+    return Managed(
+        lambda: sdk_class(
+            **{config_name: _unwrap(config)}, audio_config=_unwrap(audio_config), **kwargs
+        ),
+        scope=scope,
+        release=release,
+        plain=plain,
+        description=getattr(sdk_class, "__name__", "object"),
+    )
+
+
 def managed_recognizer(
     speech_config: Any,
     audio_config: Any = None,
@@ -196,14 +219,15 @@ def managed_recognizer(
     **kwargs: Any,
 ) -> Managed[Any]:
     """A ``speechsdk.SpeechRecognizer`` released at the end of the block."""
-    return Managed(
-        lambda: speechsdk.SpeechRecognizer(
-            _unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
-        ),
+    return _sdk_block(
+        speechsdk.SpeechRecognizer,
+        "speech_config",
+        speech_config,
+        audio_config,
         scope=scope,
         release=release,
         plain=plain,
-        description="SpeechRecognizer",
+        kwargs=kwargs,
     )
 
 
@@ -217,14 +241,15 @@ def managed_transcriber(
     **kwargs: Any,
 ) -> Managed[Any]:
     """A ``ConversationTranscriber`` released at the end of the block."""
-    return Managed(
-        lambda: speechsdk.transcription.ConversationTranscriber(
-            _unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
-        ),
+    return _sdk_block(
+        speechsdk.transcription.ConversationTranscriber,
+        "speech_config",
+        speech_config,
+        audio_config,
         scope=scope,
         release=release,
         plain=plain,
-        description="ConversationTranscriber",
+        kwargs=kwargs,
     )
 
 
@@ -238,16 +263,15 @@ def managed_translation_recognizer(
     **kwargs: Any,
 ) -> Managed[Any]:
     """A ``TranslationRecognizer`` released at the end of the block."""
-    return Managed(
-        lambda: speechsdk.translation.TranslationRecognizer(
-            translation_config=_unwrap(translation_config),
-            audio_config=_unwrap(audio_config),
-            **kwargs,
-        ),
+    return _sdk_block(
+        speechsdk.translation.TranslationRecognizer,
+        "translation_config",
+        translation_config,
+        audio_config,
         scope=scope,
         release=release,
         plain=plain,
-        description="TranslationRecognizer",
+        kwargs=kwargs,
     )
 
 
@@ -265,14 +289,15 @@ def managed_synthesizer(
     ``audio_config=None`` means what it means to the SDK: keep audio in memory,
     play nothing (the SDK's own default would open a speaker).
     """
-    return Managed(
-        lambda: speechsdk.SpeechSynthesizer(
-            speech_config=_unwrap(speech_config), audio_config=_unwrap(audio_config), **kwargs
-        ),
+    return _sdk_block(
+        speechsdk.SpeechSynthesizer,
+        "speech_config",
+        speech_config,
+        audio_config,
         scope=scope,
         release=release,
         plain=plain,
-        description="SpeechSynthesizer",
+        kwargs=kwargs,
     )
 
 
