@@ -1,7 +1,8 @@
 """``@guarded``: every SDK object a call creates is released when the call exits.
 
-While a guarded call runs, the ``__init__`` of every native-backed Speech SDK
-class records the new object (weakly) for the active call, found through a
+While a guarded call runs, every native-backed Speech SDK object constructed
+(seen through the shared constructor hook in ``_construction``) is recorded
+weakly for the active call, found through a
 :class:`contextvars.ContextVar`, so concurrent calls, threads and asyncio tasks
 never mix. At exit, on success and on every failure path, the objects still
 alive go to the call's :class:`~nativeguard._scope.Scope`, which releases them:
@@ -24,9 +25,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import gc
-import importlib
 import inspect
-import sys
 import threading
 import types
 import weakref
@@ -36,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import wrapt
 
+from . import _construction
 from ._errors import ClosedResourceError, LeakError, ReleaseError, add_note
 from ._scope import Scope, ScopeStatistics
 
@@ -53,18 +53,6 @@ _F = TypeVar("_F", bound="Callable[..., Any] | classmethod[Any, Any, Any] | stat
 _R = TypeVar("_R")
 _P = ParamSpec("_P")
 
-_SDK_PACKAGE = "azure.cognitiveservices.speech"
-# Imported explicitly: walking the package path would also try to import the
-# core's shared libraries (``libpal_azure_c_shared.so``) as extension modules.
-_SDK_SUBMODULES = (
-    "speech",
-    "audio",
-    "transcription",
-    "translation",
-    "dialog",
-    "languageconfig",
-    "properties",
-)
 _PRUNE_AT_LEAST = 64
 _MAX_SURVIVORS_DESCRIBED = 10
 _MAX_HOLDERS = 3
@@ -601,130 +589,29 @@ def _code_name(code: types.CodeType) -> str:
 
 # -- constructor instrumentation -----------------------------------------------
 
-
-class _Constructing(threading.local):
-    """Objects whose ``__init__`` runs on this thread: only the outermost registers."""
-
-    def __init__(self) -> None:
-        self.stack: list[object] = []
-
-
-_constructing = _Constructing()
-_install_lock = threading.Lock()
-_installed: dict[type, tuple[Callable[..., None], Callable[..., None]]] = {}
-"""class -> (original ``__init__``, our wrapper); empty when not installed."""
-_handle_type: type | None = None
-_is_installed = False
-"""Set once every class is patched: a racing first call must not see half of them."""
+# The hook itself lives in _construction (shared with the live-object
+# registry); these aliases keep the names tests and tools already use.
+_installed = _construction._installed
+_uninstall = _construction.uninstall
+_listener_lock = threading.Lock()
+_listening = False
 
 
 def _ensure_installed() -> None:
-    if not _is_installed:
-        _install()
+    """Listen to SDK constructions from the first guarded call on; cheap afterwards."""
+    global _listening  # noqa: PLW0603 - set under the lock
+    if not _listening:
+        with _listener_lock:
+            if not _listening:
+                _construction.add_listener(_on_constructed)
+                _listening = True
+    # Installed again after a test's _uninstall(); a flag check otherwise.
+    _construction.ensure_installed()
 
 
-def _install() -> None:
-    """Wrap ``__init__`` of every native-backed SDK class; once, idempotent."""
-    global _handle_type, _is_installed  # noqa: PLW0603 - set under the lock
-    with _install_lock:
-        if _is_installed:
-            return
-        from azure.cognitiveservices.speech.interop import _Handle  # noqa: PLC0415
-
-        _handle_type = _Handle
-        for cls in _native_backed_classes(_Handle):
-            original = cls.__dict__["__init__"]
-            wrapper = _instrumented(original)
-            setattr(cls, "__init__", wrapper)  # noqa: B010 - explicit class patch
-            _installed[cls] = (original, wrapper)
-        _is_installed = True
-
-
-def _uninstall() -> None:
-    """Restore the SDK's constructors (tests); leaves anyone else's patch alone."""
-    global _is_installed  # noqa: PLW0603 - set under the lock
-    with _install_lock:
-        _is_installed = False
-        for cls, (original, wrapper) in _installed.items():
-            if cls.__dict__.get("__init__") is wrapper:
-                setattr(cls, "__init__", original)  # noqa: B010
-        _installed.clear()
-
-
-def _native_backed_classes(handle_type: type) -> list[type]:
-    """SDK classes whose construction (theirs or a base's) creates a ``_Handle``.
-
-    Found by introspection: a class qualifies when an ``__init__`` in its MRO
-    names ``_Handle`` in its code. Every such class with its own ``__init__``
-    is wrapped, so the most derived constructor is the one that registers.
-    """
-    for submodule in _SDK_SUBMODULES:
-        try:
-            importlib.import_module(f"{_SDK_PACKAGE}.{submodule}")
-        except ImportError:  # pragma: no cover - a future SDK may drop one
-            continue
-    found: dict[type, None] = {}
-    for module_name, module in list(sys.modules.items()):
-        if module_name != _SDK_PACKAGE and not module_name.startswith(_SDK_PACKAGE + "."):
-            continue
-        for value in list(vars(module).values()):
-            if (
-                isinstance(value, type)
-                and value is not handle_type
-                and value.__module__.startswith(_SDK_PACKAGE)
-                and "__init__" in value.__dict__
-                and _constructs_handle(value)
-            ):
-                found[value] = None
-    return list(found)
-
-
-def _constructs_handle(cls: type) -> bool:
-    for klass in cls.__mro__:
-        init = inspect.unwrap(klass.__dict__.get("__init__", object.__init__))
-        code = getattr(init, "__code__", None)
-        if code is not None and "_Handle" in code.co_names:
-            return True
-    return False
-
-
-def _instrumented(original: Callable[..., None]) -> Callable[..., None]:
-    @functools.wraps(original)
-    def __init__(self: object, *args: Any, **kwargs: Any) -> None:
-        # The only cost outside guarded calls: one ContextVar lookup.
-        call = _active.get()
-        if call is None:
-            original(self, *args, **kwargs)
-            return
-        _construct_tracked(call, original, self, args, kwargs)
-
-    return __init__
-
-
-def _construct_tracked(
-    call: _Call,
-    original: Callable[..., None],
-    obj: object,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    stack = _constructing.stack
-    # A super().__init__ chain runs nested on one thread, so the same object is
-    # on top of the stack: only the outermost (most derived) constructor tracks.
-    if stack and stack[-1] is obj:
-        original(obj, *args, **kwargs)
-        return
-    stack.append(obj)
-    try:
-        original(obj, *args, **kwargs)
-    finally:
-        stack.pop()
-    # Tracked once its outermost constructor succeeded, and only if it really
-    # holds a native handle (some constructors create one conditionally).
-    namespace = getattr(obj, "__dict__", None)
-    if type(namespace) is not dict:
-        return
-    for value in namespace.values():
-        if type(value) is _handle_type:
-            call.track(obj)
-            return
+def _on_constructed(obj: object) -> None:
+    # Outside guarded calls (and on SDK callback threads, whose context is
+    # empty) this is one ContextVar lookup.
+    call = _active.get()
+    if call is not None:
+        call.track(obj)
