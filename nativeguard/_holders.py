@@ -33,7 +33,6 @@ __all__ = [
     "INVISIBLE",
     "MAX_CHAIN_DEPTH",
     "MAX_VISITED",
-    "NO_HOLDER",
     "UNREACHABLE",
     "HolderChain",
     "holder_chain",
@@ -48,9 +47,9 @@ plus ~0.6 ms per object looked up per million live objects."""
 
 UNREACHABLE = "unreachable cycle: waits for the garbage collector"
 INVISIBLE = (
-    "held by a reference gc cannot see (native code, a C extension or another thread's frame)"
+    "held by a reference gc cannot see (another thread's running frame, native code "
+    "or a C extension)"
 )
-NO_HOLDER = "no holder outside nativeguard that gc can see"
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The search's own frames: their locals hold the objects while we look.
@@ -381,8 +380,9 @@ def _conclude(
             path = _path(search, unaccounted)
             links = (*_describe(path, None), INVISIBLE)
         elif not search.leaf_held:
+            # Nothing but the caller (and invisible references) refers to it.
             path = [search.nodes[search.leaf]]
-            links = (*_describe(path, None), NO_HOLDER)
+            links = (*_describe(path, None), INVISIBLE)
         else:
             # Every reference to every holder comes from inside the graph.
             end = search.cycle[0] if search.cycle else next(reversed(search.nodes))
