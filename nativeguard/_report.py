@@ -25,6 +25,7 @@ from ._redact import redact_text
 
 __all__ = [
     "MAX_COUNTS_SHOWN",
+    "MAX_LINKS_SHOWN",
     "MAX_OBJECTS_DESCRIBED",
     "MAX_OBJECTS_SHOWN",
     "MAX_THREADS_SHOWN",
@@ -45,6 +46,9 @@ MAX_THREADS_SHOWN = 10
 MAX_ALLOWED_SHOWN = 10
 MAX_TRACEBACK_FRAMES = 8
 """Most recent frames kept of a creation traceback."""
+MAX_LINKS_SHOWN = 16
+"""Links printed per chain (searches stop at MAX_CHAIN_DEPTH anyway)."""
+LINE_WIDTH = 100
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class LeakReport:
         for number, obj in enumerate(shown, 1):
             verdict = " (unreachable: gc.collect() would free it)" if obj.unreachable else ""
             lines.append(f"  {number}. {obj.type_name}{verdict}")
-            lines.append(f"     held by: {' <- '.join(obj.chain)}")
+            lines.extend(_chain_lines(obj.chain))
             if obj.created_at:
                 lines.append("     created at (most recent call last):")
                 lines.extend(f"       {frame}" for frame in obj.created_at)
@@ -148,6 +152,17 @@ class LeakReport:
             entries = [f"{what} ({reason})" for what, reason in self.allowed]
             lines.append(f"  allowed: {_capped(entries, MAX_ALLOWED_SHOWN)}")
         return lines
+
+
+def _chain_lines(chain: Sequence[str]) -> list[str]:
+    """One line when it fits, else one link per line: long chains stay readable."""
+    links = list(chain[:MAX_LINKS_SHOWN])
+    if len(chain) > MAX_LINKS_SHOWN:
+        links[-1] = f"... {len(chain) - MAX_LINKS_SHOWN + 1} more link(s)"
+    one_line = f"     held by: {' <- '.join(links)}"
+    if len(one_line) <= LINE_WIDTH:
+        return [one_line]
+    return [f"     held by: {links[0]}", *(f"           <- {link}" for link in links[1:])]
 
 
 def _growth(what: str, count: int) -> str:
