@@ -193,9 +193,16 @@ def track_types(*types: type) -> None:
                 "(add '__weakref__' to its __slots__ to track it)"
             )
     with _state_lock:
-        added = tuple(cls for cls in types if cls not in _extra_types)
+        added = tuple(dict.fromkeys(cls for cls in types if cls not in _extra_types))
+        restore: list[Callable[[], None]] = []
+        try:
+            for cls in added:
+                restore.append(_wrap_init(cls))
+        except TypeError:
+            for undo in reversed(restore):  # all or nothing
+                undo()
+            raise
         for cls in added:
-            _wrap_init(cls)
             _extra_types[cls] = None
         if _enabled and added:
             _seed(sdk=False, extra=added)
@@ -207,8 +214,8 @@ def tracked_types() -> tuple[type, ...]:
         return (*_construction.installed_classes(), *_extra_types)
 
 
-def _wrap_init(cls: type) -> None:
-    """Make ``cls(...)`` track the new instance when the registry is enabled."""
+def _wrap_init(cls: type) -> Callable[[], None]:
+    """Make ``cls(...)`` track the new instance when the registry is enabled; returns an undo."""
     own = cls.__dict__.get("__init__")
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -228,6 +235,14 @@ def _wrap_init(cls: type) -> None:
         setattr(cls, "__init__", __init__)  # noqa: B010 - explicit class patch
     except TypeError as error:
         raise TypeError(f"cannot track {_qualname(cls)}: {error}") from None
+
+    def undo() -> None:
+        if own is not None:
+            setattr(cls, "__init__", own)  # noqa: B010
+        else:
+            delattr(cls, "__init__")
+
+    return undo
 
 
 def _inherited_init(cls: type, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
