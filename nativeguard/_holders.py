@@ -209,12 +209,22 @@ class _Context:
         variables; with one active the snapshot is re-synced at every event
         anyway, and is left alone.
         """
-        if sys.gettrace() is None and sys.getprofile() is None:
+        if _no_python_tracer(sys.gettrace()) and _no_python_tracer(sys.getprofile()):
             for frame, snapshot in self._snapshots:
                 if frame.f_trace is None:
                     snapshot.clear()
         self._snapshots.clear()
         self.frame_locals.clear()
+
+
+# Tracers written in C call no trampoline, so they never write snapshots back.
+_C_TRACERS = frozenset({("coverage.tracer", "CTracer"), ("_lsprof", "Profiler")})
+
+
+def _no_python_tracer(tracer: object) -> bool:
+    return tracer is None or any(
+        (kind.__module__, kind.__qualname__) in _C_TRACERS for kind in type(tracer).__mro__
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -525,7 +535,8 @@ def _link(
         owner = after
         if owner is not None and _namespace(owner) is holder:
             # An instance's materialised __dict__: report it as the instance.
-            return f"{noun} {_type_name(owner)}.{_key_of(holder, obj) or '?'}", 1
+            key = _key_of(holder, obj)
+            return f"{noun} {_type_name(owner)}.{_demangle(owner, key or '?')}", 1
         if len(beyond) >= 2 and type(owner) is dict and isinstance(beyond[1], threading.local):
             # threading.local: value <- per-thread dict <- dict of dicts <- local
             key = _key_of(holder, obj) or "?"

@@ -221,7 +221,11 @@ class Leaf:
 
 class Session:
     def __init__(self, leaf: Leaf) -> None:
-        self.leaf = leaf
+        self.__leaf = leaf  # private: reported as written, not mangled
+
+    @property
+    def leaf(self) -> Leaf:
+        return self.__leaf
 
 
 class Slotted:
@@ -241,7 +245,7 @@ def test_instance_attributes_read_the_same_inline_or_materialised():
     SESSIONS.append(session)
     try:
         expected = (
-            "Leaf Session.leaf",
+            "Leaf Session.__leaf",
             "Session",
             "list",
             f"global SESSIONS in module {__name__}",
@@ -451,3 +455,31 @@ def test_a_million_unrelated_objects(wav_path, capsys):
             f"{held_elapsed * 1000:.0f} ms"
         )
     del junk
+
+
+def test_a_search_from_inside_a_python_tracer_leaves_the_traced_frames_variables():
+    """pdb-style tracers write a frame's snapshot back into its variables after each
+    event: a snapshot emptied during the event would delete them."""
+    chains: list[tuple[str, ...]] = []
+
+    def target() -> Leaf:
+        leaf = Leaf()
+        marker = 1  # the tracer searches on this line's event
+        return leaf if marker else Leaf()
+
+    def tracer(frame, event, arg):
+        if event == "call":
+            return tracer if frame.f_code is target.__code__ else None
+        if event == "line" and "leaf" in frame.f_locals and not chains:
+            chains.append(holder_chain(frame.f_locals["leaf"]))
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        result = target()  # UnboundLocalError if `leaf` had been deleted
+    finally:
+        sys.settrace(previous)
+    assert isinstance(result, Leaf)
+    assert chains[0][0] == "Leaf"
+    assert chains[0][1].startswith("local leaf in frame ")
