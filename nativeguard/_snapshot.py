@@ -12,13 +12,13 @@ Threads, decided here:
 
 - ``python_threads`` are the names of ``threading.enumerate()`` minus
   ``threading._DummyThread`` entries and minus nativeguard's own long-lived
-  ``nativeguard-reaper`` thread. Dummy entries are native threads (the SDK's
+  reaper threads (named ``nativeguard-reaper``). Dummy entries are native threads (the SDK's
   callback threads) that some code registered by calling
   ``threading.current_thread()`` on them; CPython 3.11 keeps such an entry
   after the thread ended, so comparing them would report SDK threads long
   gone. We never call ``current_thread()`` ourselves, for the same reason.
 - ``os_threads`` is the kernel's count for the process (SDK native threads
-  included), minus the reaper when it is alive: it starts on first use and
+  included), minus the reaper threads alive: one starts on first use and
   lives for the process, so it is not a leak of the code being checked.
   Measured with SDK 1.53: a recognizer that ran adds 2 native threads, gone
   when its handle is released, so OS thread growth is a real leak signal.
@@ -40,7 +40,7 @@ import psutil
 from . import _registry
 from ._errors import NativeDiagnosticsUnavailable
 from ._native import native_handles as _native_handles
-from ._reaper import get_reaper
+from ._reaper import REAPER_THREAD_NAME
 
 __all__ = ["Counts", "Delta", "Snapshot", "settle", "snapshot"]
 
@@ -226,13 +226,16 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
 
 def _python_threads() -> tuple[tuple[str, ...], int]:
     """(sorted names of the application's Python threads, how many of ours were left out)."""
-    reaper = get_reaper().thread
     names: list[str] = []
     ours = 0
     for thread in threading.enumerate():
-        if thread is reaper:
+        if isinstance(thread, threading._DummyThread):
+            continue
+        if thread.name == REAPER_THREAD_NAME:
+            # By name, not as get_reaper().thread: a Reaper made for a test, or
+            # the parent's before a fork, runs under the same name.
             ours += thread.is_alive()
-        elif not isinstance(thread, threading._DummyThread):
+        else:
             names.append(thread.name)
     return tuple(sorted(names)), ours
 
