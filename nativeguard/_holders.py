@@ -446,7 +446,10 @@ def _describe(path: list[object], root: _Root | None, ancestor: object = None) -
     holders: list[object] = [*path[1:], root.holder if root else ancestor]
     root_text: str | None = None
     if root is not None:
-        path, holders, root_text = _root_text(path, holders, root)
+        try:
+            path, holders, root_text = _root_text(path, holders, root)
+        except Exception:  # an exotic holder must not cost the whole report
+            root_text = _type_name(root.holder)
     links: list[str] = []
     skip = 0
     for i, obj in enumerate(path):
@@ -455,7 +458,10 @@ def _describe(path: list[object], root: _Root | None, ancestor: object = None) -
             continue
         beyond = holders[i + 1 :]
         child = path[i - 1] if i else None
-        text, skip = _link(obj, holders[i], beyond, child, leaf=i == 0)
+        try:
+            text, skip = _link(obj, holders[i], beyond, child, leaf=i == 0)
+        except Exception:  # user code (a __dict__ property) ran and failed
+            text, skip = _type_name(obj), 0
         links.append(text)
     if root_text is not None:
         links.append(root_text)
