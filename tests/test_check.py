@@ -1,0 +1,238 @@
+"""check() / assert_no_leaks(): allowlist rules as pure logic, then against the real SDK."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import azure.cognitiveservices.speech as speechsdk
+import pytest
+
+from nativeguard import _registry
+from nativeguard._check import Allow, assert_no_leaks, check, findings, type_names
+from nativeguard._errors import LeakError
+from nativeguard._managed import managed_recognizer
+from nativeguard._report import LeakReport
+from nativeguard._snapshot import Counts, Delta, snapshot
+
+
+def delta(instances=None, handles=None, threads=(), os_threads=0, fds=0, rss=0, blocks=0) -> Delta:
+    return Delta(
+        instances=Counts(instances or {}),
+        native_handles=Counts(handles or {}),
+        new_threads=tuple(threads),
+        os_threads=os_threads,
+        fds=fds,
+        rss_bytes=rss,
+        allocated_blocks=blocks,
+    )
+
+
+# -- Allow ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["", "   ", None])
+def test_allow_needs_a_reason(reason):
+    with pytest.raises(ValueError, match="needs a reason"):
+        Allow("SpeechRecognizer", reason)
+
+
+@pytest.mark.parametrize("what", ["", " ", "thread:"])
+def test_allow_needs_a_target(what):
+    with pytest.raises(ValueError, match="Allow"):
+        Allow(what, "because")
+
+
+def test_allow_entries_must_be_allow_objects():
+    with pytest.raises(TypeError, match=r"Allow\('fds', reason="):
+        findings(delta(fds=1), allow=["fds"])  # type: ignore[list-item]
+
+
+# -- findings: switches, types, allowlist ------------------------------------------
+
+
+def test_findings_keep_everything_that_grew():
+    found = findings(
+        delta({"SpeechRecognizer": 1}, {"ISpxRecognizer": 1}, ["worker"], os_threads=3, fds=2)
+    )
+    assert dict(found.instances) == {"SpeechRecognizer": 1}
+    assert dict(found.native_handles) == {"ISpxRecognizer": 1}
+    assert found.new_threads == ("worker",)
+    assert found.native_threads == 2  # three OS threads, one of them the named Python one
+    assert found.fds == 2
+    assert found
+
+
+def test_findings_nothing_grew_is_falsy():
+    assert not findings(delta(os_threads=-2, fds=-1, rss=10 << 20, blocks=5000))
+
+
+def test_switches_turn_comparisons_off():
+    found = findings(
+        delta({"SpeechRecognizer": 1}, {"ISpxRecognizer": 1}, ["w"], os_threads=2, fds=1),
+        native_handles=False,
+        threads=False,
+        fds=False,
+    )
+    assert dict(found.instances) == {"SpeechRecognizer": 1}
+    assert not found.native_handles
+    assert not found.new_threads
+    assert found.native_threads == 0
+    assert found.fds == 0
+
+
+def test_types_limit_instances_only():
+    found = findings(
+        delta({"SpeechRecognizer": 1, "SpeechConfig": 2}, {"ISpxRecognizer": 1}),
+        types=frozenset({"SpeechConfig"}),
+    )
+    assert dict(found.instances) == {"SpeechConfig": 2}
+    assert dict(found.native_handles) == {"ISpxRecognizer": 1}
+
+
+def test_allowlist_excuses_by_name_prefix_and_kind_and_says_which_applied():
+    allow = [
+        Allow("SpeechConfig", "cached by the client for the process"),
+        Allow("ISpxNamedProperties", "the cached config's property bag"),
+        Allow("thread:pool-", "a pool that lives for the process"),
+        Allow("native_threads", "the native core keeps a timer thread"),
+        Allow("fds", "the log file opened on first use"),
+        Allow("SpeechSynthesizer", "unused here"),
+    ]
+    found = findings(
+        delta(
+            {"SpeechConfig": 1, "SpeechRecognizer": 1},
+            {"ISpxNamedProperties": 1},
+            ["pool-1", "other"],
+            os_threads=3,
+            fds=1,
+        ),
+        allow=allow,
+    )
+    assert dict(found.instances) == {"SpeechRecognizer": 1}
+    assert not found.native_handles
+    assert found.new_threads == ("other",)
+    assert found.native_threads == 0
+    assert found.fds == 0
+    assert [a.what for a in found.allowed] == [
+        "SpeechConfig",
+        "ISpxNamedProperties",
+        "thread:pool-",
+        "native_threads",
+        "fds",
+    ]
+
+
+def test_type_names_accept_names_and_tracked_classes_only():
+    assert type_names(None) is None
+    assert type_names("SpeechRecognizer") == {"SpeechRecognizer"}
+    _registry.enable()
+    assert type_names([speechsdk.SpeechRecognizer, "X"]) == {"SpeechRecognizer", "X"}
+
+    class NotTracked:
+        pass
+
+    with pytest.raises(ValueError, match="NotTracked is not a tracked type"):
+        type_names([NotTracked])
+    with pytest.raises(TypeError, match="type names or classes"):
+        type_names([3])  # type: ignore[list-item]
+
+
+# -- against the real SDK -------------------------------------------------------------
+
+
+def recognizer(service, wav_path) -> speechsdk.SpeechRecognizer:
+    return speechsdk.SpeechRecognizer(
+        service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+    )
+
+
+def naive_recognize(service, wav_path) -> None:
+    """The field write-ups' pattern: the callback's closure captures the recognizer."""
+    r = recognizer(service, wav_path)
+    r.recognized.connect(lambda evt: print(r))
+    assert r.recognize_once_async().get().text
+
+
+def test_clean_block_reports_nothing(speech_service, wav_path):
+    before = snapshot()
+    with managed_recognizer(
+        speech_service.speech_config(), speechsdk.audio.AudioConfig(filename=wav_path)
+    ) as r:
+        assert r.recognize_once_async().get().text
+    assert check(before) is None
+    assert_no_leaks(before)
+
+
+def test_closure_cycle_is_reported_with_type_and_holder(speech_service, wav_path):
+    gc.disable()  # the point: only a full enough collection would ever free it
+    try:
+        before = snapshot()
+        naive_recognize(speech_service, wav_path)
+        report = check(before, settle_s=0.3)
+        assert isinstance(report, LeakReport)
+        assert report.instances["SpeechRecognizer"] == 1
+        assert report.native_handles["ISpxRecognizer"] == 1
+        text = str(report)
+        assert "SpeechRecognizer" in text
+        assert "cell" in text  # the closure cell is what holds it
+        with pytest.raises(LeakError) as caught:
+            assert_no_leaks(before, settle_s=0.1)
+        assert caught.value.report is not None
+        assert str(caught.value) == str(caught.value.report)
+        del caught
+    finally:
+        gc.enable()
+        gc.collect()
+    assert check(before) is None
+
+
+def test_kept_result_allowed_with_reason(speech_service, wav_path):
+    kept: list = []
+    before = snapshot()
+    r = recognizer(speech_service, wav_path)
+    kept.append(r.recognize_once_async().get())
+    del r
+    report = check(before, settle_s=0.2)
+    assert report is not None
+    assert "RecognitionResult" in dict(report.instances) or report.native_handles
+    names = [*report.instances, *report.native_handles]
+    allow = [Allow(name, "kept on purpose for this test") for name in names]
+    assert check(before, allow=allow, settle_s=0.2) is None
+    kept.clear()
+    assert check(before) is None
+
+
+def test_thread_and_fd_leaks_are_reported(tmp_path):
+    before = snapshot()
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="forgotten-worker")
+    thread.start()
+    handle = open(tmp_path / "f", "w")  # noqa: SIM115 - leaked on purpose
+    try:
+        report = check(before, settle_s=0.2)
+        assert report is not None
+        assert "forgotten-worker" in report.new_threads
+        assert report.fds == 1
+        assert check(before, threads=False, fds=False, settle_s=0.1) is None
+        allowed = check(
+            before,
+            allow=[Allow("thread:forgotten", "joined below"), Allow("fds", "closed below")],
+            settle_s=0.1,
+        )
+        assert allowed is None
+    finally:
+        stop.set()
+        thread.join()
+        handle.close()
+    assert check(before) is None
+
+
+def test_after_snapshot_is_compared_as_is(speech_service, wav_path):
+    before = snapshot()
+    r = recognizer(speech_service, wav_path)
+    after = snapshot()
+    with pytest.raises(LeakError, match="SpeechRecognizer"):
+        assert_no_leaks(before, after)
+    del r
+    assert_no_leaks(before, snapshot())
