@@ -236,3 +236,28 @@ def test_after_snapshot_is_compared_as_is(speech_service, wav_path):
         assert_no_leaks(before, after)
     del r
     assert_no_leaks(before, snapshot())
+
+
+def test_verify_is_the_public_facade():
+    import nativeguard.verify as verify
+    from nativeguard import _check, _leakcheck, _memory, _report, _snapshot
+
+    assert sorted(verify.__all__) == [
+        "Allow",
+        "Delta",
+        "LeakCheck",
+        "LeakReport",
+        "MemoryBreakdown",
+        "Snapshot",
+        "assert_no_leaks",
+        "check",
+        "leak_check",
+        "memory_breakdown",
+        "snapshot",
+        "trim",
+    ]
+    assert verify.check is _check.check
+    assert verify.leak_check is _leakcheck.leak_check
+    assert verify.LeakReport is _report.LeakReport
+    assert verify.snapshot is _snapshot.snapshot
+    assert verify.trim is _memory.trim
