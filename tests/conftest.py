@@ -7,6 +7,8 @@ import pytest
 
 from nativeguard.testing import SpeechService, write_wav
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
 def wav_path(tmp_path_factory: pytest.TempPathFactory) -> str:
