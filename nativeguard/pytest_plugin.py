@@ -37,6 +37,7 @@ import functools
 import gc
 import inspect
 import json
+import logging
 import time
 import types
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -477,33 +478,46 @@ def _test_files(item: pytest.Item) -> frozenset[str]:
 _FRAME_OWNERS = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
 
 
-def clear_finished_frames(files: frozenset[str]) -> int:
-    """Clear the locals of finished frames of code in ``files``; how many were cleared.
+def clear_finished_frames(files: frozenset[str], *, logged: bool = False) -> int:
+    """Clear the locals of finished frames the test's own bookkeeping keeps; how many.
 
-    A test's frames outlive it when a garbage cycle holds them: ``pytest.raises(...)
-    as excinfo`` (the frame holds ``excinfo``, whose traceback holds the frame),
-    an exception a callback stored. Their locals are the test's, not the code
-    under test's; unittest clears them the same way (``traceback.clear_frames``
-    in ``assertRaises``). Executing frames, frames of suspended generators and
-    coroutines (``yield`` fixtures) and module bodies are left alone. One heap walk.
+    - Frames of code in ``files`` (the test module): a test's frames outlive
+      it when a garbage cycle holds them, ``pytest.raises(...) as excinfo``
+      (the frame holds ``excinfo``, whose traceback holds the frame) or an
+      exception a callback stored. Their locals are the test's, not the code
+      under test's.
+    - With ``logged``, the traceback frames of exceptions that captured log
+      records hold: ``logger.warning("failed: %s", error)`` (azure-identity
+      does this) puts the exception and so every frame's locals in the
+      record, and pytest keeps a phase's records until its teardown, which
+      in repeat mode pins one set of objects per run. The records keep their
+      message and traceback text.
+
+    unittest clears frames the same way (``traceback.clear_frames`` in
+    ``assertRaises``). Executing frames, frames of suspended generators and
+    coroutines (``yield`` fixtures: clearing would close them) and module
+    bodies are left alone. One heap walk.
     """
-    if not files:
+    frames: dict[int, types.FrameType] = {}
+    if logged:
+        for frame in _logged_frames():
+            frames[id(frame)] = frame
+    if not files and not frames:
         return 0
-    frames: list[types.FrameType] = []
     suspended: set[int] = set()
     for obj in gc.get_objects():
         kind = type(obj)  # not isinstance(): a dead weakproxy raises on it
         if kind is types.FrameType:
             if obj.f_code.co_filename in files and obj.f_code.co_name != "<module>":
-                frames.append(obj)
+                frames[id(obj)] = obj
         elif kind in _FRAME_OWNERS:
-            frame = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None)
-            frame = frame or getattr(obj, "ag_frame", None)
-            if frame is not None:
-                suspended.add(id(frame))
+            owned = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None)
+            owned = owned or getattr(obj, "ag_frame", None)
+            if owned is not None:  # None once the generator or coroutine finished
+                suspended.add(id(owned))
     cleared = 0
-    for frame in frames:
-        if id(frame) in suspended:
+    for key, frame in frames.items():
+        if key in suspended:
             continue
         try:
             frame.clear()
@@ -515,6 +529,37 @@ def clear_finished_frames(files: frozenset[str]) -> int:
         cleared += 1
     frames.clear()
     return cleared
+
+
+def _logged_frames() -> list[types.FrameType]:
+    """Traceback frames of exceptions in the records of the root logger's capturing handlers."""
+    found: list[types.FrameType] = []
+    for handler in logging.getLogger().handlers:
+        records = getattr(handler, "records", None)
+        if not isinstance(records, list):
+            continue
+        for record in records:
+            if not isinstance(record, logging.LogRecord):
+                continue
+            errors = list(record.args) if isinstance(record.args, tuple) else []
+            if record.exc_info:
+                errors.append(record.exc_info[1])
+            for error in errors:
+                found.extend(_traceback_frames(error))
+    return found
+
+
+def _traceback_frames(error: object) -> list[types.FrameType]:
+    frames: list[types.FrameType] = []
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return frames
 
 
 @pytest.fixture
@@ -543,7 +588,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
 
     def once(*args: Any, **kwargs: Any) -> None:
         original(*args, **kwargs)
-        clear_finished_frames(files)  # as at teardown: the test's frames are not the leak
+        # As at teardown: the test's frames are not the leak, and pytest keeps
+        # this phase's log records (their exceptions' frames) until teardown.
+        clear_finished_frames(files, logged=True)
 
     @functools.wraps(original)
     def repeated(*args: Any, **kwargs: Any) -> None:

@@ -182,6 +182,9 @@ def _error_sections(lines: list[str]) -> dict[str, str]:
 
 REPEAT = textwrap.dedent(
     """
+    import logging
+    import textwrap
+
     import azure.cognitiveservices.speech as speechsdk
     import pytest
 
@@ -205,6 +208,13 @@ REPEAT = textwrap.dedent(
     @pytest.mark.no_leaks(repeat=(1, 3))
     def test_marker_repeat_leaks():
         KEPT.append(config())
+
+
+    def test_raises_and_logs_each_run():
+        kept_local = config()
+        with pytest.raises(TypeError) as excinfo:  # a cycle through this frame
+            textwrap.dedent(kept_local)  # raises in textwrap's frame, which holds it too
+        logging.getLogger("app").warning("failed: %s", excinfo.value)  # pytest keeps the record
     """
 )
 
@@ -218,7 +228,7 @@ def test_repeat_mode_catches_one_object_per_run_and_forgives_lazy_init(pytester)
     once.stdout.fnmatch_lines(["*live instances: *SpeechConfig +1*"])
     # ...refleak-style runs can: only growth in every measured run is a leak.
     result = pytester.runpytest_subprocess(*quick, "--nativeguard", "--nativeguard-repeat=2:4")
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*test_repeat.py::test_leaks_one_per_run leaked",
@@ -227,13 +237,13 @@ def test_repeat_mode_catches_one_object_per_run_and_forgives_lazy_init(pytester)
             "*held by: SpeechConfig <- list <- global KEPT in module test_repeat",
             "*test_repeat.py::test_marker_repeat_leaks leaked",
             "leak_check: * (warmup 1, 3 measured runs*",  # the marker's own repeat wins
-            "nativeguard: 3 test(s) checked, 3 refleak-style, 2 leaked*",
+            "nativeguard: 4 test(s) checked, 4 refleak-style, 2 leaked*",
         ]
     )
     assert "test_cached_once leaked" not in result.stdout.str()
     # The option alone checks only tests that ask for it (marker or fixture).
     marked = pytester.runpytest_subprocess(*quick, "--nativeguard-repeat=2:4")
-    marked.assert_outcomes(passed=2, failed=1)
+    marked.assert_outcomes(passed=3, failed=1)
     marked.stdout.fnmatch_lines(["FAILED *test_marker_repeat_leaks*"])
 
 
