@@ -10,6 +10,7 @@ as a fresh install does: no ``-p`` anywhere.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import textwrap
 
 import pytest
@@ -159,7 +160,7 @@ def test_leaky_tests_fail_naming_type_and_holder_and_guarded_ones_pass(pytester)
     executor = sections["test_executor_never_shut_down"]
     assert "ThreadPoolExecutor" in executor
     assert "POOLS" in executor
-    assert "ThreadPoolExecutor-0_" in executor  # its worker threads
+    assert re.search(r"new threads: ThreadPoolExecutor-\d+_0", executor)  # its worker
     summary = [line for line in result.outlines if line.startswith("nativeguard:")]
     assert summary
     assert "8 test(s) checked, 4 leaked" in summary[-1]
