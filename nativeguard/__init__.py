@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import verify
 from ._adapters import Adapter, ReleaseStep, register_adapter
 from ._calls import (
     Transcript,
@@ -12,6 +13,7 @@ from ._calls import (
     synthesize,
     transcribe,
 )
+from ._check import Allow, assert_no_leaks, check
 from ._errors import (
     AsyncReleaseRequired,
     CallbackError,
@@ -39,6 +41,7 @@ from ._extract import (
     plain,
 )
 from ._guarded import GuardStatistics, Survivor, SurvivorReport, bind, current_scope, guarded
+from ._leakcheck import LeakCheck, leak_check
 from ._managed import (
     Managed,
     managed,
@@ -50,6 +53,7 @@ from ._managed import (
     managed_transcriber,
     managed_translation_recognizer,
 )
+from ._report import LeakReport
 from ._scope import (
     ReleaseMode,
     Scope,
@@ -62,6 +66,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "Allow",
     "AsyncReleaseRequired",
     "CallbackError",
     "Cancellation",
@@ -69,7 +74,9 @@ __all__ = [
     "Extracted",
     "FrozenMap",
     "GuardStatistics",
+    "LeakCheck",
     "LeakError",
+    "LeakReport",
     "Managed",
     "NativeDiagnosticsFormatError",
     "NativeDiagnosticsUnavailable",
@@ -93,13 +100,16 @@ __all__ = [
     "WordBoundary",
     "__version__",
     "arecognize_once",
+    "assert_no_leaks",
     "asynthesize",
     "atranscribe",
     "bind",
+    "check",
     "creation_tracebacks_enabled",
     "current_scope",
     "extract",
     "guarded",
+    "leak_check",
     "managed",
     "managed_connection",
     "managed_credential",
@@ -114,4 +124,5 @@ __all__ = [
     "set_creation_tracebacks",
     "synthesize",
     "transcribe",
+    "verify",
 ]

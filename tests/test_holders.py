@@ -23,6 +23,7 @@ from nativeguard._holders import (
     holder_chain,
     holder_chains,
 )
+from nativeguard.verify import Allow
 
 
 @pytest.fixture
@@ -132,6 +133,14 @@ def leaky_app(tmp_path):
         gc.collect()
 
 
+@pytest.mark.no_leaks(
+    allow=[
+        Allow(
+            "ExceptionWithCallStack",
+            "measured: SDK 1.53's core keeps one after an unstopped transcriber is released",
+        )
+    ]
+)
 def test_naive_pattern_held_by_a_module_global(speech_service, wav_path, leaky_app, capsys):
     ref = leaky_app.start(speech_service.speech_config(), wav_path)
     chains = holder_chains([ref()])
