@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,3 +32,15 @@ def tmp_wav(tmp_path: Path):
         return write_wav(tmp_path / f"{seconds:g}s.wav", seconds)
 
     return make
+
+
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """Keep the cyclic collector from running behind the test's back."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()

@@ -26,18 +26,6 @@ from nativeguard._native import native_handles
 from nativeguard._scope import Scope
 
 
-@pytest.fixture
-def no_automatic_gc():
-    """Keep the cyclic collector from running behind the test's back."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
-
-
 def live(type_name: str) -> int:
     """Live Python wrappers of an SDK type (tests only: walks the whole heap)."""
     return sum(

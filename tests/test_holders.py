@@ -26,18 +26,6 @@ from nativeguard._holders import (
 from nativeguard.verify import Allow
 
 
-@pytest.fixture
-def no_automatic_gc():
-    """Keep the cyclic collector from freeing the leak the test is describing."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
-
-
 def transcribe_naively(
     service, wav
 ) -> weakref.ref[speechsdk.transcription.ConversationTranscriber]:

@@ -29,17 +29,6 @@ KEY = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def no_automatic_gc():
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
-
-
-@pytest.fixture
 def tracing():
     """tracemalloc on for the test (creation tracebacks), restored after."""
     was_tracing = tracemalloc.is_tracing()

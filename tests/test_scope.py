@@ -27,18 +27,6 @@ from nativeguard.testing import TokenService
 from nativeguard.verify import Allow
 
 
-@pytest.fixture
-def no_automatic_gc():
-    """Keep the cyclic collector from running behind the test's back."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
-
-
 def recognizers() -> int:
     return native_handles().get("ISpxRecognizer", 0)
 
