@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import azure.cognitiveservices.speech as speechsdk
 
+from ._adapters import _has_async_close
 from ._errors import CallbackError, ReleaseError, add_note
 from ._guarded import bind
 from ._proxy import ManagedProxy, callback_errors
@@ -90,7 +90,7 @@ class Managed(Generic[T]):
         self._scope = scope
         target = self._factory()
         self._factory = _spent  # drop the factory's closure: it may reference the object
-        self._async_target = _closes_async(target)
+        self._async_target = _has_async_close(target)
         scope.register(target)
         proxy = ManagedProxy(target, scope, plain=self._plain)
         del target  # from here on, the proxy holds the only reference we own
@@ -172,10 +172,6 @@ async def _aclose(scope: Scope) -> ReleaseError | None:
     except ReleaseError as error:
         return error
     return None
-
-
-def _closes_async(obj: object) -> bool:
-    return inspect.iscoroutinefunction(getattr(obj, "close", None))
 
 
 def _spent() -> Any:

@@ -409,3 +409,25 @@ def test_async_credential_is_closed_on_the_event_loop():
 def test_release_option_is_checked():
     with pytest.raises(ValueError, match="'inline' or 'background'"):
         managed_executor(release="later")
+
+
+def test_async_aclose_is_awaited_on_the_event_loop():
+    # The adapters treat an `async def aclose()` like an async close(): so must
+    # `async with managed(...)`, or the release would fail with AsyncReleaseRequired.
+    import asyncio
+
+    class Session:
+        def __init__(self) -> None:
+            self.closed_on: asyncio.AbstractEventLoop | None = None
+
+        async def aclose(self) -> None:
+            self.closed_on = asyncio.get_running_loop()
+
+    session = Session()
+
+    async def main() -> asyncio.AbstractEventLoop:
+        async with managed(session):
+            pass
+        return asyncio.get_running_loop()
+
+    assert asyncio.run(main()) is session.closed_on
