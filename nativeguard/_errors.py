@@ -20,11 +20,16 @@ __all__ = [
     "NativeDiagnosticsFormatError",
     "NativeDiagnosticsUnavailable",
     "NativeGuardError",
+    "NotPlainDataError",
     "ProtocolError",
     "ReleaseError",
     "ReleaseTimeout",
+    "RemoteTaskError",
     "RequestTimeout",
     "ServiceError",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "WorkerStartError",
     "add_note",
 ]
 
@@ -119,3 +124,78 @@ class AsyncReleaseRequired(NativeGuardError, RuntimeError):
     Use ``async with`` or ``await scope.aclose()``; the coroutine was closed
     unstarted so nothing is left "never awaited".
     """
+
+
+class NotPlainDataError(NativeGuardError, TypeError):
+    """A value crossing a worker-process boundary is not plain, picklable data.
+
+    ``path`` names the offending part, e.g. ``result.segments[3].raw`` or
+    ``args[0]``; ``type_name`` is its type. Raised where the value is (in the
+    worker for results, in the caller for arguments), instead of a pickling
+    traceback from deep inside ``multiprocessing``.
+    """
+
+    def __init__(self, message: str, *, path: str, type_name: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.type_name = type_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields: the default exception pickling would drop them.
+        return (_rebuild_not_plain, (str(self), self.path, self.type_name))
+
+
+def _rebuild_not_plain(message: str, path: str, type_name: str) -> NotPlainDataError:
+    return NotPlainDataError(message, path=path, type_name=type_name)
+
+
+class WorkerCrashed(NativeGuardError, RuntimeError):
+    """The worker process running a task died (signal, ``os._exit``, OOM kill).
+
+    Only that task fails; the pool replaces the worker. ``exitcode`` is the
+    process exit code (negative for a signal, as in ``multiprocessing``),
+    ``signal`` the signal number or ``None``, ``task`` a
+    :class:`~nativeguard.isolate.TaskInfo` and ``worker`` the worker's
+    :class:`~nativeguard.isolate.WorkerStatistics` as last known.
+    """
+
+    def __init__(
+        self, message: str, *, exitcode: int | None, task: object = None, worker: object = None
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
+        self.task = task
+        self.worker = worker
+
+
+class TaskTimeout(NativeGuardError, TimeoutError):
+    """A task ran past ``task_timeout_s``; its worker was killed (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, message: str, *, task: object = None, worker: object = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.worker = worker
+
+
+class WorkerStartError(NativeGuardError, RuntimeError):
+    """Fresh worker processes keep dying before they are ready; the pool cannot run tasks."""
+
+
+class RemoteTaskError(NativeGuardError, RuntimeError):
+    """A task raised an exception that could not be sent back as itself (not picklable).
+
+    ``type_name`` is the original exception's qualified type name; the
+    worker's traceback is attached as a note.
+    """
+
+    def __init__(self, message: str, *, type_name: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_remote, (str(self), self.type_name))
+
+
+def _rebuild_remote(message: str, type_name: str) -> RemoteTaskError:
+    return RemoteTaskError(message, type_name=type_name)

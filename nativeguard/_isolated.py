@@ -1,0 +1,116 @@
+"""``@isolated``: call a function as usual, have it run in a pool's worker process."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, cast, overload
+
+from ._pool import WorkerPool
+from ._worker import in_worker
+
+__all__ = ["isolated"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_default_pools: dict[tuple[tuple[str, Any], ...], WorkerPool] = {}
+_default_lock = threading.Lock()
+
+
+def _shared_pool(options: dict[str, Any]) -> WorkerPool:
+    """One pool per distinct set of options, started on first use, shut down at exit."""
+    key = tuple(sorted((name, _freeze(value)) for name, value in options.items()))
+    with _default_lock:
+        pool = _default_pools.get(key)
+        if pool is None:
+            pool = _default_pools[key] = WorkerPool(**options)
+        return pool
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+@atexit.register
+def _shutdown_default_pools() -> None:
+    with _default_lock:
+        pools = list(_default_pools.values())
+        _default_pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True, terminate=True)
+
+
+@overload
+def isolated(fn: F, /) -> F: ...
+@overload
+def isolated(*, pool: WorkerPool | None = None, **pool_options: Any) -> Callable[[F], F]: ...
+
+
+def isolated(
+    fn: F | None = None, /, *, pool: WorkerPool | None = None, **pool_options: Any
+) -> F | Callable[[F], F]:
+    """Run the decorated function in a worker process of ``pool``.
+
+    Without ``pool``, a pool shared by every function decorated with the same
+    ``pool_options`` (the :class:`WorkerPool` keywords) is started on first
+    call and shut down at interpreter exit. Calls block and return the result
+    (an ``async def`` function returns an awaitable that does not block the
+    loop). The function must live at module level so the worker can import
+    it; inside a worker the call runs inline, so an isolated function may
+    call another one.
+    """
+    if pool is not None and pool_options:
+        raise TypeError(f"pass either pool= or pool options, not both (got {sorted(pool_options)})")
+    if pool is not None and not isinstance(pool, WorkerPool):
+        raise TypeError(f"pool must be a WorkerPool, got {type(pool).__name__}")
+    if pool is None:
+        # Validate the options now, at decoration, not at the first call.
+        _validate(pool_options)
+
+    def decorate(function: F) -> F:
+        if not callable(function):
+            raise TypeError(f"@isolated decorates functions, got {function!r}")
+        if function.__qualname__ != function.__name__ or "<lambda>" in function.__qualname__:
+            raise TypeError(
+                f"@isolated needs a module-level function (the worker imports it by name); "
+                f"{function.__qualname__} is nested or a lambda"
+            )
+
+        def target() -> WorkerPool:
+            return pool if pool is not None else _shared_pool(pool_options)
+
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                if in_worker():
+                    return await function(*args, **kwargs)
+                # The worker unpickles this very wrapper by name and, being in a
+                # worker, runs the function inline under its own event loop.
+                return await target().asubmit(run_async, *args, **kwargs)
+
+            return cast(F, run_async)
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if in_worker():
+                return function(*args, **kwargs)
+            return target().submit(run, *args, **kwargs).result()
+
+        return cast(F, run)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+def _validate(options: dict[str, Any]) -> None:
+    known = set(inspect.signature(WorkerPool).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown WorkerPool options for @isolated: {', '.join(unknown)}")

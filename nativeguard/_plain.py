@@ -1,0 +1,163 @@
+"""What may cross a process boundary: plain, picklable data, checked with a named path.
+
+A worker's result must not carry native state back to the parent: an SDK
+result object pickles badly or not at all, and even when a wrapper pickles, the
+copy points at handles that live in another process. :func:`check_plain` walks a
+value and refuses the first part that is not plain data, naming where it is
+(``result.segments[3].raw``), so the author sees which field to convert with
+:func:`nativeguard.extract` instead of a pickling traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import pathlib
+import pickle
+import uuid
+from collections.abc import Iterable
+
+from ._errors import NotPlainDataError
+from ._extract import FrozenMap
+
+__all__ = ["check_picklable", "check_plain", "describe_type"]
+
+# Leaves: immutable values with no references to anything else.
+_SCALARS: tuple[type, ...] = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    range,
+    datetime.date,  # datetime.datetime subclasses it
+    datetime.time,
+    datetime.timedelta,
+    datetime.timezone,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    pathlib.PurePath,
+    enum.Enum,
+)
+_SEQUENCES: tuple[type, ...] = (list, tuple)
+_SETS: tuple[type, ...] = (set, frozenset)
+
+# Deep enough for any real result; a deeper value is a linked structure that
+# pickle itself would choke on (recursion limit).
+_MAX_DEPTH = 200
+
+
+def describe_type(value: object) -> str:
+    """``module.QualName`` of ``value``'s type (builtins without the module)."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _hint(value: object) -> str:
+    module = type(value).__module__
+    if module.startswith("azure.cognitiveservices.speech"):
+        return (
+            "it holds native Speech SDK state that cannot leave the process; "
+            "convert it in the worker with nativeguard.extract() (or return only the fields needed)"
+        )
+    if module.startswith("ctypes") or module == "_ctypes":
+        return "a ctypes object points into the worker's memory; copy the data out (bytes, int)"
+    return "return builtin values, dataclasses or named tuples of them instead"
+
+
+def _refuse(path: str, value: object) -> NotPlainDataError:
+    type_name = describe_type(value)
+    return NotPlainDataError(
+        f"{path} is a {type_name}, not plain data: {_hint(value)}",
+        path=path,
+        type_name=type_name,
+    )
+
+
+def _children(value: object, path: str) -> Iterable[tuple[str, object]] | None:
+    """The named parts of a container, or None if ``value`` is not a plain container."""
+    if isinstance(value, _SEQUENCES):
+        # Named tuples are tuples; their fields read better by name.
+        fields = getattr(type(value), "_fields", None)
+        if isinstance(value, tuple) and isinstance(fields, tuple) and len(fields) == len(value):
+            return ((f"{path}.{name}", item) for name, item in zip(fields, value, strict=True))
+        items: list[object] | tuple[object, ...] = value  # type: ignore[assignment]
+        return ((f"{path}[{index}]", item) for index, item in enumerate(items))
+    if isinstance(value, dict):
+        return (
+            part
+            for key, item in value.items()
+            for part in ((f"{path}<key {key!r}>", key), (f"{path}[{key!r}]", item))
+        )
+    if isinstance(value, FrozenMap):
+        return ((f"{path}[{key!r}]", item) for key, item in value.items())
+    if isinstance(value, _SETS):
+        return ((f"{path}{{{item!r}}}", item) for item in value)  # type: ignore[attr-defined]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (
+            (f"{path}.{field.name}", getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if hasattr(value, field.name)
+        )
+    return None
+
+
+def check_plain(value: object, path: str, extra_types: tuple[type, ...] = ()) -> None:
+    """Raise :class:`NotPlainDataError` naming the first part of ``value`` that is not plain.
+
+    Plain: ``None``, numbers, strings, bytes, dates, ``Decimal``, ``UUID``,
+    paths, enum members, lists, tuples (named ones too), dicts, sets, frozen
+    maps and dataclasses of plain data, and instances of ``extra_types``
+    (trusted as they are, not walked). ``path`` names the root
+    (``"result"``, ``"args[0]"``).
+    """
+    if extra_types and not all(isinstance(kind, type) for kind in extra_types):
+        raise TypeError(f"extra_types must be types, got {extra_types!r}")
+    leaves = _SCALARS + extra_types
+    # Iterative walk: a deep value must give a clear error, not a RecursionError.
+    stack: list[tuple[str, object, int]] = [(path, value, 0)]
+    on_path: set[int] = set()
+    while stack:
+        where, item, depth = stack.pop()
+        if isinstance(item, leaves):
+            continue
+        if depth > _MAX_DEPTH:
+            raise NotPlainDataError(
+                f"{where} is nested more than {_MAX_DEPTH} levels deep; "
+                "flatten the data before it crosses the process boundary",
+                path=where,
+                type_name=describe_type(item),
+            )
+        children = _children(item, where)
+        if children is None:
+            raise _refuse(where, item)
+        # Shared sub-values are fine (pickle keeps the sharing); each container
+        # is walked once, which also ends self-referencing cycles.
+        if id(item) in on_path:
+            continue
+        on_path.add(id(item))
+        stack.extend((name, child, depth + 1) for name, child in reversed(list(children)))
+
+
+def check_picklable(value: object, path: str) -> bytes:
+    """Pickle ``value`` or raise :class:`NotPlainDataError` saying why it cannot cross."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:  # pickle raises PicklingError, TypeError, AttributeError...
+        type_name = describe_type(value)
+        raised = NotPlainDataError(
+            f"{path} ({type_name}) cannot be pickled to cross to another process: "
+            f"{type(error).__name__}: {error}",
+            path=path,
+            type_name=type_name,
+        )
+        raise raised from error
