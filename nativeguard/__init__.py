@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import verify
+from . import isolate, verify
 from ._adapters import Adapter, ReleaseStep, register_adapter
 from ._calls import (
     Transcript,
@@ -109,6 +109,7 @@ __all__ = [
     "current_scope",
     "extract",
     "guarded",
+    "isolate",
     "leak_check",
     "managed",
     "managed_connection",

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 
 import psutil
 
-from ._errors import NotPlainDataError, RemoteTaskError
+from ._errors import NotPlainDataError, RemoteTaskError, add_note
 from ._malloc import malloc_trim
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
@@ -141,6 +141,16 @@ def _pack_error(error: BaseException) -> tuple[bytes, str]:
 def _run_task(payload: bytes, settings: WorkerSettings) -> tuple[bool, bytes, str]:
     try:
         fn, args, kwargs = pickle.loads(payload)
+    except Exception as error:
+        add_note(
+            error,
+            "the worker could not unpickle the task: its function must be importable by "
+            "module and name in the worker (not defined in an interactive __main__ or a notebook)",
+        )
+        blob, text = _pack_error(error)
+        del error
+        return False, blob, text
+    try:
         value = fn(*args, **kwargs)
         del fn, args, kwargs
         if inspect.iscoroutine(value):
