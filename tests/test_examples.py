@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,39 @@ def test_example_test_file_passes():
 def test_public_names_resolve():
     for name in nativeguard.__all__:
         assert getattr(nativeguard, name) is not None, name
+
+
+def test_isolated_transcription_example():
+    """40 transcriptions in a recycling 2-worker pool: all correct, none lost, workers recycled.
+
+    Each worker retires after exactly 10 tasks (a jitter of 0.1 cannot lower a
+    limit of 10), so the 40 tasks end in 3 or 4 recycles, the two live workers
+    holding the other 10 or 0 between them (each below 10, so with 10 both ran
+    some), and every recycle starts one replacement on top of the 2 workers
+    and the spare started first.
+    """
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "isolated_transcription.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "40 transcriptions, 40 correct"
+    assert lines[2] == "tasks: 40 submitted, 40 completed, 0 failed, 0 cancelled, 0 retried"
+    workers = re.fullmatch(
+        r"workers: (\d+) started; crashes 0, timeouts 0; recycles max_tasks (\d+)", lines[3]
+    )
+    assert workers is not None, lines[3]
+    started, recycles = int(workers[1]), int(workers[2])
+    assert recycles in (3, 4)
+    assert started == 3 + recycles
+    live = [re.fullmatch(r"  pid \d+ (\w+)/idle: (\d+) tasks, .*", line) for line in lines[5:]]
+    assert all(live), lines[5:]
+    assert sorted(match[1] for match in live) == ["active", "active", "spare"]
+    live_tasks = 40 - 10 * recycles
+    assert sum(int(match[2]) for match in live) == live_tasks
+    processes = recycles + (2 if live_tasks else 0)
+    assert lines[1].startswith(f"ran in {processes} worker processes; "), lines[1]
