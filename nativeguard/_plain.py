@@ -69,7 +69,8 @@ def _hint(value: object) -> str:
             "it holds native Speech SDK state that cannot leave the process; "
             "convert it in the worker with nativeguard.extract() (or return only the fields needed)"
         )
-    if module.startswith("ctypes") or module == "_ctypes":
+    # User Structures, pointers and arrays live in other modules; their bases are _ctypes'.
+    if any(kind.__module__ in ("ctypes", "_ctypes") for kind in type(value).__mro__):
         return "a ctypes object points into the worker's memory; copy the data out (bytes, int)"
     return "return builtin values, dataclasses or named tuples of them instead"
 

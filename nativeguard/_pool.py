@@ -593,9 +593,12 @@ class WorkerPool:
                 self._counters.failed += 1
                 settle.append((task.future, _failer(task.future, self._broken)))
         if self._broken is None and (not self._closing or self._queue):
-            # While closing, queued tasks still need workers, but no spare.
-            self._fill_locked(spare=not self._closing)
+            self._fill_locked(spare=False)
         self._dispatch_locked(now, settle)
+        if self._broken is None and not self._closing:
+            # The spare after dispatch: starting a process takes milliseconds
+            # that a task waiting for a promoted spare should not wait for.
+            self._fill_locked(spare=True)
         if self._closing and not self._queue:
             for worker in self._workers:
                 if worker.task is None and not worker.stopping:
@@ -675,16 +678,11 @@ class WorkerPool:
         self, now: float, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
     ) -> None:
         for worker in self._workers:
-            if not self._queue:
-                return
             if worker.role != "active" or worker.state != "idle" or worker.stopping:
                 continue
-            task = self._queue.popleft()
-            if not task.started:
-                if not task.future.set_running_or_notify_cancel():
-                    self._counters.cancelled += 1
-                    continue
-                task.started = True
+            task = self._next_task_locked()
+            if task is None:
+                return
             task.future.attempts += 1
             try:
                 worker.conn.send(("run", task.info.id, task.payload))
@@ -695,6 +693,18 @@ class WorkerPool:
             worker.state = "busy"
             worker.task = task
             task.deadline = None if self._task_timeout is None else now + self._task_timeout
+
+    def _next_task_locked(self) -> _Task | None:
+        """The first queued task that was not cancelled meanwhile, marked running."""
+        while self._queue:
+            task = self._queue.popleft()
+            if task.started:
+                return task  # a retry: already running as far as its future knows
+            if task.future.set_running_or_notify_cancel():
+                task.started = True
+                return task
+            self._counters.cancelled += 1
+        return None
 
     def _wait_and_handle(self) -> None:
         with self._lock:

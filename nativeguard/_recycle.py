@@ -136,6 +136,17 @@ class RetirementPolicy:
             rss, released = self._run_remedy(rss)
             self.baseline = rss
             self._window.append(rss)
+            policy_rss = self._policy.max_rss
+            if policy_rss is not None and rss > policy_rss:
+                # An absolute limit applies from the first task on.
+                return Decision(
+                    "max_rss",
+                    f"RSS {_mb(rss)} > max_rss_mb {_mb(policy_rss)} after its first task, "
+                    f"still after gc + malloc_trim (released {_mb(released)})",
+                    rss,
+                    True,
+                    released,
+                )
             return self._by_count(Decision(None, "baseline", rss, True, released))
         self._window.append(rss)
         crossed = self._over(rss, confirming=False)

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import gc
 import inspect
+import multiprocessing.forkserver
 import os
 import pickle
 import signal
@@ -125,6 +126,25 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _release_fork_server_pipe() -> None:
+    """Drop this worker's copy of the fork server's "alive" pipe.
+
+    The fork server exits when every holder of that pipe's write end is gone,
+    and it hands a copy to every process it forks. Kept here, it would keep
+    the fork server alive after the pool's process died, and PR_SET_PDEATHSIG
+    (which waits for the fork server) would never fire: a busy worker would be
+    orphaned. A pool started inside a worker gets a fork server of its own.
+    """
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+
+
 def _pack_error(error: BaseException) -> tuple[bytes, str]:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     try:
@@ -211,6 +231,7 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
     # its workers, so they must not die of it halfway through a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    _release_fork_server_pipe()
     code = 0
     try:
         _serve(conn, settings)
