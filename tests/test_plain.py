@@ -201,7 +201,6 @@ class Header(ctypes.Structure):
     _fields_ = [("size", ctypes.c_int)]
 
 
-@pytest.mark.xfail(reason="bug: /tmp/bugs/plain-ctypes-hint.md", strict=True)
 @pytest.mark.parametrize(
     "value",
     [Header(1), ctypes.pointer(ctypes.c_int(1)), (ctypes.c_char * 4)()],

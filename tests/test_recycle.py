@@ -182,7 +182,6 @@ def test_max_rss_is_kept_when_the_remedy_brings_it_under() -> None:
     assert (policy.remedies, policy.released) == (2, 150 * MB)
 
 
-@pytest.mark.xfail(reason="bug: /tmp/bugs/max-rss-first-task.md", strict=True)
 def test_max_rss_applies_to_the_first_task_too() -> None:
     """max_rss is an absolute limit: a first task that leaves 300 MB behind crosses 200 MB."""
     worker = FakeWorker(100)
