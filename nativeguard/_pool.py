@@ -68,6 +68,7 @@ and warns if a preloaded module ever breaks that.
 _STOP_GRACE_S = 5.0  # a retiring or stopped worker gets this long to exit before SIGKILL
 _MAX_START_FAILURES = 3  # consecutive workers dying before "ready" mark the pool broken
 _RETIREMENTS_KEPT = 64
+_RETIREMENTS_SHOWN = 5  # in str(statistics)
 _StartMethod = Literal["forkserver", "spawn", "fork"]
 
 
@@ -164,6 +165,16 @@ class PoolStatistics:
             f"remedies (gc + malloc_trim): {self.remedies}, released "
             f"{self.remedy_released_mb:.1f} MB",
         ]
+        shown = self.retirements[-_RETIREMENTS_SHOWN:]
+        if shown:
+            lines.append(f"retired workers (newest last, {len(shown)} of {len(self.retirements)}):")
+        for gone in shown:
+            lines.append(
+                f"  pid {gone.pid} {gone.reason} after {gone.tasks_run} tasks, RSS "
+                f"{_format_mb(gone.rss_mb)}: {gone.detail}"
+            )
+        if self.workers:
+            lines.append("workers now:")
         for worker in self.workers:
             rss = "?" if worker.rss_mb is None else f"{worker.rss_mb:.1f}"
             peak = "?" if worker.peak_rss_mb is None else f"{worker.peak_rss_mb:.1f}"

@@ -85,8 +85,20 @@ def test_isolated_transcription_example():
     started, recycles = int(workers[1]), int(workers[2])
     assert recycles in (3, 4)
     assert started == 3 + recycles
-    live = [re.fullmatch(r"  pid \d+ (\w+)/idle: (\d+) tasks, .*", line) for line in lines[5:]]
-    assert all(live), lines[5:]
+    assert lines[5] == f"retired workers (newest last, {recycles} of {recycles}):"
+    retired = lines[6 : 6 + recycles]
+    assert all(
+        re.fullmatch(
+            r"  pid \d+ max_tasks after 10 tasks, RSS .*: ran 10 tasks \(its limit 10\)", line
+        )
+        for line in retired
+    ), retired
+    assert lines[6 + recycles] == "workers now:"
+    live = [
+        re.fullmatch(r"  pid \d+ (\w+)/idle: (\d+) tasks, .*", line)
+        for line in lines[7 + recycles :]
+    ]
+    assert all(live), lines[7 + recycles :]
     assert sorted(match[1] for match in live) == ["active", "active", "spare"]
     live_tasks = 40 - 10 * recycles
     assert sum(int(match[2]) for match in live) == live_tasks
