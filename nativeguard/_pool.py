@@ -409,10 +409,17 @@ class WorkerPool:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_open = True
+        self._launching = 0  # processes asked of the launcher, not yet started
+        self._launcher_done = False
+        self._launch_wanted = threading.Condition(self._lock)
+        self._launcher = threading.Thread(
+            target=self._launch_loop, name=f"nativeguard-launcher-{id(self):x}", daemon=True
+        )
         self._thread = threading.Thread(
             target=self._manage, name=f"nativeguard-pool-{id(self):x}", daemon=True
         )
         _live_pools.add(self)
+        self._launcher.start()
         self._thread.start()
 
     # ----------------------------------------------------------- public API
@@ -573,6 +580,10 @@ class WorkerPool:
             self._fail_everything(error)
             raise
         finally:
+            with self._lock:
+                self._launcher_done = True
+                self._launch_wanted.notify()
+            self._launcher.join()
             self._reap_all()
             with self._lock:
                 self._wake_open = False
@@ -580,7 +591,7 @@ class WorkerPool:
                 os.close(self._wake_w)
 
     def _finished_locked(self) -> bool:
-        return self._closing and not self._queue and not self._workers
+        return self._closing and not self._queue and not self._workers and not self._launching
 
     def _plan_locked(self, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]) -> None:
         """Start, promote, dispatch, stop and kill as the state asks."""
@@ -638,16 +649,21 @@ class WorkerPool:
         worker.kill_at = now + _STOP_GRACE_S
 
     def _fill_locked(self, *, spare: bool) -> None:
+        """Promote spares to active workers, and ask the launcher for what is still missing.
+
+        New processes join as spares and are promoted here on the next pass.
+        """
         active = sum(1 for w in self._workers if w.role == "active")
-        while active < self._workers_wanted:
-            waiting = next((w for w in self._workers if w.role == "spare"), None)
-            if waiting is not None:
-                waiting.role = "active"
-            else:
-                self._start_locked("active")
+        spares = [w for w in self._workers if w.role == "spare"]
+        while active < self._workers_wanted and spares:
+            spares.pop(0).role = "active"
             active += 1
-        if spare and self._warm_spare and not any(w.role == "spare" for w in self._workers):
-            self._start_locked("spare")
+        missing = self._workers_wanted - active
+        if spare and self._warm_spare and not spares:
+            missing += 1
+        if missing > self._launching:
+            self._launching = missing
+            self._launch_wanted.notify()
 
     def _worker_policy(self) -> RecyclePolicy:
         limit = self._max_tasks
@@ -661,29 +677,51 @@ class WorkerPool:
             slope_window=self._policy.slope_window,
         )
 
-    def _start_locked(self, role: str) -> None:
-        policy = self._worker_policy()
+    def _launch_loop(self) -> None:
+        """The launcher thread: start worker processes the manager asked for.
+
+        Starting one takes milliseconds (the fork server round trip); done by
+        the manager, a task submitted meanwhile would wait for it, which is the
+        latency the warm spare exists to avoid. Under ``fork`` this thread is
+        the workers' parent, so it lives until the manager is done with them
+        (PR_SET_PDEATHSIG fires when the forking *thread* exits).
+        """
+        while True:
+            with self._lock:
+                while not self._launching and not self._launcher_done:
+                    self._launch_wanted.wait()
+                if self._launcher_done:
+                    return
+                policy = self._worker_policy()
+            worker, error = self._launch(policy)
+            with self._lock:
+                self._launching -= 1
+                if worker is not None:
+                    self._counters.started += 1
+                    self._workers.append(worker)
+                elif self._broken is None:
+                    self._broken = error
+                self._wake_locked()
+            if worker is not None and self._start_method == "forkserver":
+                _check_forkserver_threads()
+
+    def _launch(self, policy: RecyclePolicy) -> tuple[_Worker | None, WorkerStartError | None]:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_worker,
             args=(child_end, WorkerSettings(policy, self._plain_types)),
-            name=f"nativeguard-worker-{role}",
+            name="nativeguard-worker",
         )
         try:
             process.start()
-        except BaseException as error:
+        except Exception as error:
             parent_end.close()
-            child_end.close()
-            self._broken = WorkerStartError(f"starting a worker process failed: {error!r}")
-            self._broken.__cause__ = error
-            return
+            failure = WorkerStartError(f"starting a worker process failed: {error!r}")
+            failure.__cause__ = error
+            return None, failure
         finally:
-            if process.pid is not None:
-                child_end.close()  # ours; the child has its own copy
-        self._counters.started += 1
-        self._workers.append(_Worker(process, parent_end, role, policy))
-        if self._counters.started == 1 and self._start_method == "forkserver":
-            _check_forkserver_threads()
+            child_end.close()  # the child has its own copy (or there is no child)
+        return _Worker(process, parent_end, "spare", policy), None
 
     def _dispatch_locked(
         self, now: float, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
