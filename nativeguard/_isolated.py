@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast, overload
 from ._pool import WorkerPool
 from ._worker import in_worker
 
-__all__ = ["isolated"]
+__all__ = ["isolated", "shutdown_isolated_pools"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,8 +36,21 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def shutdown_isolated_pools() -> None:
+    """Shut down the pools ``@isolated`` started by itself (not ones passed as ``pool=``).
+
+    Waits for their running tasks; the next call of an isolated function starts
+    a fresh pool. Also runs at interpreter exit.
+    """
+    with _default_lock:
+        pools = list(_default_pools.values())
+        _default_pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True)
+
+
 @atexit.register
-def _shutdown_default_pools() -> None:
+def _shutdown_at_exit() -> None:
     with _default_lock:
         pools = list(_default_pools.values())
         _default_pools.clear()

@@ -18,7 +18,7 @@ from ._errors import (
     WorkerCrashed,
     WorkerStartError,
 )
-from ._isolated import isolated
+from ._isolated import isolated, shutdown_isolated_pools
 from ._plain import check_plain
 from ._pool import (
     DEFAULT_PRELOAD,
@@ -49,4 +49,5 @@ __all__ = [
     "check_plain",
     "in_worker",
     "isolated",
+    "shutdown_isolated_pools",
 ]

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import multiprocessing.forkserver
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from nativeguard.isolate import DEFAULT_PRELOAD
 from nativeguard.testing import SpeechService, write_wav
 
 pytest_plugins = ["pytester"]
@@ -32,6 +35,20 @@ def tmp_wav(tmp_path: Path):
         return write_wav(tmp_path / f"{seconds:g}s.wav", seconds)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fork_server() -> None:
+    """Start the process-wide fork server (and resource tracker) before any test's baseline.
+
+    They live for the process, like the SDK's own first-use state: started
+    inside a test, ``pytest --nativeguard`` would count their pipes as that
+    test's leaked fds. Worker-pool test modules use it with
+    ``pytestmark = pytest.mark.usefixtures("fork_server")``.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(DEFAULT_PRELOAD))
+    multiprocessing.forkserver.ensure_running()
 
 
 @pytest.fixture

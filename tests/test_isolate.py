@@ -37,7 +37,10 @@ from nativeguard.isolate import (
     WorkerPool,
     in_worker,
     isolated,
+    shutdown_isolated_pools,
 )
+
+pytestmark = pytest.mark.usefixtures("fork_server")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -114,13 +117,13 @@ def shutdown_hangs(pool: WorkerPool, within_s: float = 5.0) -> bool:
 @pytest.fixture
 def default_pools() -> Iterator[None]:
     """Shut down the shared @isolated pools a test started, and check their workers are gone."""
-    nativeguard._isolated._shutdown_default_pools()  # start from none, whoever left one
+    shutdown_isolated_pools()  # start from none, whoever left one
     try:
         yield
     finally:
         pools = list(nativeguard._isolated._default_pools.values())
         pids = {pid for pool in pools for pid in pids_of(pool)}
-        nativeguard._isolated._shutdown_default_pools()
+        shutdown_isolated_pools()
         pids |= {pid for pool in pools for pid in pids_of(pool)}
         assert pools, "the test started no shared pool"
         assert_all_gone(pids)

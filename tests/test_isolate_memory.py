@@ -7,29 +7,16 @@ it should, on exactly the task the policy arithmetic says, for the right reason.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.forkserver
 import re
 
 import isolate_native_tasks as tasks
 import pytest
 
-from nativeguard.isolate import DEFAULT_PRELOAD, WorkerPool
+from nativeguard.isolate import WorkerPool
+
+pytestmark = pytest.mark.usefixtures("fork_server")
 
 MB = 1 << 20
-
-
-@pytest.fixture(scope="module", autouse=True)
-def forkserver_started() -> None:
-    """Start the process-wide fork server (and resource tracker) before any test's baseline.
-
-    They live for the process, like the SDK's own first-use state: started
-    inside a test, ``pytest --nativeguard`` would count their pipes as that
-    test's leaked fds.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(DEFAULT_PRELOAD))
-    multiprocessing.forkserver.ensure_running()
 
 
 def _run_one_by_one(pool: WorkerPool, fn, *args, count: int):

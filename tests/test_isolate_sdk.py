@@ -21,22 +21,11 @@ from nativeguard._extract import Segment
 from nativeguard.isolate import DEFAULT_PRELOAD, NotPlainDataError, WorkerPool
 from nativeguard.testing import Phrase, SpeechService
 
+pytestmark = pytest.mark.usefixtures("fork_server")
+
 PHRASE = "recycled workers hear this"
 TASKS = 200
 MAX_TASKS = 25
-
-
-@pytest.fixture(scope="module", autouse=True)
-def forkserver_started() -> None:
-    """Start the process-wide fork server (and resource tracker) before any test's baseline.
-
-    They live for the process, like the SDK's own first-use state: started
-    inside a test, ``pytest --nativeguard`` would count their pipes as that
-    test's leaked fds.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(DEFAULT_PRELOAD))
-    multiprocessing.forkserver.ensure_running()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from nativeguard._recycle import MB, Decision, RecyclePolicy, RetirementPolicy, theil_sen_slope
 
 
