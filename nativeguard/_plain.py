@@ -15,6 +15,7 @@ import datetime
 import decimal
 import enum
 import fractions
+import itertools
 import pathlib
 import pickle
 import uuid
@@ -85,7 +86,24 @@ def _refuse(path: str, value: object) -> NotPlainDataError:
 
 
 def _children(value: object, path: str) -> Iterable[tuple[str, object]] | None:
-    """The named parts of a container, or None if ``value`` is not a plain container."""
+    """The named parts of a container, or None if ``value`` is not a plain container.
+
+    Includes the instance attributes of container subclasses and extra
+    attributes of dataclasses: pickle carries an object's ``__dict__`` along,
+    so an SDK object hidden there would cross too.
+    """
+    parts = _parts(value, path)
+    state = getattr(value, "__dict__", None)
+    if parts is None or not isinstance(state, dict) or not state:
+        return parts
+    fields: set[str] = set()
+    if dataclasses.is_dataclass(value):
+        fields = {field.name for field in dataclasses.fields(value)}
+    extra = ((f"{path}.{name}", item) for name, item in state.items() if name not in fields)
+    return itertools.chain(parts, extra)
+
+
+def _parts(value: object, path: str) -> Iterable[tuple[str, object]] | None:
     if isinstance(value, _SEQUENCES):
         # Named tuples are tuples; their fields read better by name.
         fields = getattr(type(value), "_fields", None)

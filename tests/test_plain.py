@@ -215,6 +215,28 @@ def test_user_ctypes_types_get_the_ctypes_hint(value: object) -> None:
 # ------------------------------------------------------------ cycles and depth
 
 
+class Tagged(dict):  # type: ignore[type-arg]
+    """A dict subclass: pickle carries its instance attributes along with its items."""
+
+
+def test_attributes_of_a_container_subclass_are_walked() -> None:
+    """An SDK-ish object hidden in a dict subclass's __dict__ would cross too: it is named."""
+    tagged = Tagged(text="hi")
+    tagged.raw = Opaque()
+    with pytest.raises(NotPlainDataError) as caught:
+        check_plain({"segments": [tagged]}, "result")
+    assert caught.value.path == "result['segments'][0].raw"
+
+
+def test_extra_attributes_of_a_dataclass_are_walked_and_fields_once() -> None:
+    value = Item("a")
+    check_plain(value, "result")
+    value.note = [1, Opaque()]  # type: ignore[attr-defined]
+    with pytest.raises(NotPlainDataError) as caught:
+        check_plain(value, "result")
+    assert caught.value.path == "result.note[1]"
+
+
 def test_self_referencing_containers_terminate() -> None:
     loop: list[Any] = [1]
     loop.append(loop)
