@@ -328,7 +328,11 @@ class LeakChecker:
         :func:`clear_finished_frames`) and the check runs again.
         """
         report = self.check()
-        if report is not None and clear_finished_frames(self._test_files):
+        if report is not None:
+            # Checked again even when no frame was cleared: the heap walk that
+            # looks for them allocates, and the automatic collection it can
+            # trigger may just have freed the suspects (the verdict would be stale).
+            clear_finished_frames(self._test_files)
             report = self.check()
         lines = [] if report is None else [str(report)]
         limit = self._settings.rss_growth_mb
