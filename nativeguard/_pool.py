@@ -857,6 +857,10 @@ class WorkerPool:
         self, worker: _Worker, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
     ) -> None:
         worker.process.join(0)
+        if worker.process.exitcode is None:
+            # fork/spawn: the sentinel pipe closes as the child exits, a moment
+            # before waitpid() can reap it; without this wait it stays a zombie.
+            worker.process.join(_STOP_GRACE_S)
         exitcode = worker.process.exitcode
         worker.conn.close()
         with self._lock:

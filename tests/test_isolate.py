@@ -753,3 +753,58 @@ def test_parent_killed_by_sigkill_leaves_no_worker() -> None:
         proc.kill()
         proc.wait()
         _kill_survivors(descendants)
+
+
+# ------------------------------------------------------ start methods, threads
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_other_start_methods_run_and_recycle(method: str) -> None:
+    """spawn and fork workers run tasks, recycle and leave nothing behind, like forkserver's."""
+    with WorkerPool(1, start_method=method, max_tasks=2, jitter=0) as pool:
+        futures = [pool.submit(isolate_tasks.getpid) for _ in range(4)]
+        pids = [future.result(HANG_S) for future in futures]
+    stats = pool.statistics()  # after exit: every worker's end is counted
+    known = pids_of(pool, futures)
+    assert [future.worker_retired for future in futures] == [None, "max_tasks"] * 2
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+    assert all(pid != os.getpid() for pid in pids)
+    assert dict(stats.recycles) == {"max_tasks": 2}
+    assert_all_gone(known)
+
+
+def test_many_threads_and_done_callbacks_submit_concurrently() -> None:
+    """Submitting from 4 threads and from done-callbacks (the manager's thread) loses nothing."""
+    chained: list[TaskFuture[int]] = []
+    lock = threading.Lock()
+
+    def chain(future: TaskFuture[int]) -> None:
+        # Runs on the pool's manager thread; it must not deadlock on the pool lock.
+        follow_up = pool.submit(isolate_tasks.add, future.result(), 1000)
+        with lock:
+            chained.append(follow_up)
+
+    with WorkerPool(2, max_tasks=15, jitter=0) as pool:
+        results: dict[int, TaskFuture[int]] = {}
+
+        def submit_range(start: int) -> None:
+            for n in range(start, start + 25):
+                future = pool.submit(isolate_tasks.add, n, 0)
+                future.add_done_callback(chain)
+                with lock:
+                    results[n] = future
+
+        threads = [threading.Thread(target=submit_range, args=(k * 25,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {n: f.result(HANG_S) for n, f in results.items()} == {n: n for n in range(100)}
+        wait_for(lambda: len(chained) == 100, "100 chained submissions")
+        assert sorted(f.result(HANG_S) for f in chained) == [n + 1000 for n in range(100)]
+        stats = pool.statistics()
+        known = pids_of(pool, [*results.values(), *chained])
+    assert (stats.tasks_submitted, stats.tasks_completed, stats.tasks_failed) == (200, 200, 0)
+    # Retired workers ran 15 each, the two live ones fewer: 15 * r + a + b == 200, a, b < 15.
+    assert dict(stats.recycles) in ({"max_tasks": 12}, {"max_tasks": 13})
+    assert_all_gone(known)
