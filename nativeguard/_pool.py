@@ -369,6 +369,12 @@ class WorkerPool:
         plain = tuple(plain_types)
         if not all(isinstance(kind, type) for kind in plain):
             raise TypeError(f"plain_types must hold types, got {plain!r}")
+        try:
+            pickle.dumps(plain)
+        except Exception as error:  # workers get them by pickle, i.e. by import
+            raise TypeError(
+                f"plain_types must be importable classes (module level): {error}"
+            ) from error
 
         self._workers_wanted = workers
         self._max_tasks = max_tasks

@@ -35,6 +35,7 @@ from nativeguard.isolate import (
     TaskTimeout,
     WorkerCrashed,
     WorkerPool,
+    WorkerStartError,
     in_worker,
     isolated,
     shutdown_isolated_pools,
@@ -808,3 +809,32 @@ def test_many_threads_and_done_callbacks_submit_concurrently() -> None:
     # Retired workers ran 15 each, the two live ones fewer: 15 * r + a + b == 200, a, b < 15.
     assert dict(stats.recycles) in ({"max_tasks": 12}, {"max_tasks": 13})
     assert_all_gone(known)
+
+
+def test_workers_dying_at_start_up_break_the_pool_instead_of_looping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three workers in a row dead before ready: queued and new tasks get WorkerStartError."""
+    monkeypatch.setenv("ISOLATE_BROKEN_TYPE_PARENT", str(os.getpid()))
+    import isolate_broken_type
+
+    with WorkerPool(1, warm_spare=False, plain_types=[isolate_broken_type.Payload]) as pool:
+        queued = pool.submit(isolate_tasks.add, 1, 2)
+        with pytest.raises(
+            WorkerStartError, match="3 worker processes in a row exited with code 7"
+        ):
+            queued.result(HANG_S)
+        with pytest.raises(WorkerStartError, match="cannot start workers"):
+            pool.submit(isolate_tasks.add, 1, 2)
+        stats = pool.statistics()
+    assert [r.reason for r in stats.retirements] == ["start_failed"] * 3
+    assert stats.workers_started == 3
+    assert_all_gone(r.pid for r in stats.retirements)
+
+
+def test_plain_types_must_be_importable() -> None:
+    class Local:
+        pass
+
+    with pytest.raises(TypeError, match="plain_types must be importable classes"):
+        WorkerPool(1, plain_types=[Local])
