@@ -104,3 +104,36 @@ def test_isolated_transcription_example():
     assert sum(int(match[2]) for match in live) == live_tasks
     processes = recycles + (2 if live_tasks else 0)
     assert lines[1].startswith(f"ran in {processes} worker processes; "), lines[1]
+
+
+def test_native_leak_recycling_example():
+    """A 5 MB/task native leak: +150 MB in-process; in a pool, 3 max_growth recycles of 10 tasks.
+
+    The control task, which only keeps freed heap, never retires its worker:
+    the remedies (one per task, each crossing the limit) give the memory back.
+    """
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "native_leak_recycling.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, lines
+    grown = re.fullmatch(r"in-process: 30 leaky tasks, RSS \+(\d+) MB, kept for good", lines[0])
+    assert grown is not None, lines[0]
+    assert 145 <= int(grown[1]) <= 155
+    assert re.fullmatch(
+        r"pool, leaky: 30 tasks, recycles \{'max_growth': 3\}, 3 worker process\(es\), "
+        r"worker RSS at most \d+ MB, 6 remedies released \d+ MB",
+        lines[1],
+    ), lines[1]
+    churn = re.fullmatch(
+        r"pool, churning: 30 tasks, recycles none, 1 worker process\(es\), "
+        r"worker RSS at most \d+ MB, 30 remedies released (\d+) MB",
+        lines[2],
+    )
+    assert churn is not None, lines[2]
+    assert int(churn[1]) >= 29 * 55  # ~60 MB given back by each of 29 trims after the first
