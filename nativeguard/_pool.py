@@ -311,7 +311,7 @@ class WorkerPool:
     than ``growth_slope_mb_per_task`` over its last ``slope_window`` tasks;
     memory limits count only after gc and ``malloc_trim`` failed to bring it
     back. With ``warm_spare`` one started, idle worker waits to take over, so
-    a recycle adds no start-up time to a task.
+    a task does not wait for a start-up after a recycle.
 
     A task whose worker dies fails alone with :class:`WorkerCrashed` (after
     ``retries`` re-runs on fresh workers); one past ``task_timeout_s`` is
@@ -1021,7 +1021,9 @@ def _resolve(settle: list[tuple[TaskFuture[Any], Callable[[], None]]]) -> None:
     for future, action in settle:
         if future.done():  # cancelled meanwhile (only queued futures can be)
             continue
-        action()
+        # A queued future may also be cancelled between that check and this call.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            action()
 
 
 def _check_forkserver_threads() -> None:
