@@ -88,24 +88,26 @@ class Outcome:
     segments: list[Any]
 
 
-def recognize_raw(url: str, wav: str) -> Outcome:
-    """Return a raw SpeechRecognitionResult two levels deep: the worker must refuse it."""
+def _recognize_raw(url: str, wav: str) -> Any:
+    """A raw SpeechRecognitionResult from a plain SDK recognizer (left to the worker's exit)."""
     config = speech_config(url)
     audio = speechsdk.audio.AudioConfig(filename=wav)
     recognizer = speechsdk.SpeechRecognizer(speech_config=config, audio_config=audio)
-    result = recognizer.recognize_once_async().get()
+    return recognizer.recognize_once_async().get()
+
+
+def recognize_raw(url: str, wav: str) -> Outcome:
+    """Return a raw SpeechRecognitionResult two levels deep: the worker must refuse it."""
+    result = _recognize_raw(url, wav)
     plain = nativeguard.extract(result)
     return Outcome(0, [Wrapped(result.text, plain), Wrapped(result.text, result)])
 
 
 def recognize_extracted(url: str, wav: str) -> Outcome:
     """The same, converted with nativeguard.extract(): plain data, it must pass."""
-    config = speech_config(url)
-    audio = speechsdk.audio.AudioConfig(filename=wav)
-    recognizer = speechsdk.SpeechRecognizer(speech_config=config, audio_config=audio)
-    result = recognizer.recognize_once_async().get()
+    result = _recognize_raw(url, wav)
     plain = nativeguard.extract(result)
-    del result, recognizer, audio, config
+    del result
     return Outcome(1, [Wrapped(plain.text, plain), Wrapped(plain.text, None)])
 
 

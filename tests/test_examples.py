@@ -14,14 +14,8 @@ import nativeguard
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize(
-    ("script", "expected"),
-    [
-        ("transcribe_offline.py", "Guest-2: Glad to be here."),
-        ("managed_transcription.py", "['Guest-1: Hello there.', 'Guest-2: Hi!']"),
-    ],
-)
-def test_example_runs(script, expected):
+def run_example(script: str) -> list[str]:
+    """Run an example in a fresh interpreter; its stdout lines (it must exit 0)."""
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / script)],
         capture_output=True,
@@ -30,7 +24,18 @@ def test_example_runs(script, expected):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert expected in done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("transcribe_offline.py", "Guest-2: Glad to be here."),
+        ("managed_transcription.py", "['Guest-1: Hello there.', 'Guest-2: Hi!']"),
+    ],
+)
+def test_example_runs(script, expected):
+    assert expected in run_example(script)
 
 
 def test_example_test_file_passes():
@@ -67,15 +72,7 @@ def test_isolated_transcription_example():
     some), and every recycle starts one replacement on top of the 2 workers
     and the spare started first.
     """
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "isolated_transcription.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = run_example("isolated_transcription.py")
     assert lines[0] == "40 transcriptions, 40 correct"
     assert lines[2] == "tasks: 40 submitted, 40 completed, 0 failed, 0 cancelled, 0 retried"
     workers = re.fullmatch(
@@ -112,15 +109,7 @@ def test_native_leak_recycling_example():
     The control task, which only keeps freed heap, never retires its worker:
     the remedies (one per task, each crossing the limit) give the memory back.
     """
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "native_leak_recycling.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = run_example("native_leak_recycling.py")
     assert len(lines) == 3, lines
     grown = re.fullmatch(r"in-process: 30 leaky tasks, RSS \+(\d+) MB, kept for good", lines[0])
     assert grown is not None, lines[0]
