@@ -47,7 +47,8 @@ def main() -> None:
                 pool.submit(transcribe_file, service.url, str(wav)) for _ in range(TRANSCRIPTIONS)
             ]
             results = [future.result() for future in futures]
-            stats = pool.statistics()
+        # After the block every worker has ended, and each end is counted.
+        stats = pool.statistics()
         correct = sum(result == expected for result in results)
         print(f"{len(results)} transcriptions, {correct} correct")
         # Each future tells where the task ran and what it cost in memory.

@@ -68,7 +68,7 @@ and warns if a preloaded module ever breaks that.
 _STOP_GRACE_S = 5.0  # a retiring or stopped worker gets this long to exit before SIGKILL
 _MAX_START_FAILURES = 3  # consecutive workers dying before "ready" mark the pool broken
 _RETIREMENTS_KEPT = 64
-_RETIREMENTS_SHOWN = 5  # in str(statistics)
+_RETIREMENTS_SHOWN = 8  # in str(statistics)
 _StartMethod = Literal["forkserver", "spawn", "fork"]
 
 
@@ -167,7 +167,9 @@ class PoolStatistics:
         ]
         shown = self.retirements[-_RETIREMENTS_SHOWN:]
         if shown:
-            lines.append(f"retired workers (newest last, {len(shown)} of {len(self.retirements)}):")
+            lines.append(
+                f"workers that ended (newest last, {len(shown)} of {len(self.retirements)}):"
+            )
         for gone in shown:
             lines.append(
                 f"  pid {gone.pid} {gone.reason} after {gone.tasks_run} tasks, RSS "

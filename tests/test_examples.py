@@ -82,24 +82,21 @@ def test_isolated_transcription_example():
     started, recycles = int(workers[1]), int(workers[2])
     assert recycles in (3, 4)
     assert started == 3 + recycles
-    assert lines[5] == f"retired workers (newest last, {recycles} of {recycles}):"
-    retired = lines[6 : 6 + recycles]
-    assert all(
-        re.fullmatch(
-            r"  pid \d+ max_tasks after 10 tasks, RSS .*: ran 10 tasks \(its limit 10\)", line
-        )
-        for line in retired
-    ), retired
-    assert lines[6 + recycles] == "workers now:"
-    live = [
-        re.fullmatch(r"  pid \d+ (\w+)/idle: (\d+) tasks, .*", line)
-        for line in lines[7 + recycles :]
+    # Taken after the block: every worker has ended, each counted once.
+    assert lines[5] == f"workers that ended (newest last, {started} of {started}):"
+    ended = [
+        re.fullmatch(r"  pid \d+ (max_tasks|stopped) after (\d+) tasks, RSS .*", line)
+        for line in lines[6:]
     ]
-    assert all(live), lines[7 + recycles :]
-    assert sorted(match[1] for match in live) == ["active", "active", "spare"]
-    live_tasks = 40 - 10 * recycles
-    assert sum(int(match[2]) for match in live) == live_tasks
-    processes = recycles + (2 if live_tasks else 0)
+    assert len(ended) == started, lines[6:]
+    assert all(ended), lines[6:]
+    recycled = [int(m[2]) for m in ended if m is not None and m[1] == "max_tasks"]
+    stopped = [int(m[2]) for m in ended if m is not None and m[1] == "stopped"]
+    assert recycled == [10] * recycles
+    assert len(stopped) == 3  # the two active workers and the spare, at shutdown
+    assert sum(stopped) == 40 - 10 * recycles
+    assert all(tasks < 10 for tasks in stopped)
+    processes = recycles + sum(1 for tasks in stopped if tasks)
     assert lines[1].startswith(f"ran in {processes} worker processes; "), lines[1]
 
 
