@@ -34,7 +34,7 @@ def test_native_leak_retires_its_worker_by_growth() -> None:
     is 20, 40, then 60 MB after task 4, which retires the worker; task 5 runs on a fresh one."""
     with WorkerPool(1, max_growth_mb=50) as pool:
         futures = _run_one_by_one(pool, tasks.leak_native, 20, count=6)
-        stats = pool.statistics()
+    stats = pool.statistics()  # after the block: every worker's end is counted
     pids = [f.pid for f in futures]
     print("\nleak 20 MB/task, max_growth_mb=50:")
     for i, f in enumerate(futures, 1):
@@ -110,7 +110,7 @@ def test_growth_slope_retires_a_steady_leak() -> None:
     task 5 (baseline + 4 tasks), its fitted slope is ~5 MB/task, and the worker retires there."""
     with WorkerPool(1, growth_slope_mb_per_task=2, slope_window=5) as pool:
         futures = _run_one_by_one(pool, tasks.leak_native, 5, count=6)
-        stats = pool.statistics()
+    stats = pool.statistics()  # after the block: every worker's end is counted
     assert [f.worker_retired for f in futures] == [None, None, None, None, "growth_slope", None]
     assert futures[5].pid != futures[0].pid
     assert dict(stats.recycles) == {"growth_slope": 1}
@@ -134,7 +134,7 @@ def test_max_rss_retires_a_worker_above_the_limit() -> None:
     limit = round(start_rss + 50)
     with WorkerPool(1, max_rss_mb=limit) as pool:
         futures = _run_one_by_one(pool, tasks.leak_native, 20, count=4)
-        stats = pool.statistics()
+    stats = pool.statistics()  # after the block: every worker's end is counted
     print(f"\nfresh worker RSS {start_rss:.1f} MB; max_rss_mb={limit}")
     for i, f in enumerate(futures, 1):
         print(f"  task {i}: RSS after {f.rss_after_mb:.1f} MB retired={f.worker_retired}")
