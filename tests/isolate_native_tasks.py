@@ -70,10 +70,15 @@ def speech_config(url: str, timeout_ms: int = 5000) -> speechsdk.SpeechConfig:
     return config
 
 
-def recognize(url: str, wav: str, index: int) -> dict[str, Any]:
-    """One real recognition through nativeguard.recognize_once; plain data back."""
-    segment = nativeguard.recognize_once(speech_config(url), wav, timeout=30)
-    return {"index": index, "text": segment.text, "pid": os.getpid(), "segment": segment}
+def transcribe(url: str, wav: str, index: int) -> dict[str, Any]:
+    """One real ConversationTranscriber session through nativeguard.transcribe; plain data back."""
+    transcript = nativeguard.transcribe(speech_config(url), wav, timeout=30)
+    return {
+        "index": index,
+        "segments": [(segment.speaker_id, segment.text) for segment in transcript.segments],
+        "canceled": transcript.cancellation is not None,
+        "pid": os.getpid(),
+    }
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ MAX_TASKS = 25
 @pytest.fixture
 def service() -> Iterator[SpeechService]:
     """One phrase for every connection; room for all of them (the default cap is 64)."""
-    script = [Phrase(PHRASE, offset_s=0.1, duration_s=0.5)]
+    script = [Phrase(PHRASE, offset_s=0.1, duration_s=0.5, speaker="Guest-1")]
     with SpeechService(script=script, max_connections=1000) as svc:
         yield svc
 
@@ -53,9 +53,9 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def test_200_real_recognitions_with_recycling(service: SpeechService, wav: str) -> None:
-    """200 SDK recognitions on 2 workers recycled every 25 tasks: all correct, none lost or run
-    twice, no worker process left after the pool.
+def test_200_real_transcriptions_with_recycling(service: SpeechService, wav: str) -> None:
+    """200 SDK transcriptions (a ConversationTranscriber each) on 2 workers recycled every 25
+    tasks: all correct, none lost or run twice, no worker process left after the pool.
 
     With jitter=0 every worker retires after exactly 25 tasks. A worker that
     has not retired ran at most 24, and at most 2 such (active) workers exist
@@ -63,21 +63,20 @@ def test_200_real_recognitions_with_recycling(service: SpeechService, wav: str) 
     """
     started = time.monotonic()
     with WorkerPool(2, max_tasks=MAX_TASKS, jitter=0) as pool:
-        futures = [pool.submit(tasks.recognize, service.url, wav, i) for i in range(TASKS)]
+        futures = [pool.submit(tasks.transcribe, service.url, wav, i) for i in range(TASKS)]
         results = [future.result(timeout=120) for future in futures]
     elapsed = time.monotonic() - started
     stats = pool.statistics()
-    print(f"\n{TASKS} recognitions through WorkerPool(2, max_tasks={MAX_TASKS}): {elapsed:.1f} s")
+    print(f"\n{TASKS} transcriptions through WorkerPool(2, max_tasks={MAX_TASKS}): {elapsed:.1f} s")
     print(stats)
 
     assert [r["index"] for r in results] == list(range(TASKS))
-    assert {r["text"] for r in results} == {PHRASE}
-    assert all(isinstance(r["segment"], Segment) for r in results)
-    assert {r["segment"].reason for r in results} == {"RecognizedSpeech"}
-    # Each task ran once: one connection per task, all recognitions, none refused.
+    assert [r["segments"] for r in results] == [[("Guest-1", PHRASE)]] * TASKS
+    assert [r["canceled"] for r in results] == [False] * TASKS
+    # Each task ran once: one connection per task, all transcriptions, none refused.
     connections = service.connections
     assert len(connections) == TASKS
-    assert collections.Counter(c.kind for c in connections) == {"interactive": TASKS}
+    assert collections.Counter(c.kind for c in connections) == {"universal": TASKS}
     assert [c.refused for c in connections] == [None] * TASKS
     assert [c.turns for c in connections] == [1] * TASKS
 
