@@ -36,25 +36,27 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _take_shared_pools() -> list[WorkerPool]:
+    with _default_lock:
+        pools = list(_default_pools.values())
+        _default_pools.clear()
+    return pools
+
+
 def shutdown_isolated_pools() -> None:
     """Shut down the pools ``@isolated`` started by itself (not ones passed as ``pool=``).
 
     Waits for their running tasks; the next call of an isolated function starts
-    a fresh pool. Also runs at interpreter exit.
+    a fresh pool. At interpreter exit they are shut down without waiting for
+    queued tasks.
     """
-    with _default_lock:
-        pools = list(_default_pools.values())
-        _default_pools.clear()
-    for pool in pools:
+    for pool in _take_shared_pools():
         pool.shutdown(wait=True)
 
 
 @atexit.register
 def _shutdown_at_exit() -> None:
-    with _default_lock:
-        pools = list(_default_pools.values())
-        _default_pools.clear()
-    for pool in pools:
+    for pool in _take_shared_pools():
         pool.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 

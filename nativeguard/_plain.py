@@ -144,7 +144,7 @@ def check_plain(value: object, path: str, extra_types: tuple[type, ...] = ()) ->
     leaves = _SCALARS + extra_types
     # Iterative walk: a deep value must give a clear error, not a RecursionError.
     stack: list[tuple[str, object, int]] = [(path, value, 0)]
-    on_path: set[int] = set()
+    seen: set[int] = set()
     while stack:
         where, item, depth = stack.pop()
         if isinstance(item, leaves):
@@ -161,9 +161,9 @@ def check_plain(value: object, path: str, extra_types: tuple[type, ...] = ()) ->
             raise _refuse(where, item)
         # Shared sub-values are fine (pickle keeps the sharing); each container
         # is walked once, which also ends self-referencing cycles.
-        if id(item) in on_path:
+        if id(item) in seen:
             continue
-        on_path.add(id(item))
+        seen.add(id(item))
         stack.extend((name, child, depth + 1) for name, child in reversed(list(children)))
 
 
