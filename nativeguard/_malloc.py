@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["HeapStats", "TrimResult", "heap_stats", "malloc_trim", "trim"]
+__all__ = ["HeapStats", "TrimResult", "heap_stats", "malloc_trim", "rss_bytes", "trim"]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -177,9 +177,21 @@ def malloc_trim(pad: int = 0) -> bool:
     return bool(function(pad))
 
 
-def _rss() -> int:
-    # A new Process each time: a cached one would report the parent after fork().
-    return int(psutil.Process().memory_info().rss)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """This process's current resident set size in bytes (not the peak).
+
+    Read from ``/proc/self/statm`` (a few microseconds: pool workers read it
+    after every task); psutil elsewhere, with a new ``Process`` each time,
+    since a cached one would report the parent after ``fork()``.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:  # not Linux
+        return int(psutil.Process().memory_info().rss)
 
 
 def trim(threshold_bytes: int = 0) -> TrimResult:
@@ -193,7 +205,7 @@ def trim(threshold_bytes: int = 0) -> TrimResult:
         raise ValueError(f"threshold_bytes must be >= 0, got {threshold_bytes}")
     available = _load().malloc_trim is not None
     free_before = heap_stats().free_bytes
-    rss_before = _rss()
+    rss_before = rss_bytes()
     due = threshold_bytes == 0 or (free_before is not None and free_before >= threshold_bytes)
     if not (available and due):
         return TrimResult(
@@ -206,7 +218,7 @@ def trim(threshold_bytes: int = 0) -> TrimResult:
             rss_released_bytes=0,
         )
     malloc_trim(0)
-    rss_after = _rss()
+    rss_after = rss_bytes()
     return TrimResult(
         attempted=True,
         available=True,

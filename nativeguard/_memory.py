@@ -106,7 +106,7 @@ def memory_breakdown() -> MemoryBreakdown:
     traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
     blocks = sys.getallocatedblocks()
     heap = _malloc.heap_stats()
-    rss = _malloc._rss()
+    rss = _malloc.rss_bytes()
     unaccounted = None
     if heap.in_use_bytes is not None and heap.free_bytes is not None:
         unaccounted = max(0, rss - heap.in_use_bytes - heap.free_bytes)

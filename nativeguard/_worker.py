@@ -29,14 +29,12 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-import psutil
-
 from ._errors import NotPlainDataError, RemoteTaskError, add_note
-from ._malloc import malloc_trim
+from ._malloc import malloc_trim, rss_bytes
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
 
-__all__ = ["TaskReport", "WorkerSettings", "in_worker", "peak_rss", "rss", "run_worker"]
+__all__ = ["TaskReport", "WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker"]
 
 
 class _Role:
@@ -45,7 +43,6 @@ class _Role:
     worker = False
 
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _PR_SET_PDEATHSIG = 1
 
 
@@ -81,16 +78,7 @@ class TaskReport:
     baseline: int | None  # RSS after the first task and its remedies, when memory is watched
 
 
-def rss() -> int:
-    """This process's current resident set size in bytes (not the peak)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE
-    except OSError:  # not Linux
-        return int(psutil.Process().memory_info().rss)
-
-
-def peak_rss() -> int:
+def peak_rss_bytes() -> int:
     """The highest RSS this process has had (``VmHWM``), in bytes; 0 where unknown."""
     try:
         with open("/proc/self/status", "rb") as status:
@@ -188,8 +176,8 @@ def _run_task(payload: bytes, settings: WorkerSettings) -> tuple[bool, bytes, st
 
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
-    policy = RetirementPolicy(settings.policy, measure=rss, remedy=_remedy)
-    conn.send(("ready", os.getpid(), rss(), peak_rss()))
+    policy = RetirementPolicy(settings.policy, measure=rss_bytes, remedy=_remedy)
+    conn.send(("ready", os.getpid(), rss_bytes(), peak_rss_bytes()))
     while True:
         try:
             message = conn.recv()
@@ -198,7 +186,7 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
         if message[0] == "stop":
             return
         _, task_id, payload = message
-        before = rss()
+        before = rss_bytes()
         start = time.perf_counter()
         ok, blob, text = _run_task(payload, settings)
         duration = time.perf_counter() - start
@@ -211,7 +199,7 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
                 traceback=text,
                 rss_before=before,
                 rss_after=decision.rss,
-                peak_rss=peak_rss(),
+                peak_rss=peak_rss_bytes(),
                 duration_s=duration,
                 retire=decision.reason,
                 detail=decision.detail,

@@ -143,7 +143,7 @@ def test_unaccounted_is_rss_minus_the_native_heap_floored_at_zero(
         info = _malloc._Mallinfo2(uordblks=in_use, fordblks=free)
         return _malloc._Libc(lambda: info, None)
 
-    monkeypatch.setattr(_malloc, "_rss", lambda: 100 * MiB)
+    monkeypatch.setattr(_malloc, "rss_bytes", lambda: 100 * MiB)
     monkeypatch.setattr(_malloc, "_load", lambda: libc(30 * MiB, 20 * MiB))
     assert memory_breakdown().unaccounted_bytes == 50 * MiB
     # After a trim glibc still books madvised pages as free: never negative.
