@@ -447,8 +447,13 @@ class WorkerPool:
             raise TypeError(f"fn must be callable, got {fn!r}")
         check_plain(args, "args", self._plain_types)
         check_plain(kwargs, "kwargs", self._plain_types)
-        check_picklable(fn, "fn")
-        payload = check_picklable((fn, args, kwargs), "arguments")
+        try:
+            payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # Pickled once on the way in; only a failure is worth a second try,
+            # to name fn when it is the part that cannot cross.
+            check_picklable(fn, "fn")
+            payload = check_picklable((fn, args, kwargs), "arguments")
         with self._lock:
             if self._broken is not None:
                 raise WorkerStartError(
@@ -1028,11 +1033,18 @@ def _resolve(settle: list[tuple[TaskFuture[Any], Callable[[], None]]]) -> None:
             action()
 
 
+_checked_fork_servers: set[int] = set()
+
+
 def _check_forkserver_threads() -> None:
-    """Warn if the fork server has more than one thread: forking it would then be unsound."""
+    """Warn if the fork server has more than one thread: forking it would then be unsound.
+
+    Threads could only have come from its preload, so each fork server is read once.
+    """
     pid = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_forkserver_pid", None)
-    if not pid:
+    if not pid or pid in _checked_fork_servers:
         return
+    _checked_fork_servers.add(pid)
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             threads = next(
