@@ -57,7 +57,8 @@ def assert_back_to(before: Snapshot, *, settle_s: float = 3.0, collect: bool = F
         same = (
             now.handles == before.handles
             and now.instances == before.instances
-            and now.threads == before.threads
+            # Only new threads count: one started earlier may end meanwhile.
+            and not now.threads - before.threads
             and now.fds == before.fds
         )
         if same or time.monotonic() > deadline:

@@ -41,7 +41,8 @@ def test_stop_leaves_no_thread_socket_or_fd():
         client.send("Path:speech.config\r\n\r\n{}")
         service.stop()
     assert port not in listening_ports()
-    assert set(threading.enumerate()) == threads
+    # Only new threads count: one started by an earlier test may end meanwhile.
+    assert set(threading.enumerate()) - threads == set()
     assert open_fds() == fds
 
 
