@@ -9,7 +9,7 @@ from collections.abc import Sequence
 __all__ = ["DEMO_REQUESTS", "main"]
 
 DEMO_REQUESTS = 60
-"""Requests per pattern by default: the whole demo takes about 20 s."""
+"""Requests per pattern by default: the whole demo takes about 30 s."""
 
 
 def _positive_int(text: str) -> int:
@@ -30,12 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
-        help="show the naive Speech SDK service pattern leaking and the guarded one flat",
+        help=(
+            "show the naive Speech SDK service pattern leaking, and the guarded and "
+            "isolated ones flat"
+        ),
         description=(
             "Start the bundled SpeechService (offline), run a transcription service as "
             "written in the field N times, then the same code inside managed_transcriber "
-            "N times, and compare native handles, live SDK objects, RSS, heap and time "
-            "per request. Exit status 0 when the naive pattern leaked and the guarded one "
+            "N times, then as written in a recycled worker process N times, and compare "
+            "native handles, live SDK objects, RSS, heap and time per request in this "
+            "process. Exit status 0 when the naive pattern leaked and the other two "
             "stayed flat, 1 otherwise."
         ),
     )
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEMO_REQUESTS,
         metavar="N",
-        help=f"requests per pattern (default: {DEMO_REQUESTS}, about 20 s in all)",
+        help=f"requests per pattern (default: {DEMO_REQUESTS}, about 30 s in all)",
     )
     demo.add_argument(
         "--json", action="store_true", help="print the same numbers as JSON instead of a table"
@@ -55,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help=(
             "auto: Python's collector runs as in production (default); off: disabled in "
-            "both phases, so the naive phase shows everything its reference cycles pin"
+            "this process's phases, so the naive phase shows everything its reference cycles pin"
         ),
     )
     return parser

@@ -3,11 +3,13 @@
 The real Speech SDK talks to the bundled :class:`~nativeguard.testing.SpeechService`
 (in a child process, as a remote service would be). The same transcription
 service code runs N times as written in the field (naive), then N times inside
-``managed_transcriber`` (guarded), in this one process. After each phase the
-demo reads what it left behind: the SDK core's native handle table, live SDK
-wrapper objects, RSS, glibc's in-use heap, and the time per request. The naive
-phase never calls ``gc.collect()``; one call after it shows what a collection
-recovers, and what it cannot.
+``managed_transcriber`` (guarded), in this one process, then N times as
+written but in a recycled worker process (isolated: the answer for code one
+cannot fix). After each phase the demo reads what it left behind in this
+process: the SDK core's native handle table, live SDK wrapper objects, RSS,
+glibc's in-use heap, and the time per request. The naive phase never calls
+``gc.collect()``; one call after it shows what a collection recovers, and what
+it cannot.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ._errors import NativeGuardError
 from ._malloc import heap_stats
 from ._managed import managed_transcriber
 from ._native import native_handles
+from ._pool import PoolStatistics, WorkerPool
 from .testing import DEFAULT_KEY, Phrase, SpeechService, write_wav
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "DemoError",
     "DemoReport",
     "GcMode",
+    "IsolationReport",
     "PhaseReport",
     "live_sdk_instances",
     "measure",
@@ -66,6 +70,8 @@ _SERVICE_START_TIMEOUT_S = 30.0
 _SERVICE_STOP_TIMEOUT_S = 10.0
 _SDK_MODULE = "azure.cognitiveservices.speech"
 _MB = 1_000_000
+_RECYCLES = 3
+"""Worker recycles the isolated phase aims for (max_tasks follows from the request count)."""
 
 
 class DemoError(NativeGuardError, RuntimeError):
@@ -118,6 +124,45 @@ class _TranscriptionService:
             results = _transcribe(transcriber)
         self.history.extend(results)
         return results
+
+
+# -- the same service, isolated ----------------------------------------------------
+
+_worker_services: dict[str, _TranscriptionService] = {}
+"""The naive service of this worker process, by service URL (one per worker, as a real one)."""
+
+
+def _isolated_request(url: str, wav: str) -> tuple[list[str], dict[str, int]]:
+    """Worker entry: one naive request, unchanged; returns its texts and the worker's handles.
+
+    Only plain data crosses the process boundary (the pool refuses SDK
+    objects), so the texts go back and the SDK results stay in the worker's
+    log, leaking there until the worker retires.
+    """
+    service = _worker_services.get(url)
+    if service is None:
+        service = _worker_services[url] = _TranscriptionService(
+            _speech_config_factory(url), guarded=False
+        )
+    results = service.handle(wav)
+    return [str(result.text) for result in results], native_handles()
+
+
+class _IsolatedService:
+    """The naive service behind a recycled worker pool; keeps the texts it got back."""
+
+    def __init__(self, pool: WorkerPool, url: str) -> None:
+        self.history: list[str] = []
+        self.worker_peak_handles: dict[str, int] = {}
+        self._pool = pool
+        self._url = url
+
+    def handle(self, wav: str) -> list[str]:
+        texts, handles = self._pool.submit(_isolated_request, self._url, wav).result()
+        if sum(handles.values()) > sum(self.worker_peak_handles.values()):
+            self.worker_peak_handles = handles
+        self.history.extend(texts)
+        return texts
 
 
 # -- the SpeechService, out of process -------------------------------------------
@@ -426,8 +471,59 @@ class CollectReport:
 
 
 @dataclass(frozen=True)
+class IsolationReport:
+    """The isolated phase's worker pool: what a worker held, and how often one was replaced."""
+
+    workers: int
+    max_tasks: int
+    tasks: int
+    """Tasks the pool ran, the warm-up request included."""
+    recycles: int
+    """Graceful retirements (all by ``max_tasks`` here)."""
+    workers_started: int
+    crashes: int
+    worker_peak_handles: dict[str, int]
+    """Native handles in the worker that held the most, after one of its requests."""
+    worker_peak_rss_mb: float | None
+
+    @property
+    def expected_recycles(self) -> int:
+        # No jitter: every worker retires right after its max_tasks-th task.
+        return self.tasks // self.max_tasks
+
+    @classmethod
+    def from_pool(
+        cls, statistics: PoolStatistics, max_tasks: int, worker_peak_handles: dict[str, int]
+    ) -> IsolationReport:
+        peaks = [r.peak_rss_mb for r in statistics.retirements if r.peak_rss_mb is not None]
+        peaks += [w.peak_rss_mb for w in statistics.workers if w.peak_rss_mb is not None]
+        return cls(
+            workers=1,
+            max_tasks=max_tasks,
+            tasks=statistics.tasks_completed + statistics.tasks_failed,
+            recycles=sum(statistics.recycles.values()),
+            workers_started=statistics.workers_started,
+            crashes=statistics.crashes,
+            worker_peak_handles=dict(worker_peak_handles),
+            worker_peak_rss_mb=max(peaks, default=None),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "max_tasks": self.max_tasks,
+            "tasks": self.tasks,
+            "recycles": self.recycles,
+            "workers_started": self.workers_started,
+            "crashes": self.crashes,
+            "worker_peak_native_handles": self.worker_peak_handles,
+            "worker_peak_rss_mb": self.worker_peak_rss_mb,
+        }
+
+
+@dataclass(frozen=True)
 class DemoReport:
-    """Both phases, the collection between them, and whether it all went as expected."""
+    """The three phases, the collection after the naive one, and whether all went as expected."""
 
     requests: int
     gc_mode: GcMode
@@ -436,6 +532,9 @@ class DemoReport:
     naive: PhaseReport
     collect: CollectReport
     guarded: PhaseReport
+    isolated: PhaseReport
+    """Figures of this process; the workers' are in ``isolation``."""
+    isolation: IsolationReport
     seconds: float
     service_problem: str | None = None
 
@@ -446,8 +545,20 @@ class DemoReport:
             found.append("the naive pattern left nothing behind; it was expected to leak")
         if not self.guarded.flat:
             found.append(f"the guarded pattern left {_left_behind(self.guarded)} behind")
+        if not self.isolated.flat:
+            found.append(
+                f"the isolated pattern left {_left_behind(self.isolated)} behind in this process"
+            )
+        pool = self.isolation
+        if pool.crashes:
+            found.append(f"the isolated pattern's worker crashed {pool.crashes} time(s)")
+        if pool.recycles != pool.expected_recycles:
+            found.append(
+                f"the isolated pattern's worker was recycled {pool.recycles} time(s), expected "
+                f"{pool.expected_recycles} ({pool.tasks} tasks, max_tasks={pool.max_tasks})"
+            )
         expected = self.requests * len(_SCRIPT)
-        for phase in (self.naive, self.guarded):
+        for phase in (self.naive, self.guarded, self.isolated):
             if phase.results_kept != expected:
                 found.append(
                     f"the {phase.name} service kept {phase.results_kept} results, "
@@ -464,13 +575,21 @@ class DemoReport:
             "naive": self.naive.to_json(),
             "gc_collect_after_naive": self.collect.to_json(),
             "guarded": self.guarded.to_json(),
-            "verdict": {"naive": _naive_word(self.naive), "guarded": _guarded_word(self.guarded)},
+            "isolated": self.isolated.to_json(),
+            "isolation": self.isolation.to_json(),
+            "verdict": {
+                "naive": _naive_word(self.naive),
+                "guarded": _guarded_word(self.guarded),
+                "isolated": _guarded_word(self.isolated),
+            },
             "problems": self.problems,
             "seconds": self.seconds,
         }
 
 
-def _run_phase(service: _TranscriptionService, name: str, wav: str, requests: int) -> PhaseReport:
+def _run_phase(
+    service: _TranscriptionService | _IsolatedService, name: str, wav: str, requests: int
+) -> PhaseReport:
     before = _read()
     seconds: list[float] = []
     with _GcMonitor() as monitor:
@@ -539,13 +658,38 @@ def _total(phase: PhaseReport) -> str:
     return f"{math.fsum(phase.request_seconds):.1f} s"
 
 
-def _run_both(
-    config: Callable[[], Any],
+@dataclass(frozen=True)
+class _Phases:
+    naive: PhaseReport
+    collect: CollectReport
+    guarded: PhaseReport
+    isolated: PhaseReport
+    isolation: IsolationReport
+
+
+def _run_isolated(url: str, wav: str, requests: int) -> tuple[PhaseReport, IsolationReport]:
+    # About _RECYCLES recycles whatever the request count, so the demo shows some.
+    max_tasks = max(1, (requests + 1) // _RECYCLES)
+    # jitter=0: the recycle count is then exact, and checked.
+    with WorkerPool(1, max_tasks=max_tasks, jitter=0) as pool:
+        service = _IsolatedService(pool, url)
+        # The worker's (and the fork server's) start belongs to no phase.
+        service.handle(wav)
+        service.history.clear()
+        phase = _run_phase(service, "isolated", wav, requests)
+    # After the block: the last retirement is counted once the pool has shut down.
+    isolation = IsolationReport.from_pool(pool.statistics(), max_tasks, service.worker_peak_handles)
+    return phase, isolation
+
+
+def _run_all(
+    url: str,
     wav: str,
     requests: int,
     gc_mode: GcMode,
     progress: Callable[[str], None],
-) -> tuple[PhaseReport, CollectReport, PhaseReport]:
+) -> _Phases:
+    config = _speech_config_factory(url)
     # One request of each kind first: one-time SDK setup belongs to neither phase.
     for warm_up_guarded in (False, True):
         _TranscriptionService(config, guarded=warm_up_guarded).handle(wav)
@@ -556,21 +700,26 @@ def _run_both(
     try:
         naive_service = _TranscriptionService(config, guarded=False)
         naive = _run_phase(naive_service, "naive", wav, requests)
-        progress(f"naive pattern:   {requests} requests in {_total(naive)}")
+        progress(f"naive pattern:    {requests} requests in {_total(naive)}")
         collect = _measure_collect()
         guarded_service = _TranscriptionService(config, guarded=True)
         guarded = _run_phase(guarded_service, "guarded", wav, requests)
-        progress(f"guarded pattern: {requests} requests in {_total(guarded)}")
+        progress(f"guarded pattern:  {requests} requests in {_total(guarded)}")
+        isolated, isolation = _run_isolated(url, wav, requests)
+        progress(
+            f"isolated pattern: {requests} requests in {_total(isolated)}, "
+            f"worker recycled {isolation.recycles} times"
+        )
     finally:
         if was_enabled:
             gc.enable()
-    return naive, collect, guarded
+    return _Phases(naive, collect, guarded, isolated, isolation)
 
 
 def measure(
     requests: int, *, gc_mode: GcMode = "auto", progress: Callable[[str], None] = print
 ) -> DemoReport:
-    """Run both patterns ``requests`` times each and measure them.
+    """Run the three patterns ``requests`` times each and measure them.
 
     Raises DemoError (or the SDK's own error) when the demo cannot run at all.
     """
@@ -579,15 +728,14 @@ def measure(
     if gc_mode not in ("auto", "off"):
         raise ValueError(f"gc_mode must be 'auto' or 'off', got {gc_mode!r}")
     started = time.perf_counter()
-    # Leaked naive recognizers may each keep a connection open.
-    service_process = _ServiceProcess(max_connections=2 * requests + 16)
+    # Leaked naive recognizers may each keep a connection open (in a worker:
+    # until it retires).
+    service_process = _ServiceProcess(max_connections=3 * requests + 16)
     with tempfile.TemporaryDirectory(prefix="nativeguard-demo-") as tmp, service_process as url:
         progress(f"SpeechService (bundled, offline) on {url}, in a child process")
         wav = write_wav(Path(tmp) / "call.wav", _WAV_SECONDS)
         try:
-            naive, collect, guarded = _run_both(
-                _speech_config_factory(url), wav, requests, gc_mode, progress
-            )
+            phases = _run_all(url, wav, requests, gc_mode, progress)
         except BaseException as error:
             # The failed request's frames still hold its transcriber: drop their
             # locals (the traceback keeps file and line) so the collect below
@@ -605,9 +753,11 @@ def measure(
         gc_mode=gc_mode,
         sdk_version=str(getattr(speechsdk, "__version__", "unknown")),
         service_url=url,
-        naive=naive,
-        collect=collect,
-        guarded=guarded,
+        naive=phases.naive,
+        collect=phases.collect,
+        guarded=phases.guarded,
+        isolated=phases.isolated,
+        isolation=phases.isolation,
         seconds=time.perf_counter() - started,
         service_problem=service_problem,
     )
@@ -656,47 +806,31 @@ def _guarded_word(phase: PhaseReport) -> str:
     return "flat" if phase.flat else "not flat"
 
 
-def _ordered_union(first: Mapping[str, int], second: Mapping[str, int]) -> list[str]:
-    names = first.keys() | second.keys()
-    return sorted(names, key=lambda n: (-abs(first.get(n, 0)), -abs(second.get(n, 0)), n))
+def _ordered_union(*counts: Mapping[str, int]) -> list[str]:
+    names: set[str] = set().union(*counts)
+    return sorted(names, key=lambda n: (*(-abs(c.get(n, 0)) for c in counts), n))
 
 
 def _table(report: DemoReport) -> list[str]:
-    naive, guarded = report.naive, report.guarded
-    rows: list[tuple[str, str, str]] = [("", "naive", "guarded")]
-    rows.append(("native handles, change by type", "", ""))
-    for name in _ordered_union(naive.handles, guarded.handles) or ["(none)"]:
-        rows.append(
-            (
-                f"  {name}",
-                _signed(naive.handles.get(name, 0)),
-                _signed(guarded.handles.get(name, 0)),
-            )
-        )
-    rows.append(
-        ("live SDK objects, change", _signed(naive.live_instances), _signed(guarded.live_instances))
-    )
-    for name in _ordered_union(naive.instances, guarded.instances):
-        rows.append(
-            (
-                f"  {name}",
-                _signed(naive.instances.get(name, 0)),
-                _signed(guarded.instances.get(name, 0)),
-            )
-        )
+    phases = (report.naive, report.guarded, report.isolated)
+    rows: list[tuple[str, ...]] = [("", *(phase.name for phase in phases))]
+    rows.append(("native handles, change by type", "", "", ""))
+    for name in _ordered_union(*(phase.handles for phase in phases)) or ["(none)"]:
+        rows.append((f"  {name}", *(_signed(phase.handles.get(name, 0)) for phase in phases)))
+    rows.append(("live SDK objects, change", *(_signed(phase.live_instances) for phase in phases)))
+    for name in _ordered_union(*(phase.instances for phase in phases)):
+        rows.append((f"  {name}", *(_signed(phase.instances.get(name, 0)) for phase in phases)))
     rows += [
-        ("RSS growth", _mb(naive.rss_growth), _mb(guarded.rss_growth)),
-        ("glibc heap in use, growth", _mb(naive.heap_growth), _mb(guarded.heap_growth)),
-        (
-            "glibc heap freed but kept, growth",
-            _mb(naive.heap_free_growth),
-            _mb(guarded.heap_free_growth),
-        ),
-        ("time per request, median", _ms(naive.median_s), _ms(guarded.median_s)),
-        ("time in gc", f"{naive.gc_seconds:.2f} s", f"{guarded.gc_seconds:.2f} s"),
+        ("RSS growth", *(_mb(phase.rss_growth) for phase in phases)),
+        ("glibc heap in use, growth", *(_mb(phase.heap_growth) for phase in phases)),
+        ("glibc heap freed but kept, growth", *(_mb(phase.heap_free_growth) for phase in phases)),
+        ("time per request, median", *(_ms(phase.median_s) for phase in phases)),
+        ("time in gc", *(f"{phase.gc_seconds:.2f} s" for phase in phases)),
     ]
-    width = max(len(label) for label, _, _ in rows) + 2
-    return [f"{label:<{width}}{a:>12}{b:>12}".rstrip() for label, a, b in rows]
+    width = max(len(row[0]) for row in rows) + 2
+    return [
+        (f"{row[0]:<{width}}" + "".join(f"{cell:>12}" for cell in row[1:])).rstrip() for row in rows
+    ]
 
 
 def _notes(report: DemoReport) -> list[str]:
@@ -739,10 +873,25 @@ def _notes(report: DemoReport) -> list[str]:
             "stay: no collection frees what is still referenced. The guarded log holds "
             "the same results as plain data."
         )
+    pool = report.isolation
+    held = (
+        f"up to {_counts(pool.worker_peak_handles, signed=False)} native handles"
+        if pool.worker_peak_handles
+        else "no native handles"
+    )
+    rss = "" if pool.worker_peak_rss_mb is None else f", {pool.worker_peak_rss_mb:.0f} MB RSS"
+    notes.append(
+        "Isolated: the naive code, unchanged, ran in a worker process "
+        f"(WorkerPool({pool.workers}, max_tasks={pool.max_tasks})) and returned its texts as "
+        f"plain data. There it leaked as before, a worker holding {held}{rss}; "
+        f"each of the {pool.recycles} recycles gave all of it back to the OS, and this "
+        "process's columns stay flat."
+    )
     notes.append(
         "Time: a guarded request pays its native release before it returns, and the SDK "
         "often holds the connection that follows a release back by 0.5 s; naive requests "
-        "leave the release to the collector (time in gc), or to never."
+        "leave the release to the collector (time in gc), or to never. An isolated request "
+        "adds a round trip to the worker."
     )
     return notes
 
@@ -753,7 +902,7 @@ def _wrap(text: str, width: int = 88) -> list[str]:
 
 def render(report: DemoReport) -> str:
     """The side-by-side table, what the collector did, and the verdicts, as plain text."""
-    naive, guarded = report.naive, report.guarded
+    naive, guarded, isolated = report.naive, report.guarded, report.isolated
     lines = _table(report)
     for note in _notes(report):
         lines.append("")
@@ -771,6 +920,17 @@ def render(report: DemoReport) -> str:
         lines.append(
             f"guarded: {_left_behind(guarded)} after {guarded.requests} requests — not flat"
         )
+    if isolated.flat:
+        lines.append(
+            f"isolated: flat — 0 native handles, 0 live SDK objects in this process after "
+            f"{isolated.requests} requests; the worker was recycled "
+            f"{report.isolation.recycles} times"
+        )
+    else:
+        lines.append(
+            f"isolated: {_left_behind(isolated)} in this process after {isolated.requests} "
+            "requests — not flat"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -782,7 +942,7 @@ def run_demo(
     gc_mode: GcMode = "auto",
     err: TextIO | None = None,
 ) -> int:
-    """Run the demo and print it; 0 when naive leaked and guarded stayed flat, else 1."""
+    """Run the demo and print it; 0 when naive leaked and the other two stayed flat, else 1."""
     errors = sys.stderr if err is None else err
 
     def progress(line: str) -> None:
@@ -792,7 +952,8 @@ def run_demo(
 
     for line in _wrap(
         f"nativeguard demo: one transcription service, {requests} requests as written in the "
-        "field (naive), then the same code inside managed_transcriber (guarded)."
+        "field (naive), then the same code inside managed_transcriber (guarded), then as "
+        "written but in a recycled worker process (isolated)."
     ):
         progress(line)
     try:

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from nativeguard._demo import CollectReport, DemoReport, PhaseReport, render
+from nativeguard._demo import CollectReport, DemoReport, IsolationReport, PhaseReport, render
 
 REQUESTS = 5
 PHRASES = 2  # per request, in the demo's script
@@ -36,13 +37,29 @@ def demo_json(*args: str) -> dict:
 
 
 def assert_guarded_flat(report: dict) -> None:
-    guarded = report["guarded"]
-    assert guarded["native_handles"] == {}
-    assert guarded["live_sdk_instances"] == 0
-    assert guarded["live_sdk_instances_by_type"] == {}
-    assert guarded["results_kept"] == REQUESTS * PHRASES  # as plain data
-    assert report["verdict"] == {"naive": "leaking", "guarded": "flat"}
+    for name in ("guarded", "isolated"):
+        phase = report[name]
+        assert phase["native_handles"] == {}, name
+        assert phase["live_sdk_instances"] == 0, name
+        assert phase["live_sdk_instances_by_type"] == {}, name
+        assert phase["results_kept"] == REQUESTS * PHRASES, name  # as plain data
+    assert report["verdict"] == {"naive": "leaking", "guarded": "flat", "isolated": "flat"}
     assert report["problems"] == []
+    assert_isolation(report["isolation"])
+
+
+def assert_isolation(pool: dict) -> None:
+    # 5 requests + 1 warm-up through one worker retiring every 2 tasks, no jitter.
+    assert pool["max_tasks"] == 2
+    assert pool["tasks"] == REQUESTS + 1
+    assert pool["recycles"] == 3
+    assert pool["crashes"] == 0
+    # The first worker, three replacements, and the spare that was waiting at the end.
+    assert pool["workers_started"] == 5
+    # The naive code leaks in the worker as it does here, but never more than
+    # max_tasks requests' results at once: each retirement took them away.
+    held = pool["worker_peak_native_handles"]["ISpxRecognitionResult"]
+    assert PHRASES <= held <= 2 * PHRASES
 
 
 def test_json_with_collector_off_leaks_one_recognizer_per_request():
@@ -87,7 +104,7 @@ def test_text_output_is_a_table_with_both_verdicts():
     out = done.stdout
     assert out.startswith("nativeguard demo: one transcription service, 3 requests")
     assert "SpeechService (bundled, offline) on ws://127.0.0.1:" in out
-    assert any(line.split() == ["naive", "guarded"] for line in out.splitlines())
+    assert any(line.split() == ["naive", "guarded", "isolated"] for line in out.splitlines())
     for label in (
         "native handles, change by type",
         "  ISpxRecognizer",
@@ -104,6 +121,12 @@ def test_text_output_is_a_table_with_both_verdicts():
     assert "ISpxRecognizer" in naive
     assert naive.endswith("live SDK objects after 3 requests — leaking")
     assert "guarded: flat — 0 native handles, 0 live SDK objects after 3 requests" in out
+    # 3 requests + 1 warm-up, max_tasks = 4 // 3 = 1: a recycle after every task.
+    assert "ran in a worker process (WorkerPool(1, max_tasks=1))" in " ".join(out.split())
+    assert (
+        "isolated: flat — 0 native handles, 0 live SDK objects in this process after 3 "
+        "requests; the worker was recycled 4 times"
+    ) in out
 
 
 @pytest.mark.parametrize(
@@ -153,11 +176,25 @@ def test_unexpected_outcomes_are_named():
         naive=phase("naive", {}, {}),
         collect=CollectReport(0, 0.0, {}, {}, 0, None, None),
         guarded=phase("guarded", {"ISpxRecognizer": 1}, {"ConversationTranscriber": 1}),
+        isolated=phase("isolated", {"ISpxNamedProperties": 2}, {}),
+        isolation=IsolationReport(
+            workers=1,
+            max_tasks=1,
+            tasks=5,
+            recycles=4,
+            workers_started=5,
+            crashes=1,
+            worker_peak_handles={},
+            worker_peak_rss_mb=None,
+        ),
         seconds=1.0,
     )
     assert report.problems == [
         "the naive pattern left nothing behind; it was expected to leak",
         "the guarded pattern left +1 ISpxRecognizer handles, +1 live SDK objects behind",
+        "the isolated pattern left +2 ISpxNamedProperties handles behind in this process",
+        "the isolated pattern's worker crashed 1 time(s)",
+        "the isolated pattern's worker was recycled 4 time(s), expected 5 (5 tasks, max_tasks=1)",
     ]
     text = render(report)
     assert "naive: nothing after 4 requests — not leaking" in text
@@ -165,8 +202,17 @@ def test_unexpected_outcomes_are_named():
         "guarded: +1 ISpxRecognizer handles, +1 live SDK objects after 4 requests — not flat"
         in (text)
     )
+    assert (
+        "isolated: +2 ISpxNamedProperties handles in this process after 4 requests — not flat"
+        in text
+    )
+    assert "a worker holding no native handles;" in " ".join(text.split())
     assert "glibc heap in use, growth" in text  # n/a where mallinfo2 is missing
-    assert report.to_json()["verdict"] == {"naive": "not leaking", "guarded": "not flat"}
+    assert report.to_json()["verdict"] == {
+        "naive": "not leaking",
+        "guarded": "not flat",
+        "isolated": "not flat",
+    }
 
 
 def test_interrupt_releases_the_sdk_objects_and_exits_130():
@@ -189,3 +235,36 @@ def test_interrupt_releases_the_sdk_objects_and_exits_130():
     assert "exception not rethrown" not in stderr
     if "interrupted" in stderr:
         assert process.returncode == 130
+
+
+def pool_workers(demo: psutil.Process) -> list[psutil.Process]:
+    """Children of the demo's fork server (a child of the demo), if it has one yet."""
+    workers = []
+    for child in demo.children():
+        try:
+            if any("forkserver" in part for part in child.cmdline()):
+                workers += child.children()
+        except psutil.NoSuchProcess:  # a child that just ended (ZombieProcess included)
+            continue
+    return workers
+
+
+def test_interrupt_in_the_isolated_phase_leaves_no_process_behind():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nativeguard", "demo", "--requests", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    demo = psutil.Process(process.pid)
+    deadline = time.monotonic() + 90
+    while not pool_workers(demo) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool_workers(demo), "the isolated phase never started a worker"
+    descendants = demo.children(recursive=True)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "nativeguard demo: interrupted" in stderr
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert alive == []
