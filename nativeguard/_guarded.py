@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import gc
 import inspect
 import threading
-import types
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import wrapt
 
 from . import _construction
 from ._errors import ClosedResourceError, LeakError, ReleaseError, add_note
+from ._holders import holder_chains
 from ._scope import Scope, ScopeStatistics
 
 __all__ = [
@@ -55,7 +54,6 @@ _P = ParamSpec("_P")
 
 _PRUNE_AT_LEAST = 64
 _MAX_SURVIVORS_DESCRIBED = 10
-_MAX_HOLDERS = 3
 
 
 # -- the active call -----------------------------------------------------------
@@ -192,10 +190,13 @@ class Survivor:
     """A tracked object still alive after release, and who holds it."""
 
     type_name: str
-    holders: tuple[str, ...]
-    """Short descriptions of its referrers: ``"list"``, ``"cell of f"``, ``"dict of C"``."""
+    chain: tuple[str, ...]
+    """What keeps it alive, as :mod:`nativeguard.verify` reports it: leaf first
+    (``"SpeechConfig Holder.config"``), then each holder, ending at a root
+    (``"return value"``, a global, a frame's local) or a verdict (an
+    unreachable cycle, a reference gc cannot see)."""
     held_by_survivor: bool
-    """Every holder is another survivor: it only lives through them."""
+    """The chain runs through another survivor: it lives only through that one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +214,7 @@ class SurvivorReport:
         total = len(self.survivors) + self.omitted
         roots = [s for s in self.survivors if not s.held_by_survivor]
         inner = [s for s in self.survivors if s.held_by_survivor]
-        parts = [f"{s.type_name} (held by {', '.join(s.holders)})" for s in roots]
+        parts = [" <- ".join(s.chain) for s in roots]
         if inner:
             parts.append(f"held only through those: {', '.join(s.type_name for s in inner)}")
         if self.omitted:
@@ -451,14 +452,14 @@ def _survivor_report(
     total = max(statistics.scope.survivors if statistics.scope else 0, len(alive))
     described = alive[:_MAX_SURVIVORS_DESCRIBED]
     del alive  # the only strong references left are in `described`, ignored below
-    holders = _holders(described, returned) if described else []
+    chains = holder_chains(described, roots=[(returned, "return value")]) if described else []
     survivors = [
         Survivor(
             type_name=type(obj).__qualname__,
-            holders=tuple(text for text, _ in found) or ("no holder visible to gc",),
-            held_by_survivor=bool(found) and all(inner for _, inner in found),
+            chain=chain.links,
+            held_by_survivor=chain.through is not None,
         )
-        for obj, found in zip(described, holders, strict=True)
+        for obj, chain in zip(described, chains, strict=True)
     ]
     survivors.sort(key=lambda survivor: survivor.held_by_survivor)  # stable: roots first
     return SurvivorReport(
@@ -467,124 +468,6 @@ def _survivor_report(
         omitted=total - len(survivors),
         statistics=statistics,
     )
-
-
-def _is_ours(referrer: object) -> bool:
-    """Frames of this module (their locals hold the survivors while we look)."""
-    return isinstance(referrer, types.FrameType) and referrer.f_code.co_filename == __file__
-
-
-def _holders(objs: list[object], returned: list[Any]) -> list[list[tuple[str, bool]]]:
-    """Describe who holds each object, one level up, in at most three heap walks.
-
-    ``gc.get_referrers`` walks every gc-tracked object, so all objects are
-    looked up in one walk; dicts and cells need their owner (one more walk),
-    closure tuples their function (one more). Only types and qualified names
-    are reported, never values: a holder may well contain a key. Each entry is
-    ``(description, held by another survivor)``.
-    """
-    index = {id(obj): i for i, obj in enumerate(objs)}
-    referrers = [r for r in gc.get_referrers(*objs) if r is not objs and not _is_ours(r)]
-    pending: list[object] = [
-        r for r in referrers if type(r) is dict or isinstance(r, types.CellType)
-    ]
-    owners = _owners(pending, ignored={id(objs), id(referrers), id(pending), id(returned)})
-    found: list[list[tuple[str, bool]]] = [[] for _ in objs]
-    counts = [0] * len(objs)
-    for referrer in referrers:
-        for referent in gc.get_referents(referrer):
-            i = index.get(id(referent))
-            if i is None or referent is not objs[i]:
-                continue
-            counts[i] += 1
-            if counts[i] > _MAX_HOLDERS:
-                continue
-            if referrer is returned:  # our box: the object itself was returned
-                text, owner = "return value", None
-            else:
-                text, owner = _describe(referrer, owners)
-            found[i].append((text, (owner if owner is not None else id(referrer)) in index))
-    for i, entries in enumerate(found):
-        if counts[i] > _MAX_HOLDERS:
-            entries.append((f"{counts[i] - _MAX_HOLDERS} more", False))
-    return found
-
-
-def _owners(containers: list[object], ignored: set[int]) -> dict[int, tuple[str, int]]:
-    """``id(dict or cell) -> (description, id(owner))`` for the holders that need one.
-
-    "dict of C" means a dict a C instance holds: its ``__dict__`` or an
-    attribute (telling them apart would mean materialising ``__dict__``).
-    """
-    owners: dict[int, tuple[str, int]] = {}
-    if not containers:
-        return owners
-    wanted = {id(c) for c in containers}
-    closures: dict[int, int] = {}  # id(closure tuple) -> id(cell)
-    tuples: list[tuple[Any, ...]] = []
-    for referrer in gc.get_referrers(*containers):
-        if id(referrer) in ignored or _is_ours(referrer) or referrer is containers:
-            continue
-        for referent in gc.get_referents(referrer):
-            key = id(referent)
-            if key not in wanted or key in owners:
-                continue
-            if type(referrer) is tuple and isinstance(referent, types.CellType):
-                closures[id(referrer)] = key
-                tuples.append(referrer)
-                continue
-            text = _owner_text(referrer, referent)
-            if text is not None:
-                owners[key] = (text, id(referrer))
-    if tuples:
-        for function in gc.get_referrers(*tuples):
-            if not isinstance(function, types.FunctionType):
-                continue
-            closure = function.__closure__
-            if closure is not None and id(closure) in closures:
-                cell = closures[id(closure)]
-                owners.setdefault(cell, (f"cell of {function.__qualname__}", id(function)))
-    return owners
-
-
-def _owner_text(owner: object, container: object) -> str | None:
-    what = "cell" if isinstance(container, types.CellType) else "dict"
-    if isinstance(owner, types.ModuleType):
-        return f"globals of module {owner.__name__}"
-    if isinstance(owner, types.FrameType):
-        return f"{what} of {_code_name(owner.f_code)}"
-    if isinstance(owner, type):
-        return f"{what} of class {owner.__qualname__}"
-    if isinstance(owner, (list, tuple, set, frozenset, dict)):
-        return None  # a container of dicts says nothing about whose dict it is
-    if type(owner).__dictoffset__:
-        return f"{what} of {type(owner).__qualname__}"
-    return None
-
-
-def _describe(referrer: object, owners: dict[int, tuple[str, int]]) -> tuple[str, int | None]:
-    """``(description, id of the object that owns the holder, if it is not the holder)``."""
-    if type(referrer) is dict or isinstance(referrer, types.CellType):
-        text, owner = owners.get(id(referrer), (type(referrer).__name__, None))
-        return text, owner
-    if isinstance(referrer, types.FrameType):
-        return f"frame of {_code_name(referrer.f_code)}", None
-    if isinstance(referrer, types.FunctionType):
-        return f"function {referrer.__qualname__}", None
-    if isinstance(referrer, types.MethodType):
-        return f"method {getattr(referrer.__func__, '__qualname__', '?')}", None
-    if isinstance(referrer, (list, tuple, set, frozenset)):
-        return type(referrer).__name__, None
-    if isinstance(referrer, type):
-        return f"class {referrer.__qualname__}", None
-    if type(referrer).__dictoffset__:
-        # Python >= 3.11 keeps attributes inline: the instance is the referrer.
-        return f"dict of {type(referrer).__qualname__}", None
-    return type(referrer).__qualname__, None
-
-
-def _code_name(code: types.CodeType) -> str:
-    return str(getattr(code, "co_qualname", code.co_name))  # co_qualname: 3.11+
 
 
 # -- constructor instrumentation -----------------------------------------------

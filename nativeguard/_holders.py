@@ -63,7 +63,7 @@ _OURS = 3
 _LOCALS_ARE_SNAPSHOTS = sys.version_info < (3, 13)
 
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
-_RANK_FRAME, _RANK_GLOBAL, _RANK_CLASS, _RANK_THREAD, _RANK_MODULE = range(5)
+_RANK_NAMED, _RANK_FRAME, _RANK_GLOBAL, _RANK_CLASS, _RANK_THREAD, _RANK_MODULE = range(6)
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,18 @@ def holder_chain(
     max_depth: int = MAX_CHAIN_DEPTH,
     max_visited: int = MAX_VISITED,
     ignore: Iterable[object] = (),
+    roots: Iterable[tuple[object, str]] = (),
 ) -> tuple[str, ...]:
     """The shortest chain of referrers from a root to ``obj``, leaf first.
 
     ``ignore``: containers and frames that are not holders (a checker's own
-    lists, a registry); they are neither followed nor reported.
+    lists, a registry); they are neither followed nor reported. ``roots``:
+    ``(holder, text)`` pairs the caller knows to be roots, named by ``text``
+    (a checker's box holding a call's return value: "return value").
     """
-    return holder_chains([obj], max_depth=max_depth, max_visited=max_visited, ignore=ignore)[
-        0
-    ].links
+    return holder_chains(
+        [obj], max_depth=max_depth, max_visited=max_visited, ignore=ignore, roots=roots
+    )[0].links
 
 
 def holder_chains(
@@ -100,11 +103,12 @@ def holder_chains(
     max_depth: int = MAX_CHAIN_DEPTH,
     max_visited: int = MAX_VISITED,
     ignore: Iterable[object] = (),
+    roots: Iterable[tuple[object, str]] = (),
 ) -> list[HolderChain]:
     """:func:`holder_chain` for several objects, sharing the scan of frames."""
     if max_depth < 1 or max_visited < 1:
         raise ValueError("max_depth and max_visited must be >= 1")
-    context = _Context((objs, *ignore))
+    context = _Context((objs, *ignore), roots)
     try:
         index = {id(obj): i for i, obj in enumerate(objs)}
         return [
@@ -138,11 +142,15 @@ class _Context:
     the search ends, unless a Python tracer might write them back.
     """
 
-    def __init__(self, ignore: Iterable[object]) -> None:
+    def __init__(self, ignore: Iterable[object], roots: Iterable[tuple[object, str]]) -> None:
         self.ignored = tuple(ignore)
         # Counted as holders (they hold references), never followed.
         self.ignore_ids = {id(obj) for obj in self.ignored}
         self.ignore_ids.update((id(self.ignored), id(gc.garbage)))
+        # Held here so their ids stay theirs while the search runs.
+        self.named = tuple(roots)
+        self.named_ids = {id(holder): text for holder, text in self.named}
+        self.ignore_ids.add(id(self.named))
         self.module_dicts: dict[int, str] = {}
         for name, module in list(sys.modules.items()):
             namespace = getattr(module, "__dict__", None)
@@ -215,6 +223,7 @@ class _Context:
                     snapshot.clear()
         self._snapshots.clear()
         self.frame_locals.clear()
+        self.named_ids.clear()
 
 
 # Tracers written in C call no trampoline, so they never write snapshots back.
@@ -311,6 +320,10 @@ def _bfs(obj: object, context: _Context, max_depth: int, max_visited: int) -> _S
                 search.leaf_held = search.leaf_held or (
                     key not in context.ignore_ids and key not in context.snapshot_ids
                 )
+            named = context.named_ids.get(key)
+            if named is not None:
+                candidates.append(_Root(_RANK_NAMED, hits[0], referrer, named))
+                continue
             if key in context.ignore_ids or key in context.snapshot_ids:
                 continue
             rank = _root_rank(referrer, context)
@@ -473,6 +486,8 @@ def _root_text(
 ) -> tuple[list[object], list[object], str]:
     holder = root.holder
     last = path[-1]
+    if root.rank == _RANK_NAMED:
+        return path, holders, root.name
     if root.rank == _RANK_FRAME:
         assert isinstance(holder, types.FrameType)
         return path, holders, f"local {root.name} in frame {_frame_text(holder)}"

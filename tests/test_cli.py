@@ -215,15 +215,19 @@ def test_unexpected_outcomes_are_named():
     }
 
 
-def test_interrupt_releases_the_sdk_objects_and_exits_130():
-    # Interrupted in the naive phase, leaked transcribers are alive; left to
-    # interpreter exit, SDK callbacks make the native core abort (SIGABRT).
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nativeguard", "demo", "--requests", "40"],
+def start_demo(requests: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nativeguard", "demo", "--requests", str(requests)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_interrupt_releases_the_sdk_objects_and_exits_130():
+    # Interrupted in the naive phase, leaked transcribers are alive; left to
+    # interpreter exit, SDK callbacks make the native core abort (SIGABRT).
+    process = start_demo(40)
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("SpeechService"):
@@ -250,12 +254,7 @@ def pool_workers(demo: psutil.Process) -> list[psutil.Process]:
 
 
 def test_interrupt_in_the_isolated_phase_leaves_no_process_behind():
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nativeguard", "demo", "--requests", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_demo(60)
     demo = psutil.Process(process.pid)
     deadline = time.monotonic() + 90
     while not pool_workers(demo) and time.monotonic() < deadline:

@@ -154,14 +154,23 @@ def test_strict_reports_a_recognizer_in_the_returned_list(
     with pytest.raises(LeakError) as caught:
         make()
     message = str(caught.value)
-    assert "SpeechRecognizer (held by list)" in message
+    assert "release: SpeechRecognizer <- list <- return value;" in message
     assert "make" in message
     report = caught.value.report
     assert isinstance(report, SurvivorReport)
-    assert report.survivors[0] == Survivor("SpeechRecognizer", ("list",), held_by_survivor=False)
+    assert report.survivors[0] == Survivor(
+        "SpeechRecognizer", ("SpeechRecognizer", "list", "return value"), held_by_survivor=False
+    )
     # Its PropertyCollection lives only through the recognizer.
     assert report.survivors[1] == Survivor(
-        "PropertyCollection", ("dict of SpeechRecognizer",), held_by_survivor=True
+        "PropertyCollection",
+        (
+            "PropertyCollection SpeechRecognizer.__properties",
+            "SpeechRecognizer",
+            "list",
+            "return value",
+        ),
+        held_by_survivor=True,
     )
     assert report.omitted == 0
     assert report.statistics.scope.survivors == 2
@@ -175,7 +184,7 @@ def test_strict_names_a_returned_sdk_object_as_the_return_value(no_automatic_gc)
     def make() -> speechsdk.SpeechConfig:
         return config()
 
-    with pytest.raises(LeakError, match=r"SpeechConfig \(held by return value\)"):
+    with pytest.raises(LeakError, match=r"release: SpeechConfig <- return value;"):
         make()
 
 
@@ -213,14 +222,23 @@ def test_strict_names_closure_cells_instance_dicts_and_globals(no_automatic_gc):
 
     with pytest.raises(LeakError) as caught:
         scatter()
-    holders = {s.holders for s in caught.value.report.survivors if not s.held_by_survivor}
-    assert holders == {
+    chains = {s.chain for s in caught.value.report.survivors if not s.held_by_survivor}
+    keep = f"{scatter.__wrapped__.__qualname__}.<locals>.keep"
+    assert chains == {
         (
-            f"cell of {test_strict_names_closure_cells_instance_dicts_and_globals.__qualname__}"
-            ".<locals>.scatter.<locals>.keep",
+            "SpeechConfig",
+            f"cell of {keep} (variable in_closure)",
+            f"function {keep}",
+            "tuple",
+            "return value",
         ),
-        (f"dict of {Holder.__qualname__}",),
-        (f"globals of module {__name__}",),
+        (
+            f"SpeechConfig {Holder.__qualname__}.config",
+            Holder.__qualname__,
+            "tuple",
+            "return value",
+        ),
+        ("SpeechConfig", f"global _GLOBAL_CONFIG in module {__name__}"),
     }
     del caught
     global _GLOBAL_CONFIG  # noqa: PLW0603

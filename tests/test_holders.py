@@ -372,6 +372,19 @@ def test_a_plain_cycle_is_unreachable_and_ignored_containers_are_not_holders():
     assert ref() is None
 
 
+def test_a_root_named_by_the_caller_ends_the_chain():
+    # A checker's box holding a call's return value, also a local here.
+    leaf = Leaf()
+    box = [(leaf, 1)]
+    del leaf
+    line = sys._getframe().f_lineno + 1
+    unnamed = holder_chain(box[0][0])
+    named = holder_chain(box[0][0], roots=[(box, "return value")])
+    frame = f"{test_a_root_named_by_the_caller_ends_the_chain.__name__} (test_holders.py:{line})"
+    assert unnamed == ("Leaf", "tuple", "list", f"local box in frame {frame}")
+    assert named == ("Leaf", "tuple", "return value")
+
+
 def test_the_search_is_bounded():
     nested: list[object] = [Leaf()]
     for _ in range(30):
