@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast, overload
@@ -34,6 +35,23 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item) for item in value)
     return value
+
+
+def _forget_inherited_pools() -> None:
+    # In a child forked from a process with shared pools: their threads did
+    # not survive fork() (a WorkerPool refuses use from another process), so
+    # the child's first isolated call starts pools of its own.
+    _default_pools.clear()
+    _default_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    # Held across fork() so the child never inherits it locked by a thread it lost.
+    os.register_at_fork(
+        before=_default_lock.acquire,
+        after_in_parent=_default_lock.release,
+        after_in_child=_forget_inherited_pools,
+    )
 
 
 def _take_shared_pools() -> list[WorkerPool]:

@@ -148,6 +148,20 @@ def check_plain(value: object, path: str, extra_types: tuple[type, ...] = ()) ->
     while stack:
         where, item, depth = stack.pop()
         if isinstance(item, leaves):
+            # A subclass of a scalar (class Label(str)) may carry attributes, and
+            # pickle carries them along: walk them (enum members pickle by name).
+            state = getattr(item, "__dict__", None)
+            if (
+                not state
+                or not isinstance(state, dict)
+                or isinstance(item, enum.Enum)
+                or (extra_types and isinstance(item, extra_types))
+                or depth > _MAX_DEPTH
+            ):
+                continue
+            stack.extend(
+                (f"{where}.{name}", child, depth + 1) for name, child in reversed(state.items())
+            )
             continue
         if depth > _MAX_DEPTH:
             raise NotPlainDataError(

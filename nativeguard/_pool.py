@@ -14,7 +14,10 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import functools
+import importlib.util
 import itertools
+import math
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.util  # its exit hook must be registered before ours (see below)
@@ -42,7 +45,7 @@ from ._errors import (
 )
 from ._plain import check_picklable, check_plain
 from ._recycle import MB, RecyclePolicy
-from ._worker import TaskReport, WorkerSettings, run_worker
+from ._worker import TaskReport, WorkerSettings, forget_fork_server, run_worker
 
 __all__ = [
     "DEFAULT_PRELOAD",
@@ -66,6 +69,7 @@ and warns if a preloaded module ever breaks that.
 """
 
 _STOP_GRACE_S = 5.0  # a retiring or stopped worker gets this long to exit before SIGKILL
+_MAX_WAIT_S = 3600.0  # the manager re-plans at least this often (poll() takes at most ~24 days)
 _MAX_START_FAILURES = 3  # consecutive workers dying before "ready" mark the pool broken
 _RETIREMENTS_KEPT = 64
 _RETIREMENTS_SHOWN = 8  # in str(statistics)
@@ -237,6 +241,20 @@ class _Worker:
     stopping: bool = False
     retire_reason: str | None = None
     retire_detail: str = ""
+    pidfd: int | None = None  # fork/spawn: readable when the process ends (see _launch)
+    violation: str | None = None
+    """Why the manager killed it: it broke the protocol (see ``_receive``)."""
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel if self.pidfd is None else self.pidfd
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
 
     @property
     def pid(self) -> int | None:
@@ -277,12 +295,24 @@ class _Counters:
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
+if hasattr(os, "register_at_fork"):
+    # A child of os.fork() in this process (a pre-forking server) can neither
+    # use this process's pools (they refuse) nor its fork server: let a pool it
+    # starts get a fork server of its own.
+    os.register_at_fork(after_in_child=forget_fork_server)
+
+
 @atexit.register
 def _shutdown_live_pools() -> None:
     # Registered after multiprocessing's own exit hook, so it runs before it:
     # that hook joins non-daemon children and would wait on our idle workers.
     for pool in list(_live_pools):
-        pool.shutdown(wait=True, cancel_futures=True, terminate=True)
+        if pool._pid != os.getpid():
+            continue  # inherited through fork(): not this process's to end
+        if pool._closing:  # shut down without waiting: finish as it was asked to
+            pool.shutdown(wait=True)
+        else:
+            pool.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def _check_limit(name: str, value: float | None, *, integer: bool = False) -> None:
@@ -292,8 +322,8 @@ def _check_limit(name: str, value: float | None, *, integer: bool = False) -> No
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an int" if integer else "a number"
         raise TypeError(f"{name} must be {kind} or None, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _function_name(fn: Callable[..., Any]) -> str:
@@ -352,7 +382,11 @@ class WorkerPool:
         _check_limit("max_growth_mb", max_growth_mb)
         _check_limit("growth_slope_mb_per_task", growth_slope_mb_per_task)
         _check_limit("task_timeout_s", task_timeout_s)
+        if kill_grace_s is None:
+            raise TypeError("kill_grace_s must be a number > 0, got None")
         _check_limit("kill_grace_s", kill_grace_s)
+        if not isinstance(warm_spare, bool):
+            raise TypeError(f"warm_spare must be True or False, got {warm_spare!r}")
         if isinstance(slope_window, bool) or not isinstance(slope_window, int) or slope_window < 3:
             raise ValueError(f"slope_window must be an int >= 3, got {slope_window!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -368,6 +402,17 @@ class WorkerPool:
         preload = tuple(preload)
         if not all(isinstance(name, str) and name for name in preload):
             raise TypeError(f"preload must hold module names, got {preload!r}")
+        for name in preload:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ValueError(f"preload module {name!r} cannot be found (misspelt?)")
+        if isinstance(plain_types, type):
+            raise TypeError(
+                f"plain_types must be an iterable of types: plain_types=[{plain_types.__name__}]"
+            )
         plain = tuple(plain_types)
         if not all(isinstance(kind, type) for kind in plain):
             raise TypeError(f"plain_types must hold types, got {plain!r}")
@@ -426,6 +471,7 @@ class WorkerPool:
         self._thread = threading.Thread(
             target=self._manage, name=f"nativeguard-pool-{id(self):x}", daemon=True
         )
+        self._pid = os.getpid()
         _live_pools.add(self)
         self._launcher.start()
         self._thread.start()
@@ -443,8 +489,17 @@ class WorkerPool:
         arguments must be plain data. An ``async def`` function is run with
         ``asyncio.run`` in the worker.
         """
+        if os.getpid() != self._pid:
+            # Its threads did not survive fork(); its lock may be held forever.
+            raise ClosedResourceError(
+                f"{self!r} belongs to process {self._pid}, not to this forked child "
+                f"{os.getpid()}: create a WorkerPool in the process that uses it"
+            )
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
+        if isinstance(fn, functools.partial):  # its bound arguments cross like any others
+            check_plain(fn.args, "fn.args", self._plain_types)
+            check_plain(fn.keywords, "fn.keywords", self._plain_types)
         check_plain(args, "args", self._plain_types)
         check_plain(kwargs, "kwargs", self._plain_types)
         try:
@@ -511,7 +566,6 @@ class WorkerPool:
             self._cancel_on_close |= cancel_futures or terminate
             self._terminate_on_close |= terminate
             self._wake_locked()
-        _live_pools.discard(self)
         if wait and threading.current_thread() is not self._thread:
             try:
                 self._thread.join()
@@ -598,6 +652,7 @@ class WorkerPool:
                 self._launch_wanted.notify()
             self._launcher.join()
             self._reap_all()
+            _live_pools.discard(self)
             with self._lock:
                 self._wake_open = False
                 os.close(self._wake_r)
@@ -612,8 +667,11 @@ class WorkerPool:
         if self._closing and self._cancel_on_close:
             while self._queue:
                 task = self._queue.popleft()
-                if not task.started and task.future.cancel():
+                if not task.started:
+                    # Off the queue, nothing else can start or settle it; cancel it
+                    # outside the lock: Future.cancel() runs the done-callbacks.
                     self._counters.cancelled += 1
+                    settle.append((task.future, _canceller(task.future)))
                 else:
                     self._counters.failed += 1
                     settle.append((task.future, _failer(task.future, _closed_error(task))))
@@ -625,6 +683,9 @@ class WorkerPool:
         if self._broken is not None:
             while self._queue:
                 task = self._queue.popleft()
+                if not task.started and task.future.cancelled():
+                    self._counters.cancelled += 1
+                    continue
                 self._counters.failed += 1
                 settle.append((task.future, _failer(task.future, self._broken)))
         if self._broken is None and (not self._closing or self._queue):
@@ -706,20 +767,38 @@ class WorkerPool:
                 if self._launcher_done:
                     return
                 policy = self._worker_policy()
-            worker, error = self._launch(policy)
+            try:
+                worker, error = self._launch(policy)
+            except Exception as unexpected:  # the launcher must never die of one start
+                worker, error = None, WorkerStartError(f"starting a worker failed: {unexpected!r}")
+                error.__cause__ = unexpected
+            if error is not None:
+                with self._lock:
+                    self._start_failures += 1
+                    failures = self._start_failures
+                    if failures >= _MAX_START_FAILURES and self._broken is None:
+                        self._broken = WorkerStartError(
+                            f"{failures} worker starts in a row failed; the last: {error}"
+                        )
+                        self._broken.__cause__ = error
+                if failures < _MAX_START_FAILURES:
+                    time.sleep(0.1 * 2 ** (failures - 1))  # a transient cause may pass
             with self._lock:
                 self._launching -= 1
                 if worker is not None:
                     self._counters.started += 1
                     self._workers.append(worker)
-                elif self._broken is None:
-                    self._broken = error
                 self._wake_locked()
             if worker is not None and self._start_method == "forkserver":
                 _check_forkserver_threads()
 
     def _launch(self, policy: RecyclePolicy) -> tuple[_Worker | None, WorkerStartError | None]:
-        parent_end, child_end = self._context.Pipe(duplex=True)
+        try:
+            parent_end, child_end = self._context.Pipe(duplex=True)
+        except OSError as error:  # EMFILE, ENFILE: no fds for the worker's pipe
+            failure = WorkerStartError(f"creating a worker's pipe failed: {error!r}")
+            failure.__cause__ = error
+            return None, failure
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_worker,
             args=(child_end, WorkerSettings(policy, self._plain_types)),
@@ -734,7 +813,17 @@ class WorkerPool:
             return None, failure
         finally:
             child_end.close()  # the child has its own copy (or there is no child)
-        return _Worker(process, parent_end, "spare", policy), None
+        # Only the manager may poll a worker: multiprocessing's active_children() (run by
+        # every Process.start(), from any thread) would race it for the exit status
+        # (forkserver: one read of a pipe; the loser gets "255").
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        worker = _Worker(process, parent_end, "spare", policy)
+        if self._start_method != "forkserver" and hasattr(os, "pidfd_open"):
+            # Under fork/spawn the sentinel is a pipe the worker's own children
+            # inherit: a task's long-lived child would hide the worker's exit.
+            with contextlib.suppress(OSError):
+                worker.pidfd = os.pidfd_open(process.pid)
+        return worker, None
 
     def _dispatch_locked(
         self, now: float, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
@@ -771,7 +860,7 @@ class WorkerPool:
     def _wait_and_handle(self) -> None:
         with self._lock:
             conns = {w.conn: w for w in self._workers if not w.conn.closed}
-            sentinels = {w.process.sentinel: w for w in self._workers}
+            sentinels = {w.sentinel: w for w in self._workers}
             deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
             deadlines += [
                 w.task.deadline
@@ -780,7 +869,7 @@ class WorkerPool:
             ]
         timeout = None
         if deadlines:
-            timeout = max(0.0, min(deadlines) - time.monotonic())
+            timeout = min(_MAX_WAIT_S, max(0.0, min(deadlines) - time.monotonic()))
         ready = wait([self._wake_r, *conns, *sentinels], timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
@@ -820,9 +909,19 @@ class WorkerPool:
                 self._start_failures = 0
                 return
             if isinstance(message, TaskReport):
-                self._report(worker, message, settle)
-                return
-        raise RuntimeError(f"unexpected message from worker {worker.pid}: {message!r}")
+                task = worker.task
+                if task is not None and task.info.id == message.task_id:
+                    self._report(worker, message, settle)
+                    return
+                violation = f"reported task {message.task_id} while running {task and task.info}"
+            else:
+                violation = f"sent an unexpected {type(message).__name__}"
+            # Only a process that is not the worker's own loop (a task's forked
+            # child, a task writing to the pipe) can do this: one worker broke,
+            # not the pool. Its task fails as a crash, naming why.
+            worker.violation = violation
+        with contextlib.suppress(OSError, ValueError):
+            worker.process.kill()
 
     def _report(
         self,
@@ -847,10 +946,7 @@ class WorkerPool:
             worker.role, worker.state = "retiring", "exiting"  # SIGKILL is on its way
         elif worker.state == "busy":
             worker.state = "idle"
-        if task is None or task.info.id != report.task_id:
-            raise RuntimeError(
-                f"worker {worker.pid} reported task {report.task_id}, but ran {task and task.info}"
-            )
+        assert task is not None  # _receive checked that it reports its own task
         # A report that beats the timeout's SIGKILL is a finished task: it counts.
         future = task.future
         future.pid = worker.pid
@@ -875,12 +971,14 @@ class WorkerPool:
             # before waitpid() can reap it; without this wait it stays a zombie.
             worker.process.join(_STOP_GRACE_S)
         exitcode = worker.process.exitcode
-        worker.conn.close()
+        worker.close()
         with self._lock:
             self._workers.remove(worker)
             stats = worker.statistics()
             task = worker.task
             how = _describe_exit(exitcode)
+            if worker.violation is not None:
+                how = f"{how}, killed by the pool because it {worker.violation}"
             if worker.retire_reason is not None:
                 reason, detail = worker.retire_reason, worker.retire_detail
                 self._counters.recycles[reason] += 1
@@ -960,7 +1058,7 @@ class WorkerPool:
             with contextlib.suppress(OSError, ValueError):
                 worker.process.kill()
             worker.process.join(_STOP_GRACE_S)
-            worker.conn.close()
+            worker.close()
             self._workers.remove(worker)
 
 
@@ -978,6 +1076,13 @@ def _describe_exit(exitcode: int | None) -> str:
 
 def _closed_error(task: _Task) -> ClosedResourceError:
     return ClosedResourceError(f"{task.info} did not finish: the pool was shut down")
+
+
+def _canceller(future: TaskFuture[Any]) -> Callable[[], None]:
+    def cancel() -> None:
+        future.cancel()
+
+    return cancel
 
 
 def _failer(future: TaskFuture[Any], error: BaseException) -> Callable[[], None]:

@@ -20,10 +20,12 @@ import ctypes
 import gc
 import inspect
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -114,34 +116,61 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _release_fork_server_pipe() -> None:
-    """Drop this worker's copy of the fork server's "alive" pipe.
+def forget_fork_server() -> None:
+    """Drop this process's inherited view of a fork server it did not start.
 
-    The fork server exits when every holder of that pipe's write end is gone,
-    and it hands a copy to every process it forks. Kept here, it would keep
-    the fork server alive after the pool's process died, and PR_SET_PDEATHSIG
-    (which waits for the fork server) would never fire: a busy worker would be
-    orphaned. A pool started inside a worker gets a fork server of its own.
+    A process forked from a fork server's client (a worker, forked by the
+    server itself; a child of ``os.fork()`` in the pool's process) inherits
+    the server's address, pid and its copy of the "alive" pipe's write end.
+    It cannot use that server (``ensure_running`` waits on a pid that is not
+    its child), and the copy keeps the server alive after its real client
+    died: PR_SET_PDEATHSIG (which waits for the fork server) would then never
+    fire for busy workers. Forgotten, a pool started here gets a fork server
+    of its own. Its lock, and the resource tracker's (which starting one
+    takes), are new too: fork() copies a lock held by another thread (a
+    pool's launcher, starting a worker) as held for good.
     """
+    tracker = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
+    if tracker is not None and hasattr(tracker, "_lock"):
+        tracker._lock = _new_lock_like(tracker._lock)
     server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    fd = getattr(server, "_forkserver_alive_fd", None)
-    if server is None or fd is None:
+    if server is None:
         return
-    with contextlib.suppress(OSError):
-        os.close(fd)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     server._forkserver_alive_fd = None
     server._forkserver_address = None
+    server._forkserver_pid = None
+    server._lock = _new_lock_like(getattr(server, "_lock", None))
+
+
+def _new_lock_like(lock: object) -> object:
+    reentrant = type(lock) is type(threading.RLock())
+    return threading.RLock() if reentrant else threading.Lock()
+
+
+def _describe_error(error: BaseException) -> str:
+    try:
+        message = str(error)
+    except Exception:
+        message = "<str() of the exception failed>"
+    return f"{describe_type(error)}: {message}"
 
 
 def _pack_error(error: BaseException) -> tuple[bytes, str]:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if not isinstance(error, Exception):
+        # SystemExit, KeyboardInterrupt & co. re-raised as themselves would end the
+        # caller (or its event loop): the worker's exit request stays in the worker.
+        substitute = RemoteTaskError(_describe_error(error), type_name=describe_type(error))
+        return pickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL), text
     try:
         blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
     except Exception:
-        substitute = RemoteTaskError(
-            f"{describe_type(error)}: {error}", type_name=describe_type(error)
-        )
+        substitute = RemoteTaskError(_describe_error(error), type_name=describe_type(error))
         blob = pickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL)
     return blob, text
 
@@ -177,11 +206,12 @@ def _run_task(payload: bytes, settings: WorkerSettings) -> tuple[bool, bytes, st
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
     policy = RetirementPolicy(settings.policy, measure=rss_bytes, remedy=_remedy)
-    conn.send(("ready", os.getpid(), rss_bytes(), peak_rss_bytes()))
+    pid = os.getpid()
+    conn.send(("ready", pid, rss_bytes(), peak_rss_bytes()))
     while True:
         try:
             message = conn.recv()
-        except EOFError:  # the pool is gone
+        except (EOFError, ConnectionResetError):  # the pool is gone
             return
         if message[0] == "stop":
             return
@@ -189,6 +219,9 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
         before = rss_bytes()
         start = time.perf_counter()
         ok, blob, text = _run_task(payload, settings)
+        if os.getpid() != pid:
+            # A child the task forked, returning from it: only the worker may report.
+            os._exit(0)
         duration = time.perf_counter() - start
         decision = policy.after_task()
         conn.send(
@@ -219,7 +252,7 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
     # its workers, so they must not die of it halfway through a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    _release_fork_server_pipe()
+    forget_fork_server()
     code = 0
     try:
         _serve(conn, settings)
