@@ -17,6 +17,9 @@ Measured side by side in one run (no pass/fail):
    interpreter (the fork server, and so its preload, is per process): the
    latency of a task that imports ``azure.cognitiveservices.speech`` and has to
    wait for a fresh worker (``max_tasks=1``, no warm spare).
+4. The plain-data check every argument and result goes through, vs pickling
+   the same value (which crossing costs anyway): a flat list of 1M floats, a
+   dict of 100k str -> int, and 10k small dataclass records.
 
 Workers import this script to find the task functions; that import, like
 the worker's own ``nativeguard._worker``, brings in nativeguard and so the SDK
@@ -28,14 +31,17 @@ Run: python benchmarks/isolation.py [--quick]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import pickle
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from nativeguard.isolate import DEFAULT_PRELOAD, WorkerPool
+from nativeguard.isolate import DEFAULT_PRELOAD, WorkerPool, check_plain
 
 THROUGHPUT_TASK_MS = 20.0
 MAX_TASKS = 10
@@ -229,6 +235,41 @@ def main() -> None:
             "    import of the SDK inside the task        median "
             f"{ms(statistics.median(probe['in_task']))}"
         )
+    print()
+
+    print("4. plain-data check vs pickle of the same value (median of 5)")
+    for label, value in plain_values():
+        check = best_of(lambda v=value: check_plain(v, "result"))
+        dump = best_of(lambda v=value: pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL))
+        print(f"  {label:28} check {ms(check)}  pickle {ms(dump)}  ratio {check / dump:5.1f}x")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    text: str
+    speaker: str
+    offset_s: float
+    words: tuple[str, ...]
+
+
+def plain_values() -> list[tuple[str, object]]:
+    return [
+        ("1M floats (list)", [float(i) for i in range(1_000_000)]),
+        ("100k str -> int (dict)", {f"key{i}": i for i in range(100_000)}),
+        (
+            "10k records (dataclasses)",
+            [Record(f"text {i}", "Guest-1", i * 0.5, ("a", "b")) for i in range(10_000)],
+        ),
+    ]
+
+
+def best_of(action: Callable[[], object], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import itertools
 import pathlib
 import pickle
 import uuid
+import weakref
 from collections.abc import Iterable
 
 from ._errors import NotPlainDataError
@@ -47,6 +48,10 @@ _SCALARS: tuple[type, ...] = (
     pathlib.PurePath,
     enum.Enum,
 )
+# Exactly these types (not subclasses, which may carry a __dict__) are plain
+# leaves; skipped before a path is built for them, a large flat list of numbers
+# costs a type lookup per item.
+_TRIVIAL: frozenset[type] = frozenset({type(None), bool, int, float, complex, str, bytes})
 _SEQUENCES: tuple[type, ...] = (list, tuple)
 _SETS: tuple[type, ...] = (set, frozenset)
 
@@ -96,10 +101,14 @@ def _children(value: object, path: str) -> Iterable[tuple[str, object]] | None:
     state = getattr(value, "__dict__", None)
     if parts is None or not isinstance(state, dict) or not state:
         return parts
-    fields: set[str] = set()
+    fields: frozenset[str] = frozenset()
     if dataclasses.is_dataclass(value):
-        fields = {field.name for field in dataclasses.fields(value)}
-    extra = ((f"{path}.{name}", item) for name, item in state.items() if name not in fields)
+        fields = frozenset(_field_names(type(value)))
+    extra = (
+        (f"{path}.{name}", item)
+        for name, item in state.items()
+        if name not in fields and type(item) not in _TRIVIAL
+    )
     return itertools.chain(parts, extra)
 
 
@@ -110,11 +119,16 @@ def _parts(value: object, path: str) -> Iterable[tuple[str, object]] | None:
         if isinstance(value, tuple) and isinstance(fields, tuple) and len(fields) == len(value):
             return ((f"{path}.{name}", item) for name, item in zip(fields, value, strict=True))
         items: list[object] | tuple[object, ...] = value  # type: ignore[assignment]
-        return ((f"{path}[{index}]", item) for index, item in enumerate(items))
+        return (
+            (f"{path}[{index}]", item)
+            for index, item in enumerate(items)
+            if type(item) not in _TRIVIAL
+        )
     if isinstance(value, dict):
         return (
             part
             for key, item in value.items()
+            if type(key) not in _TRIVIAL or type(item) not in _TRIVIAL
             for part in ((f"{path}<key {key!r}>", key), (f"{path}[{key!r}]", item))
         )
     if isinstance(value, FrozenMap):
@@ -122,12 +136,26 @@ def _parts(value: object, path: str) -> Iterable[tuple[str, object]] | None:
     if isinstance(value, _SETS):
         return ((f"{path}{{{item!r}}}", item) for item in value)  # type: ignore[attr-defined]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        values = ((name, getattr(value, name, _UNSET)) for name in _field_names(type(value)))
         return (
-            (f"{path}.{field.name}", getattr(value, field.name))
-            for field in dataclasses.fields(value)
-            if hasattr(value, field.name)
+            (f"{path}.{name}", item)
+            for name, item in values
+            if item is not _UNSET and type(item) not in _TRIVIAL
         )
     return None
+
+
+_UNSET = object()
+# Weak keys: a checker must not keep the classes it saw alive.
+_FIELD_NAMES: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    """A dataclass's field names, looked up once per class (records come by the thousand)."""
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(field.name for field in dataclasses.fields(kind))
+    return names
 
 
 def check_plain(value: object, path: str, extra_types: tuple[type, ...] = ()) -> None:
