@@ -178,6 +178,11 @@ class _Context:
                 while other is not None:
                     frames.append(other)
                     other = other.f_back
+            # `top` may be this very frame (the current thread's entry): left in a
+            # local, it is a cycle (frame -> its locals -> frame) that keeps this
+            # frame, every caller's frame and so the searched objects alive until
+            # the collector runs.
+            del top
         for frame in frames:
             self._scan(frame)
         del frames
@@ -303,10 +308,20 @@ def _bfs(obj: object, context: _Context, max_depth: int, max_visited: int) -> _S
             search.truncated = True
             break
         frontier_ids = {id(node) for node in frontier}
-        referrers = gc.get_referrers(*frontier)
+        # Passed as a tuple of our own: Python 3.13's get_referrers (Argument
+        # Clinic) no longer skips the caller's argument tuple, so it is a referrer.
+        arguments = tuple(frontier)
+        referrers = gc.get_referrers(*arguments)
         fresh: list[object] = []
         # The search's own containers of this level (ids of earlier ones may be reused).
-        own = {id(search.nodes), id(frontier), id(referrers), id(fresh), id(candidates)}
+        own = {
+            id(search.nodes),
+            id(frontier),
+            id(arguments),
+            id(referrers),
+            id(fresh),
+            id(candidates),
+        }
         for referrer in referrers:
             key = id(referrer)
             if key in own:
@@ -343,7 +358,7 @@ def _bfs(obj: object, context: _Context, max_depth: int, max_visited: int) -> _S
             search.nodes[key] = referrer
             search.parent[key] = hits[0]
             fresh.append(referrer)
-        del referrers
+        del referrers, arguments
         if candidates:
             search.root = min(candidates, key=lambda root: root.rank)  # stable: first found
             break
@@ -536,7 +551,11 @@ def _link(
     if isinstance(obj, types.FrameType) and not leaf:
         # Only finished frames show up as referrers (CPython traverses a running
         # frame's locals from the thread, not the frame), so f_locals is safe here.
-        name = _key_of(obj.f_locals, child)
+        namespace = obj.f_locals
+        if not _LOCALS_ARE_SNAPSHOTS:  # pragma: no cover - 3.13: a FrameLocalsProxy
+            namespace = dict(namespace)
+        name = _key_of(namespace, child)
+        del namespace
         where = f"local {name} in " if name else ""
         return f"{where}finished frame {_frame_text(obj)}", 0
     if type(obj) is tuple and isinstance(holder, types.FunctionType) and holder.__defaults__ is obj:

@@ -216,8 +216,15 @@ def test_unexpected_outcomes_are_named():
 
 
 def start_demo(requests: int) -> subprocess.Popen[str]:
+    # A shell starts background jobs (a CI runner's, too) with SIGINT ignored,
+    # and Python keeps an ignored SIGINT: the demo restores Ctrl-C first.
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from nativeguard.__main__ import main; "
+        f"sys.exit(main(['demo', '--requests', '{requests}']))"
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "nativeguard", "demo", "--requests", str(requests)],
+        [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -187,9 +187,11 @@ def test_an_sdk_object_reached_through_a_finished_frame(speech_service, wav_path
     ref = weakref.ref(frame.f_locals["recognizer"])
     del frame
     chain, line = holder_chain(ref()), sys._getframe().f_lineno
+    # A frame is named by its code's co_qualname, which Python 3.10 does not have.
+    frame_name = getattr(fail.__code__, "co_qualname", fail.__name__)
     assert chain[:5] == (
         "SpeechRecognizer",
-        f"local recognizer in finished frame {fail.__qualname__} (test_holders.py:{fail_line()})",
+        f"local recognizer in finished frame {frame_name} (test_holders.py:{fail_line()})",
         "traceback",
         "traceback",
         "RuntimeError",
@@ -340,7 +342,15 @@ def test_another_threads_running_frame_is_invisible_not_unreachable():
     try:
         assert ready.wait(10)
         chain = holder_chain(box[0]())
-        assert chain == ("Leaf", "list", INVISIBLE)
+        if sys.version_info >= (3, 13):
+            # PEP 667: another thread's locals are read without a snapshot, so
+            # its frame is named (docs/leak-report.md, Limits).
+            root = f"local items in frame {work.__qualname__} (test_holders.py:"
+            assert chain[:2] == ("Leaf", "list")
+            assert len(chain) == 3
+            assert chain[2].startswith(root)
+        else:
+            assert chain == ("Leaf", "list", INVISIBLE)
     finally:
         release.set()
         worker.join()
