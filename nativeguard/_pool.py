@@ -70,7 +70,8 @@ and warns if a preloaded module ever breaks that.
 
 _STOP_GRACE_S = 5.0  # a retiring or stopped worker gets this long to exit before SIGKILL
 _MAX_WAIT_S = 3600.0  # the manager re-plans at least this often (poll() takes at most ~24 days)
-_MAX_START_FAILURES = 3  # consecutive workers dying before "ready" mark the pool broken
+_MAX_START_FAILURES = 3  # consecutive failed starts (or deaths before "ready") break the pool
+_START_RETRY_DELAYS_S = (0.2, 1.0)  # after the 1st and 2nd failed start in a row
 _RETIREMENTS_KEPT = 64
 _RETIREMENTS_SHOWN = 8  # in str(statistics)
 _StartMethod = Literal["forkserver", "spawn", "fork"]
@@ -782,7 +783,12 @@ class WorkerPool:
                         )
                         self._broken.__cause__ = error
                 if failures < _MAX_START_FAILURES:
-                    time.sleep(0.1 * 2 ** (failures - 1))  # a transient cause may pass
+                    # A transient cause (EMFILE, a fork server restarting) may pass;
+                    # a shutdown ends the wait.
+                    with self._lock:
+                        self._launch_wanted.wait_for(
+                            lambda: self._launcher_done, _START_RETRY_DELAYS_S[failures - 1]
+                        )
             with self._lock:
                 self._launching -= 1
                 if worker is not None:

@@ -658,6 +658,8 @@ def test_without_warm_spare_only_active_workers_run() -> None:
     with WorkerPool(2, warm_spare=False) as pool:
         results = [pool.submit(isolate_tasks.add, n, 1) for n in range(6)]
         assert [future.result(HANG_S) for future in results] == [1, 2, 3, 4, 5, 6]
+        # The first worker may have run all six before the second was started.
+        wait_for(lambda: len(pool.statistics().workers) == 2, "the second worker")
         workers = pool.statistics().workers
     assert [w.role for w in workers] == ["active", "active"]
     assert pool.statistics().workers_started == 2
