@@ -626,7 +626,13 @@ def test_task_whose_forked_child_returns_does_not_take_the_pool_down(tmp_path: P
     "method",
     [
         "forkserver",
-        "fork",
+        pytest.param(
+            "fork",
+            # 3.12+ warns on every fork() of a process with threads (the pool's own).
+            marks=pytest.mark.filterwarnings(
+                "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+            ),
+        ),
     ],
 )
 def test_grandchild_left_by_a_task_does_not_stall_the_pool(method: str, tmp_path: Path) -> None:
