@@ -8,6 +8,7 @@ child interpreter, in its own session, which is killed as a whole afterwards.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -314,7 +315,8 @@ def test_future_timeout_and_cancel_semantics(tmp_path: Path) -> None:
         queued = pool.submit(tasks.add, 1, 2)
         later = pool.submit(tasks.add, 3, 4)
         wait_for(running.running, "the first task to start")
-        with pytest.raises(TimeoutError):
+        # concurrent.futures.TimeoutError: the builtin TimeoutError only from 3.11 on.
+        with pytest.raises(concurrent.futures.TimeoutError):
             running.result(timeout=0.05)
         assert running.cancel() is False
         assert queued.cancel() is True
