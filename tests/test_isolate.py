@@ -25,6 +25,7 @@ from pathlib import Path
 import isolate_tasks
 import psutil
 import pytest
+from isolate_support import HANG_S, assert_all_gone, pids_of, read_pid, wait_for
 
 import nativeguard._isolated
 from nativeguard import ClosedResourceError
@@ -47,61 +48,11 @@ pytestmark = pytest.mark.usefixtures("fork_server")
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-# Upper bounds that only prove "did not hang"; never a performance claim.
-HANG_S = 20.0
-
-
 # ------------------------------------------------------------------- helpers
-
-
-def _gone(pid: int) -> bool:
-    """True if ``pid`` no longer runs: absent, or a zombie someone else has to reap."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() != psutil.STATUS_ZOMBIE:
-            return False
-        return process.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
-
-
-def assert_all_gone(pids: Iterable[int | None], within_s: float = 5.0) -> None:
-    """Poll until every pid is gone; fail naming the survivors."""
-    wanted = {pid for pid in pids if pid is not None}
-    assert wanted, "no pids collected: the test would prove nothing"
-    deadline = time.monotonic() + within_s
-    alive = wanted
-    while True:
-        alive = {pid for pid in alive if not _gone(pid)}
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert alive == set(), f"worker processes still alive: {sorted(alive)}"
-
-
-def pids_of(pool: WorkerPool, futures: Iterable[TaskFuture[object]] = ()) -> set[int]:
-    """Every worker pid known now: the pool's current workers, its retired ones, the futures'."""
-    stats = pool.statistics()
-    pids = {w.pid for w in stats.workers} | {r.pid for r in stats.retirements}
-    pids |= {f.pid for f in futures}
-    return {pid for pid in pids if pid is not None}
-
-
-def wait_for(condition, what: str, within_s: float = HANG_S) -> None:
-    """Poll ``condition()`` until true; fail with ``what`` after ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def active_idle(stats: PoolStatistics) -> int:
     return sum(1 for w in stats.workers if w.role == "active" and w.state == "idle")
-
-
-def read_pid(path: Path) -> int:
-    wait_for(path.exists, f"the task to write {path.name}")
-    return int(path.read_text())
 
 
 def shutdown_hangs(pool: WorkerPool, within_s: float = 5.0) -> bool:

@@ -20,12 +20,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import isolate_adversarial_tasks as tasks
 import psutil
 import pytest
+from isolate_support import HANG_S, assert_all_gone, pids_of, read_pid, wait_for
 
 from nativeguard import ClosedResourceError
 from nativeguard.isolate import (
@@ -42,54 +43,7 @@ pytestmark = [pytest.mark.usefixtures("fork_server"), pytest.mark.timeout(60)]
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-# Upper bounds that only prove "did not hang"; never a performance claim.
-HANG_S = 20.0
-
-
 # ------------------------------------------------------------------- helpers
-
-
-def _gone(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        if process.status() != psutil.STATUS_ZOMBIE:
-            return False
-        return process.ppid() != os.getpid()
-    except psutil.NoSuchProcess:
-        return True
-
-
-def assert_all_gone(pids: Iterable[int | None], within_s: float = 10.0) -> None:
-    """Poll until every pid is gone; fail naming the survivors."""
-    wanted = {pid for pid in pids if pid is not None}
-    assert wanted, "no pids collected: the test would prove nothing"
-    deadline = time.monotonic() + within_s
-    alive = wanted
-    while True:
-        alive = {pid for pid in alive if not _gone(pid)}
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert alive == set(), f"processes still alive: {sorted(alive)}"
-
-
-def pids_of(pool: WorkerPool, futures: Iterable[TaskFuture[object]] = ()) -> set[int]:
-    stats = pool.statistics()
-    pids = {w.pid for w in stats.workers} | {r.pid for r in stats.retirements}
-    pids |= {f.pid for f in futures}
-    return {pid for pid in pids if pid is not None}
-
-
-def wait_for(condition: Callable[[], object], what: str, within_s: float = HANG_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def read_pid(path: Path) -> int:
-    wait_for(path.exists, f"the task to write {path.name}")
-    return int(path.read_text())
 
 
 def kill_quietly(pid: int) -> None:
