@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast, overload
 
-from ._pool import WorkerPool
+from ._pool import WorkerPool, check_pool_options
 from ._worker import in_worker
 
 __all__ = ["isolated", "shutdown_isolated_pools"]
@@ -143,7 +143,15 @@ def isolated(
 
 
 def _validate(options: dict[str, Any]) -> None:
-    known = set(inspect.signature(WorkerPool).parameters)
-    unknown = sorted(set(options) - known)
+    """Refuse unknown or bad options now; turn one-shot iterables into tuples in place."""
+    signature = inspect.signature(WorkerPool)
+    unknown = sorted(set(options) - set(signature.parameters))
     if unknown:
         raise TypeError(f"unknown WorkerPool options for @isolated: {', '.join(unknown)}")
+    bound = signature.bind(**options)
+    bound.apply_defaults()
+    preload, plain = check_pool_options(bound.arguments)
+    if "preload" in options:
+        options["preload"] = preload
+    if "plain_types" in options:
+        options["plain_types"] = plain

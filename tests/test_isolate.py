@@ -252,9 +252,16 @@ def test_isolated_with_explicit_pool(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_isolated_refuses_bad_use() -> None:
-    """Unknown options, pool plus options, and lambdas are refused at decoration."""
+    """Unknown or bad options, pool plus options, and lambdas are refused at decoration."""
+    shared_before = dict(nativeguard._isolated._default_pools)
     with pytest.raises(TypeError, match="unknown WorkerPool options for @isolated: bogus"):
         isolated(bogus=1)
+    # Values too, by the pool's own checks, before any pool exists.
+    with pytest.raises(ValueError, match="max_tasks must be a finite number > 0, got 0"):
+        isolated(max_tasks=0)
+    with pytest.raises(ValueError, match=r"preload module 'azure\.nope' cannot be found"):
+        isolated(preload=["azure.nope"])
+    assert nativeguard._isolated._default_pools == shared_before
     with pytest.raises(TypeError, match="nested or a lambda"):
         isolated(lambda: None)
     with pytest.raises(TypeError, match="pool must be a WorkerPool"):
