@@ -556,9 +556,19 @@ class WorkerPool:
     ) -> Iterator[T]:
         """Like ``Executor.map``: all submitted at once, results in order.
 
-        Closing the iterator early (or a task's error) cancels what has not started.
+        Closing the iterator early (or a task's error) cancels what has not
+        started. An item that cannot be submitted (not plain data) raises at
+        once and cancels the items before it that have not started: the caller
+        gets no handle on them.
         """
-        futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        futures: list[TaskFuture[T]] = []
+        try:
+            for args in zip(*iterables, strict=False):
+                futures.append(self.submit(fn, *args))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
         end = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[T]:

@@ -20,7 +20,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import isolate_adversarial_tasks as tasks
@@ -336,6 +336,27 @@ def test_map_edge_cases() -> None:
     assert stats.tasks_failed == 1
     assert stats.tasks_completed + stats.tasks_cancelled == 3 + 5
     assert stats.tasks_cancelled in (2, 3)
+    assert_all_gone(pids_of(pool))
+
+
+def test_map_refusing_an_item_cancels_the_items_before_it(tmp_path: Path) -> None:
+    """The caller of a map() that raised holds no future: what has not started must not run."""
+    go = tmp_path / "go"
+    with WorkerPool(1, warm_spare=False) as pool:
+
+        def values() -> Iterator[object]:  # map() takes them one by one
+            yield "running"
+            wait_for(lambda: any(w.state == "busy" for w in pool.statistics().workers), "busy")
+            yield "queued"
+            yield tasks.Opaque("not plain")
+
+        with pytest.raises(NotPlainDataError) as refused:
+            pool.map(functools.partial(tasks.wait_for_file, str(go)), values())
+        go.touch()
+    assert refused.value.path == "args[0]"
+    stats = pool.statistics()
+    # The running one finishes (its result is dropped); the queued one never runs.
+    assert (stats.tasks_submitted, stats.tasks_completed, stats.tasks_cancelled) == (2, 1, 1)
     assert_all_gone(pids_of(pool))
 
 
