@@ -674,7 +674,7 @@ class WorkerPool:
     def _manage(self) -> None:
         try:
             while True:
-                settle: list[tuple[TaskFuture[Any], Callable[[], None]]] = []
+                settle: list[tuple[TaskFuture[Any], Callable[[], object]]] = []
                 with self._lock:
                     if self._finished_locked():
                         break
@@ -699,7 +699,7 @@ class WorkerPool:
     def _finished_locked(self) -> bool:
         return self._closing and not self._queue and not self._workers and not self._launching
 
-    def _plan_locked(self, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]) -> None:
+    def _plan_locked(self, settle: list[tuple[TaskFuture[Any], Callable[[], object]]]) -> None:
         """Start, promote, dispatch, stop and kill as the state asks."""
         now = time.monotonic()
         if self._closing and self._cancel_on_close:
@@ -709,7 +709,7 @@ class WorkerPool:
                     # Off the queue, nothing else can start or settle it; cancel it
                     # outside the lock: Future.cancel() runs the done-callbacks.
                     self._counters.cancelled += 1
-                    settle.append((task.future, _canceller(task.future)))
+                    settle.append((task.future, task.future.cancel))
                 else:
                     self._counters.failed += 1
                     settle.append((task.future, _failer(task.future, _closed_error(task))))
@@ -814,18 +814,17 @@ class WorkerPool:
                 with self._lock:
                     self._start_failures += 1
                     failures = self._start_failures
-                    if failures >= _MAX_START_FAILURES and self._broken is None:
+                    if failures < _MAX_START_FAILURES:
+                        # A transient cause (EMFILE, a fork server restarting) may
+                        # pass; a shutdown ends the wait (which releases the lock).
+                        self._launch_wanted.wait_for(
+                            lambda: self._launcher_done, _START_RETRY_DELAYS_S[failures - 1]
+                        )
+                    elif self._broken is None:
                         self._broken = WorkerStartError(
                             f"{failures} worker starts in a row failed; the last: {error}"
                         )
                         self._broken.__cause__ = error
-                if failures < _MAX_START_FAILURES:
-                    # A transient cause (EMFILE, a fork server restarting) may pass;
-                    # a shutdown ends the wait.
-                    with self._lock:
-                        self._launch_wanted.wait_for(
-                            lambda: self._launcher_done, _START_RETRY_DELAYS_S[failures - 1]
-                        )
             with self._lock:
                 self._launching -= 1
                 if worker is not None:
@@ -869,7 +868,7 @@ class WorkerPool:
         return worker, None
 
     def _dispatch_locked(
-        self, now: float, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
+        self, now: float, settle: list[tuple[TaskFuture[Any], Callable[[], object]]]
     ) -> None:
         for worker in self._workers:
             if worker.role != "active" or worker.state != "idle" or worker.stopping:
@@ -917,7 +916,7 @@ class WorkerPool:
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
-        settle: list[tuple[TaskFuture[Any], Callable[[], None]]] = []
+        settle: list[tuple[TaskFuture[Any], Callable[[], object]]] = []
         # Messages before deaths: a worker's last report is in its pipe when it exits.
         for conn, worker in conns.items():
             if conn in ready:
@@ -937,7 +936,7 @@ class WorkerPool:
             return False
 
     def _receive(
-        self, worker: _Worker, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
+        self, worker: _Worker, settle: list[tuple[TaskFuture[Any], Callable[[], object]]]
     ) -> None:
         try:
             message = worker.conn.recv()
@@ -970,7 +969,7 @@ class WorkerPool:
         self,
         worker: _Worker,
         report: TaskReport,
-        settle: list[tuple[TaskFuture[Any], Callable[[], None]]],
+        settle: list[tuple[TaskFuture[Any], Callable[[], object]]],
     ) -> None:
         task = worker.task
         worker.task = None
@@ -1006,7 +1005,7 @@ class WorkerPool:
             settle.append((future, _error_setter(future, report, worker.pid)))
 
     def _exited(
-        self, worker: _Worker, settle: list[tuple[TaskFuture[Any], Callable[[], None]]]
+        self, worker: _Worker, settle: list[tuple[TaskFuture[Any], Callable[[], object]]]
     ) -> None:
         worker.process.join(0)
         if worker.process.exitcode is None:
@@ -1084,7 +1083,7 @@ class WorkerPool:
             )
 
     def _fail_everything(self, error: BaseException) -> None:
-        settle: list[tuple[TaskFuture[Any], Callable[[], None]]] = []
+        settle: list[tuple[TaskFuture[Any], Callable[[], object]]] = []
         with self._lock:
             self._closing = True
             broken = RuntimeError(f"the pool's manager thread failed: {error!r}")
@@ -1119,13 +1118,6 @@ def _describe_exit(exitcode: int | None) -> str:
 
 def _closed_error(task: _Task) -> ClosedResourceError:
     return ClosedResourceError(f"{task.info} did not finish: the pool was shut down")
-
-
-def _canceller(future: TaskFuture[Any]) -> Callable[[], None]:
-    def cancel() -> None:
-        future.cancel()
-
-    return cancel
 
 
 def _failer(future: TaskFuture[Any], error: BaseException) -> Callable[[], None]:
@@ -1171,7 +1163,7 @@ def _error_setter(
     return settle
 
 
-def _resolve(settle: list[tuple[TaskFuture[Any], Callable[[], None]]]) -> None:
+def _resolve(settle: list[tuple[TaskFuture[Any], Callable[[], object]]]) -> None:
     # Outside the pool's lock: done-callbacks may call back into the pool.
     for future, action in settle:
         if future.done():  # cancelled meanwhile (only queued futures can be)

@@ -252,6 +252,8 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
     # its workers, so they must not die of it halfway through a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    # Again, although the pool's at-fork hook already ran: the fork server hands
+    # its child the alive pipe only after fork() returned.
     forget_fork_server()
     code = 0
     try:
