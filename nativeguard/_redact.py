@@ -24,7 +24,8 @@ SECRET_HEADERS = frozenset(
 # key=value / "key": "value" / Bearer tokens in free text (URLs, error details, reprs).
 _SECRET_TEXT = re.compile(
     r"(?i)(?P<name>subscription[-_ ]?key|ocp-apim-subscription-key|authorization[-_ ]?token|"
-    r"access[-_]token|client[-_]secret|identity[-_]header|x-identity-header|password|secret)"
+    r"access[-_]token|client[-_]secret|identity[-_]header|x-identity-header|password|secret|"
+    r"api[-_]?key|token)"
     r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',;&}]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/#=-]+")
