@@ -11,12 +11,21 @@ from __future__ import annotations
 from ._audio import write_wav
 from ._faults import FaultPlan, Faults
 from ._script import DEFAULT_PHRASES, TICKS_PER_SECOND, Phrase, RecognitionStatus, Script
-from ._speech_service import DEFAULT_KEY, ConnectionLog, SpeechService
-from ._token_service import TokenRequest, TokenService
+from ._speech_service import (
+    DEFAULT_KEY,
+    DEFAULT_MAX_RECORDS,
+    MAX_RECORD_ITEMS,
+    ConnectionLog,
+    SpeechService,
+)
+from ._token_service import MAX_TOKEN_REQUESTS, TokenRequest, TokenService
 
 __all__ = [
     "DEFAULT_KEY",
+    "DEFAULT_MAX_RECORDS",
     "DEFAULT_PHRASES",
+    "MAX_RECORD_ITEMS",
+    "MAX_TOKEN_REQUESTS",
     "TICKS_PER_SECOND",
     "ConnectionLog",
     "FaultPlan",

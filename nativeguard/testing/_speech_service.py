@@ -18,6 +18,7 @@ import threading
 import traceback
 import uuid
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -32,7 +33,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from .._errors import ProtocolError, ServiceError, add_note
-from .._redact import redact_headers
+from .._redact import redact_headers, redact_text
 from ._audio import (
     AudioFormat,
     SpokenWord,
@@ -41,13 +42,26 @@ from ._audio import (
     synthesize_words,
 )
 from ._faults import FaultPlan, Faults, check_plan, resolve_faults
+from ._logs import service_logger
 from ._script import TICKS_PER_SECOND, Phrase, Script, TimedPhrase
 from ._usp import Message, binary_frame, parse_binary, parse_text, text_frame
 
-__all__ = ["DEFAULT_KEY", "ConnectionLog", "SpeechService"]
+__all__ = [
+    "DEFAULT_KEY",
+    "DEFAULT_MAX_RECORDS",
+    "MAX_RECORD_ITEMS",
+    "ConnectionLog",
+    "SpeechService",
+]
 
 DEFAULT_KEY = "nativeguard-local-key"
 """Subscription key :meth:`SpeechService.speech_config` uses when none is required."""
+
+DEFAULT_MAX_RECORDS = 1000
+"""Connection records :class:`SpeechService` keeps by default (the newest)."""
+
+MAX_RECORD_ITEMS = 256
+"""Entries kept per list (configs, contexts, SSML, errors) of one connection record."""
 
 _STOP_TIMEOUT_S = 1.0
 _CLOSE_TIMEOUT_S = 0.2
@@ -95,6 +109,9 @@ class ConnectionLog:
     messages_received: int
     messages_sent: int
     errors: tuple[str, ...]
+    items_dropped: int = 0
+    """Oldest ``speech_configs``/``contexts``/``ssml``/``errors`` entries dropped
+    beyond :data:`MAX_RECORD_ITEMS` per list on this connection."""
 
     @property
     def kind(self) -> str:
@@ -130,16 +147,17 @@ class _ConnectionState:
     headers: dict[str, str]
     faults: Faults
     refused: int | None = None
-    speech_configs: list[Any] = field(default_factory=list)
-    contexts: list[Any] = field(default_factory=list)
-    ssml: list[str] = field(default_factory=list)
+    speech_configs: deque[Any] = field(default_factory=lambda: deque(maxlen=MAX_RECORD_ITEMS))
+    contexts: deque[Any] = field(default_factory=lambda: deque(maxlen=MAX_RECORD_ITEMS))
+    ssml: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_RECORD_ITEMS))
     telemetry: int = 0
     audio_bytes: int = 0
     audio_frames: int = 0
     turns: int = 0
     received: int = 0
     sent: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_RECORD_ITEMS))
+    items_dropped: int = 0
     synthesis_contexts: dict[str, Any] = field(default_factory=dict)
     recognition: _RecognitionContext | None = None
 
@@ -161,7 +179,14 @@ class _ConnectionState:
             messages_received=self.received,
             messages_sent=self.sent,
             errors=tuple(self.errors),
+            items_dropped=self.items_dropped,
         )
+
+    def keep(self, items: deque[Any], value: Any) -> None:
+        """Append to a bounded record list, counting what falls off."""
+        if len(items) == items.maxlen:
+            self.items_dropped += 1
+        items.append(value)
 
 
 @dataclass
@@ -199,15 +224,17 @@ def _kind_of(path: str) -> str:
     return "other"
 
 
-def _check_loopback(host: str) -> str:
+def _check_loopback(host: str, service: str = "SpeechService") -> str:
+    if not isinstance(host, str):
+        raise TypeError(f"{service} host must be a str, got {type(host).__name__}")
     if host == "localhost":
         return "127.0.0.1"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"host must be a loopback address, got {host!r}") from None
+        raise ValueError(f"{service} host must be a loopback address, got {host!r}") from None
     if not address.is_loopback:
-        raise ValueError(f"SpeechService only binds loopback addresses, got {host!r}")
+        raise ValueError(f"{service} only binds loopback addresses, got {host!r}")
     return host
 
 
@@ -264,6 +291,7 @@ class SpeechService:
         max_connections: int = 64,
         max_message_bytes: int = 1 << 20,
         response_timeout_s: float = 5.0,
+        max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
         if require_key is not None and not (isinstance(require_key, str) and require_key):
             raise TypeError("require_key must be a non-empty str")
@@ -277,6 +305,10 @@ class SpeechService:
             raise ValueError(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
         if response_timeout_s <= 0:
             raise ValueError(f"response_timeout_s must be > 0, got {response_timeout_s}")
+        if isinstance(max_records, bool) or not isinstance(max_records, int):
+            raise TypeError(f"max_records must be an int, got {type(max_records).__name__}")
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
         self._script = Script.coerce(script)
         self._require_key = require_key
         self._require_token = require_token
@@ -287,7 +319,8 @@ class SpeechService:
         self._response_timeout_s = response_timeout_s
 
         self._lock = threading.Lock()
-        self._states: list[_ConnectionState] = []
+        self._states: deque[_ConnectionState] = deque(maxlen=max_records)
+        self._connection_count = 0
         self._live: dict[ServerConnection, _ConnectionState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._internal_errors: list[str] = []
@@ -307,6 +340,7 @@ class SpeechService:
                 f"SpeechService is {self._state}; a service starts once, create a new one"
             )
         self._state = "starting"
+        self._register_secrets(add=True)
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name="nativeguard-speech-service", daemon=True
@@ -314,9 +348,11 @@ class SpeechService:
         self._thread.start()
         if not ready.wait(_START_TIMEOUT_S):
             self._state = "stopped"
+            self._register_secrets(add=False)
             raise ServiceError(f"SpeechService did not start within {_START_TIMEOUT_S} s")
         if self._startup_error is not None:
             self._state = "stopped"
+            self._register_secrets(add=False)
             self._thread.join(_STOP_TIMEOUT_S)
             raise ServiceError(f"SpeechService failed to start: {self._startup_error!r}") from (
                 self._startup_error
@@ -340,12 +376,23 @@ class SpeechService:
                 loop.call_soon_threadsafe(stop_requested.set)
         if thread is not None:
             thread.join(_STOP_TIMEOUT_S * 2)
-            if thread.is_alive():
-                raise ServiceError("SpeechService thread did not stop within 2 s")
+        self._register_secrets(add=False)
+        if thread is not None and thread.is_alive():
+            raise ServiceError("SpeechService thread did not stop within 2 s")
         if self._internal_errors:
             raise ServiceError(
                 "SpeechService failed while serving:\n" + "\n".join(self._internal_errors)
             )
+
+    def _register_secrets(self, *, add: bool) -> None:
+        """Tell the log filter the exact secrets this service knows (beyond header shapes)."""
+        _, log_filter = service_logger()
+        for secret in (self._require_key, self._require_token):
+            if isinstance(secret, str):
+                if add:
+                    log_filter.add_secret(secret)
+                else:
+                    log_filter.remove_secret(secret)
 
     def __enter__(self) -> SpeechService:
         return self.start()
@@ -411,9 +458,22 @@ class SpeechService:
 
     @property
     def connections(self) -> tuple[ConnectionLog, ...]:
-        """Every connection attempt so far, refused ones included, oldest first."""
+        """The newest ``max_records`` connection attempts, refused ones included,
+        oldest first; ``ConnectionLog.index`` counts every attempt."""
         with self._lock:
             return tuple(state.log() for state in self._states)
+
+    @property
+    def connection_count(self) -> int:
+        """Connection attempts so far, refused ones included (recorded or not)."""
+        with self._lock:
+            return self._connection_count
+
+    @property
+    def records_dropped(self) -> int:
+        """Connection records dropped (oldest first) to stay within ``max_records``."""
+        with self._lock:
+            return self._connection_count - len(self._states)
 
     @property
     def open_connections(self) -> int:
@@ -497,7 +557,7 @@ class SpeechService:
 
     def __repr__(self) -> str:
         where = self.url if self._port is not None else "unbound"
-        return f"<SpeechService {where} {self._state} connections={len(self._states)}>"
+        return f"<SpeechService {where} {self._state} connections={self.connection_count}>"
 
     # -- event loop thread -----------------------------------------------
 
@@ -517,6 +577,20 @@ class SpeechService:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._stop_requested = asyncio.Event()
+        opened: set[ServerConnection] = set()
+
+        class TrackedConnection(ServerConnection):
+            # Every TCP connection, including ones still in (or stuck before) the
+            # websocket handshake, so stop() can end them all on the loop.
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                opened.add(self)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                opened.discard(self)
+                super().connection_lost(exc)
+
+        logger, _ = service_logger()
         server: Server = await serve(
             self._handle,
             self._host,
@@ -527,6 +601,8 @@ class SpeechService:
             close_timeout=_CLOSE_TIMEOUT_S,
             ping_interval=None,
             compression=None,
+            logger=logger,
+            create_connection=TrackedConnection,
         )
         self._port = server.sockets[0].getsockname()[1]
         ready.set()
@@ -536,15 +612,24 @@ class SpeechService:
             server.close(close_connections=False)
             for task in list(self._tasks):
                 task.cancel()
-            for connection in list(self._live):
+            for connection in list(opened | set(self._live)):
                 connection.transport.abort()
+            # Let every handler (handshakes included) finish on this loop: one left
+            # pending when the loop closes complains "no running event loop".
+            pending = [task for task in server.handler_tasks if not task.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=_STOP_TIMEOUT_S / 2)
+            for task in pending:
+                if not task.done():
+                    task.cancel()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT_S / 2)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         split = urlsplit(request.path)
         with self._lock:
-            index = len(self._states)
+            index = self._connection_count
+            self._connection_count += 1
             faults = resolve_faults(self._faults, index, split.path)
             state = _ConnectionState(
                 index=index,
@@ -602,11 +687,13 @@ class SpeechService:
                 state.received += 1
                 try:
                     message = parse_binary(raw) if isinstance(raw, bytes) else parse_text(raw)
+                    await self._dispatch(connection, state, message, turns)
                 except ProtocolError as error:
-                    state.errors.append(f"protocol error: {error}")
+                    # The client broke the protocol (a bad frame, or a JSON body that
+                    # is not JSON): that connection ends, the service is fine.
+                    state.keep(state.errors, f"protocol error: {redact_text(str(error))}")
                     await connection.close(1007, "invalid frame")
                     return
-                await self._dispatch(connection, state, message, turns)
         except (ConnectionClosed, _Dropped):
             pass
         except Exception:
@@ -635,10 +722,10 @@ class SpeechService:
             assert isinstance(message.body, bytes)
             await self._on_audio(connection, state, message, turns)
         elif path == "speech.config":
-            state.speech_configs.append(message.json())
+            state.keep(state.speech_configs, message.json())
         elif path in ("speech.context", "synthesis.context"):
             body = message.json()
-            state.contexts.append(body)
+            state.keep(state.contexts, body)
             if path == "speech.context" and isinstance(body, dict):
                 state.recognition = _RecognitionContext.from_body(body, state.path)
             if path == "synthesis.context" and message.request_id:
@@ -647,10 +734,10 @@ class SpeechService:
             state.telemetry += 1
         elif path == "ssml":
             assert isinstance(message.body, str)
-            state.ssml.append(message.body)
+            state.keep(state.ssml, redact_text(message.body))
             await self._on_ssml(connection, state, message)
         else:
-            state.errors.append(f"unknown message path {message.path!r}")
+            state.keep(state.errors, f"unknown message path {message.path!r}")
 
     async def _send(
         self, connection: ServerConnection, state: _ConnectionState, frame: str | bytes
@@ -842,7 +929,7 @@ class SpeechService:
         format_name = str(audio_options.get("outputFormat", "riff-16khz-16bit-mono-pcm"))
         fmt = parse_output_format(format_name)
         if fmt is None:
-            state.errors.append(f"unsupported output format {format_name!r}")
+            state.keep(state.errors, f"unsupported output format {format_name!r}")
             await connection.close(
                 1007,
                 f"nativeguard SpeechService cannot encode {format_name!r}; "

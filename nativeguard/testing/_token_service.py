@@ -12,24 +12,111 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import threading
 import time
+import traceback
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import TracebackType
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .._errors import ServiceError
+from .._redact import redact_text
 from ._speech_service import _check_loopback
 
-__all__ = ["TokenRequest", "TokenService"]
+__all__ = ["MAX_TOKEN_REQUESTS", "TokenRequest", "TokenService"]
 
 _TOKEN_PATH = "/msi/token"
 _ENV_KEYS = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")
 # Variables that would make azure-identity pick another managed-identity source.
 _CONFLICTING_ENV = ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT")
 _STOP_TIMEOUT_S = 1.0
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 20\r\nConnection: close\r\n\r\n{"error":"too_busy"}'
+)
+MAX_TOKEN_REQUESTS = 1000
+"""Token requests :attr:`TokenService.requests` keeps (the newest)."""
+
+
+class _BoundedHTTPServer(HTTPServer):
+    """An HTTP server with at most ``limit`` connection threads, all tracked.
+
+    The stdlib's ThreadingHTTPServer starts a thread per connection without a
+    limit and, with daemon threads, forgets them. Here a connection beyond the
+    limit gets an immediate 503, every thread is known by identity, a client
+    that stalls is cut off after ``request_timeout_s``, and :meth:`close_all`
+    shuts every client socket down and joins every thread.
+    """
+
+    # The stdlib's backlog of 5 makes bursts of clients wait for SYN-ACK retries.
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        limit: int,
+        on_error: Any,
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(limit)
+        self._active: dict[socket.socket, threading.Thread] = {}
+        self._active_lock = threading.Lock()
+        self._closing = False
+        self._on_error = on_error
+        self.rejected = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self._closing or not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(
+            target=self._serve_one,
+            args=(request, client_address),
+            name="nativeguard-token-service-request",
+            daemon=True,
+        )
+        with self._active_lock:
+            self._active[request] = thread
+        thread.start()
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except OSError:
+            pass  # the client went away, or stop() cut it off
+        except Exception:
+            self._on_error(traceback.format_exc())
+        finally:
+            self.shutdown_request(request)
+            with self._active_lock:
+                self._active.pop(request, None)
+            self._slots.release()
+
+    def threads(self) -> tuple[threading.Thread, ...]:
+        with self._active_lock:
+            return tuple(self._active.values())
+
+    def close_all(self, timeout_s: float) -> list[threading.Thread]:
+        """Cut every client off and join its thread; returns the ones still alive."""
+        self._closing = True
+        with self._active_lock:
+            active = list(self._active.items())
+        for request, _ in active:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout_s
+        for _, thread in active:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [thread for _, thread in active if thread.is_alive()]
 
 
 @dataclass(frozen=True)
@@ -59,16 +146,33 @@ class TokenService:
     ``SpeechService(require_token=tokens.is_valid)`` accepts exactly those.
     """
 
-    def __init__(self, *, lifetime_s: float = 3600.0, host: str = "127.0.0.1") -> None:
-        if lifetime_s <= 0:
+    def __init__(
+        self,
+        *,
+        lifetime_s: float = 3600.0,
+        host: str = "127.0.0.1",
+        max_connections: int = 16,
+        request_timeout_s: float = 5.0,
+    ) -> None:
+        if not lifetime_s > 0:
             raise ValueError(f"lifetime_s must be > 0, got {lifetime_s!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, got {type(max_connections).__name__}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if not 0 < request_timeout_s < float("inf"):
+            raise ValueError(f"request_timeout_s must be > 0 and finite, got {request_timeout_s!r}")
         self._lifetime_s = lifetime_s
-        self._host = _check_loopback(host)
+        self._host = _check_loopback(host, "TokenService")
+        self._max_connections = max_connections
+        self._request_timeout_s = float(request_timeout_s)
         self._secret = secrets.token_urlsafe(24)
         self._lock = threading.Lock()
         self._issued: dict[str, _Issued] = {}
-        self._requests: list[TokenRequest] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._requests: deque[TokenRequest] = deque(maxlen=MAX_TOKEN_REQUESTS)
+        self._tokens_issued = 0
+        self._errors: list[str] = []
+        self._server: _BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._state = "new"
 
@@ -77,8 +181,9 @@ class TokenService:
     def start(self) -> TokenService:
         if self._state != "new":
             raise ServiceError(f"TokenService is {self._state}; a service starts once")
-        self._server = ThreadingHTTPServer((self._host, 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _BoundedHTTPServer(
+            (self._host, 0), self._handler_class(), self._max_connections, self._record_error
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -90,7 +195,11 @@ class TokenService:
         return self
 
     def stop(self) -> None:
-        """Stop serving; idempotent."""
+        """Stop serving, cut off every client and join every thread; idempotent.
+
+        Raises ``ServiceError`` (after stopping) if a thread outlived the stop
+        or the service itself failed while serving.
+        """
         if self._state != "running":
             self._state = "stopped"
             return
@@ -99,9 +208,17 @@ class TokenService:
         assert self._thread is not None
         self._server.shutdown()
         self._server.server_close()
+        stuck = self._server.close_all(_STOP_TIMEOUT_S)
         self._thread.join(_STOP_TIMEOUT_S)
-        if self._thread.is_alive():
-            raise ServiceError("TokenService thread did not stop within 1 s")
+        if self._thread.is_alive() or stuck:
+            names = [t.name for t in stuck]
+            if self._thread.is_alive():
+                names.append(self._thread.name)
+            raise ServiceError(
+                f"TokenService threads did not stop within {_STOP_TIMEOUT_S:g} s: {names}"
+            )
+        if self._errors:
+            raise ServiceError("TokenService failed while serving:\n" + "\n".join(self._errors))
 
     def __enter__(self) -> TokenService:
         return self.start()
@@ -168,7 +285,17 @@ class TokenService:
     @property
     def tokens_issued(self) -> int:
         with self._lock:
-            return sum(1 for r in self._requests if r.status == 200)
+            return self._tokens_issued
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The threads serving a request right now (at most ``max_connections``)."""
+        return self._server.threads() if self._server is not None else ()
+
+    @property
+    def connections_rejected(self) -> int:
+        """Connections answered 503 at once because ``max_connections`` were busy."""
+        return self._server.rejected if self._server is not None else 0
 
     def __repr__(self) -> str:
         where = self.endpoint if self._server is not None else "unbound"
@@ -192,11 +319,20 @@ class TokenService:
     def _record(self, request: TokenRequest) -> None:
         with self._lock:
             self._requests.append(request)
+            if request.status == 200:
+                self._tokens_issued += 1
+
+    def _record_error(self, text: str) -> None:
+        with self._lock:
+            self._errors.append(redact_text(text, [self._secret, *self._issued]))
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            # A client that stalls mid-request is cut off, freeing its thread.
+            timeout = service._request_timeout_s
+
             def do_GET(self) -> None:
                 split = urlsplit(self.path)
                 query = parse_qs(split.query)
