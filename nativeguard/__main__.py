@@ -1,4 +1,4 @@
-"""Command line: ``nativeguard demo`` (also ``python -m nativeguard demo``)."""
+"""Command line: ``nativeguard demo`` and ``soak`` (also ``python -m nativeguard ...``)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
             "this process's phases, so the naive phase shows everything its reference cycles pin"
         ),
     )
+    from ._soak_cli import add_soak_parser  # noqa: PLC0415 - its own module, like run_demo
+
+    add_soak_parser(commands)
     return parser
 
 
@@ -69,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "soak":
+        from ._soak_cli import soak_command  # noqa: PLC0415
+
+        return soak_command(args, sys.stdout, sys.stderr)
     if args.command != "demo":  # pragma: no cover - argparse rejects other commands
         parser.error(f"unknown command {args.command!r}")
     try:
