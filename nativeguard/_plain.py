@@ -18,12 +18,14 @@ import fractions
 import itertools
 import pathlib
 import pickle
+import re
 import uuid
 import weakref
 from collections.abc import Iterable
 
 from ._errors import NotPlainDataError
 from ._extract import FrozenMap
+from ._redact import redact_text
 
 __all__ = ["check_picklable", "check_plain", "describe_type"]
 
@@ -81,6 +83,34 @@ def _hint(value: object) -> str:
     return "return builtin values, dataclasses or named tuples of them instead"
 
 
+# A dict key or set item is shown in a path when it reads like a name; other
+# keys may be secrets (a dict keyed by API key or token) and are described.
+_SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_. -]{0,47}")
+_SECRET_LIKE = re.compile(r"(?=[^ ]*[0-9])(?=[^ ]*[A-Za-z])[A-Za-z0-9+/=_.~-]{16,}")
+
+
+def _label(key: object) -> str:
+    """How a dict key or set item appears in a path: its repr, unless it might be a secret."""
+    kind = type(key)
+    if kind in (int, float, bool, type(None)) or isinstance(key, enum.Enum):
+        return repr(key)
+    if (
+        isinstance(key, str)
+        and kind is str
+        and _SHOWN_KEY.fullmatch(key)
+        and not _SECRET_LIKE.search(key)
+        and redact_text(key) == key
+    ):
+        return repr(key)
+    if kind is tuple:
+        labels = [_label(item) for item in key]  # type: ignore[attr-defined]
+        return f"({labels[0]},)" if len(labels) == 1 else f"({', '.join(labels)})"
+    if isinstance(key, (str, bytes)):
+        unit = "chars" if isinstance(key, str) else "bytes"
+        return f"<{describe_type(key)} of {len(key)} {unit}, not shown>"
+    return f"<{describe_type(key)}>"
+
+
 def _refuse(path: str, value: object) -> NotPlainDataError:
     type_name = describe_type(value)
     return NotPlainDataError(
@@ -129,12 +159,13 @@ def _parts(value: object, path: str) -> Iterable[tuple[str, object]] | None:
             part
             for key, item in value.items()
             if type(key) not in _TRIVIAL or type(item) not in _TRIVIAL
-            for part in ((f"{path}<key {key!r}>", key), (f"{path}[{key!r}]", item))
+            for label in (_label(key),)
+            for part in ((f"{path}<key {label}>", key), (f"{path}[{label}]", item))
         )
     if isinstance(value, FrozenMap):
-        return ((f"{path}[{key!r}]", item) for key, item in value.items())
+        return ((f"{path}[{_label(key)}]", item) for key, item in value.items())
     if isinstance(value, _SETS):
-        return ((f"{path}{{{item!r}}}", item) for item in value)  # type: ignore[attr-defined]
+        return ((f"{path}{{{_label(item)}}}", item) for item in value)  # type: ignore[attr-defined]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         values = ((name, getattr(value, name, _UNSET)) for name in _field_names(type(value)))
         return (
@@ -216,8 +247,10 @@ def check_picklable(value: object, path: str) -> bytes:
     except Exception as error:  # pickle raises PicklingError, TypeError, AttributeError...
         type_name = describe_type(value)
         raised = NotPlainDataError(
-            f"{path} ({type_name}) cannot be pickled to cross to another process: "
-            f"{type(error).__name__}: {error}",
+            redact_text(
+                f"{path} ({type_name}) cannot be pickled to cross to another process: "
+                f"{type(error).__name__}: {error}"
+            ),
             path=path,
             type_name=type_name,
         )

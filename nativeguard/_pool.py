@@ -45,6 +45,7 @@ from ._errors import (
 )
 from ._plain import check_picklable, check_plain
 from ._recycle import MB, RecyclePolicy
+from ._redact import redact_text
 from ._worker import TaskReport, WorkerSettings, forget_fork_server, run_worker
 
 __all__ = [
@@ -843,7 +844,7 @@ class WorkerPool:
             return None, failure
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_worker,
-            args=(child_end, WorkerSettings(policy, self._plain_types)),
+            args=(child_end, WorkerSettings(policy, self._plain_types, self._pid)),
             name="nativeguard-worker",
         )
         try:
@@ -1130,8 +1131,10 @@ def _result_setter(future: TaskFuture[Any], payload: bytes, pid: int | None) -> 
             value = pickle.loads(payload)
         except Exception as error:
             failure = RemoteTaskError(
-                f"{future.task}: the result from worker pid {pid} could not be unpickled "
-                f"here: {error!r}",
+                redact_text(
+                    f"{future.task}: the result from worker pid {pid} could not be unpickled "
+                    f"here: {error!r}"
+                ),
                 type_name=type(error).__qualname__,
             )
             failure.__cause__ = error
@@ -1150,14 +1153,19 @@ def _error_setter(
             error = pickle.loads(report.payload)
         except Exception as unpickling:
             error = RemoteTaskError(
-                f"{future.task} failed in worker pid {pid}; its exception could not be "
-                f"unpickled here: {unpickling!r}",
+                redact_text(
+                    f"{future.task} failed in worker pid {pid}; its exception could not be "
+                    f"unpickled here: {unpickling!r}"
+                ),
                 type_name="unknown",
             )
         if not isinstance(error, BaseException):
-            error = RemoteTaskError(f"{future.task} failed: {error!r}", type_name="unknown")
+            error = RemoteTaskError(
+                redact_text(f"{future.task} failed: {error!r}"), type_name="unknown"
+            )
         if report.traceback:
-            add_note(error, f"in worker pid {pid}:\n{report.traceback.rstrip()}")
+            # Masked in the worker already; again here, for a worker of another version.
+            add_note(error, f"in worker pid {pid}:\n{redact_text(report.traceback.rstrip())}")
         future.set_exception(error)
 
     return settle

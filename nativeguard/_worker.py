@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import inspect
 import multiprocessing.forkserver
@@ -32,9 +31,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from ._errors import NotPlainDataError, RemoteTaskError, add_note
+from ._guardian import kill_descendants, start_guardian
 from ._malloc import malloc_trim, rss_bytes
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
+from ._redact import redact_text
 
 __all__ = ["TaskReport", "WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker"]
 
@@ -43,9 +44,6 @@ class _Role:
     """Whether this process is a pool worker (a class attribute, not a rebound global)."""
 
     worker = False
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def in_worker() -> bool:
@@ -59,6 +57,7 @@ class WorkerSettings:
 
     policy: RecyclePolicy
     plain_types: tuple[type, ...] = ()
+    pool_pid: int = 0  # the pool's process, watched by the worker's guardian (0: the parent)
 
 
 @dataclass(frozen=True)
@@ -95,25 +94,6 @@ def peak_rss_bytes() -> int:
 def _remedy() -> None:
     gc.collect()
     malloc_trim(0)
-
-
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this worker when its parent dies (Linux).
-
-    Under forkserver the parent is the fork server, which exits when the pool's
-    process goes away; a worker busy in native code would otherwise outlive
-    both. The pipe to the pool covers idle workers on every platform.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def forget_fork_server() -> None:
@@ -156,22 +136,67 @@ def _describe_error(error: BaseException) -> str:
         message = str(error)
     except Exception:
         message = "<str() of the exception failed>"
-    return f"{describe_type(error)}: {message}"
+    return redact_text(f"{describe_type(error)}: {message}")
+
+
+def _redacted(value: object) -> object:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [redact_text(item) for item in value]  # __notes__
+    return value
+
+
+def _redact_exception(error: BaseException) -> None:
+    """Mask credential-shaped text in ``error``'s args, str attributes and notes, in place."""
+    with contextlib.suppress(Exception):
+        error.args = tuple(_redacted(arg) for arg in error.args)
+    state = getattr(error, "__dict__", None)
+    if isinstance(state, dict):
+        for name, value in list(state.items()):
+            masked = _redacted(value)
+            if masked != value:
+                state[name] = masked
+
+
+def _shows_secret(error: BaseException) -> bool:
+    """True if ``str()``, ``repr()`` or a note of ``error`` still has credential-shaped text."""
+    try:
+        texts = [str(error), repr(error)]
+    except Exception:  # unprintable: nothing of it can be shown either
+        return False
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        texts.extend(note for note in notes if isinstance(note, str))
+    return any(redact_text(text) != text for text in texts)
+
+
+def _substitute(error: BaseException) -> bytes:
+    substitute = RemoteTaskError(_describe_error(error), type_name=describe_type(error))
+    return pickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _pack_error(error: BaseException) -> tuple[bytes, str]:
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    """The task's exception, pickled, and its traceback text, both with secrets masked.
+
+    Masked in the worker, before anything crosses: the parent logs and
+    re-raises what it gets. An exception whose text still shows a secret after
+    its args and attributes were masked (its ``__str__`` reads something else)
+    crosses as a :class:`RemoteTaskError` with the masked description.
+    """
+    text = redact_text("".join(traceback.format_exception(type(error), error, error.__traceback__)))
     if not isinstance(error, Exception):
         # SystemExit, KeyboardInterrupt & co. re-raised as themselves would end the
         # caller (or its event loop): the worker's exit request stays in the worker.
-        substitute = RemoteTaskError(_describe_error(error), type_name=describe_type(error))
-        return pickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL), text
+        return _substitute(error), text
+    _redact_exception(error)
     try:
         blob = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+        rebuilt = pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
     except Exception:
-        substitute = RemoteTaskError(_describe_error(error), type_name=describe_type(error))
-        blob = pickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL)
+        return _substitute(error), text
+    if _shows_secret(rebuilt):
+        return _substitute(error), text
     return blob, text
 
 
@@ -251,7 +276,8 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
     # Ctrl-C reaches the whole process group; the pool decides what happens to
     # its workers, so they must not die of it halfway through a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    me = os.getpid()
+    guardian = start_guardian(settings.pool_pid or os.getppid())
     # Again, although the pool's at-fork hook already ran: the fork server hands
     # its child the alive pipe only after fork() returned.
     forget_fork_server()
@@ -262,6 +288,11 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
         traceback.print_exc()
         code = 1
     finally:
+        if os.getpid() == me:  # not a child a task forked, leaving through here
+            # Ending normally: what the tasks started ends with this worker.
+            kill_descendants(me, frozenset() if guardian is None else frozenset({guardian.pid}))
+            if guardian is not None:
+                guardian.stop()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a closed stream must not keep us alive
                 stream.flush()

@@ -616,7 +616,8 @@ def test_grandchild_left_by_a_task_does_not_stall_the_pool(method: str, tmp_path
     """A task forks a long-lived child and returns; its worker retires; shutdown still returns.
 
     Under fork/spawn the worker's sentinel is a pipe the grandchild inherits, so
-    the worker's exit goes unnoticed while the grandchild lives.
+    the worker's exit goes unnoticed while the grandchild lives. The retiring
+    worker ends its descendants, so the grandchild is gone too.
     """
     marker = tmp_path / "grandchild.pid"
     pool = WorkerPool(1, start_method=method, max_tasks=1, jitter=0, warm_spare=False)  # type: ignore[arg-type]
@@ -636,10 +637,9 @@ def test_grandchild_left_by_a_task_does_not_stall_the_pool(method: str, tmp_path
         if closer.is_alive():
             closer.join(HANG_S)
         pool.shutdown(cancel_futures=True, terminate=True)
-    assert grandchild == read_pid(marker)
     assert not hung, f"shutdown() waits for the task's grandchild:\n{stats}"
     assert dict(stats.recycles) == {"max_tasks": 2}
-    assert_all_gone(pids_of(pool, [first]))
+    assert_all_gone([*pids_of(pool, [first]), grandchild])
 
 
 def test_a_pool_inside_a_task_works_and_leaves_nothing() -> None:

@@ -142,15 +142,16 @@ def test_the_first_offender_in_order_is_reported() -> None:
 def test_a_dict_key_is_checked_and_named() -> None:
     key = (1, Opaque())
     error = refusal({key: "value"})
-    assert error.path == f"result<key {key!r}>[1]"
+    # Keys are named by value only when they read like names (a key may be a secret).
+    assert error.path == "result<key (1, <test_plain.Opaque>)>[1]"
 
 
-def test_a_set_member_is_named_by_its_repr() -> None:
+def test_a_set_member_is_named_by_its_type() -> None:
     member = Opaque()
     error = refusal({member})
-    assert error.path == f"result{{{member!r}}}"
+    assert error.path == "result{<test_plain.Opaque>}"
     error = refusal(frozenset({(1, member)}))
-    assert error.path == f"result{{{(1, member)!r}}}[1]"
+    assert error.path == "result{(1, <test_plain.Opaque>)}[1]"
 
 
 def test_a_frozen_map_value_is_named_by_its_key() -> None:
