@@ -20,7 +20,7 @@ plugin) turn a report into an exception.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import _registry
 from ._errors import LeakError
@@ -29,6 +29,7 @@ from ._snapshot import Delta, Snapshot, settle
 
 __all__ = [
     "DEFAULT_SETTLE_S",
+    "RELEASE_WAIT_S",
     "Allow",
     "Findings",
     "assert_no_leaks",
@@ -37,6 +38,7 @@ __all__ = [
     "findings",
     "report_for",
     "type_names",
+    "wait_for_releases",
     "youngest",
 ]
 
@@ -143,6 +145,8 @@ class Findings:
     fds: int
     allowed: tuple[Allow, ...]
     """The entries that excused something."""
+    collected: Mapping[str, int] = field(default_factory=dict)
+    """Of ``instances``: those an automatic garbage collection already freed."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -191,7 +195,7 @@ def findings(
                 new_threads.append(thread)
             else:
                 used.add(_THREAD_PREFIX + prefix)
-        native = max(0, delta.os_threads - len(delta.new_threads))
+        native = delta.new_native_threads
         if native and NATIVE_THREADS in names:
             used.add(NATIVE_THREADS)
             native = 0
@@ -206,16 +210,20 @@ def findings(
         native_threads=native,
         fds=grown_fds,
         allowed=tuple(entry for entry in entries if entry.what in used),
+        collected={name: count for name, count in delta.collected.items() if name in instances},
     )
 
 
-def youngest(grown: Mapping[str, int]) -> list[object]:
+def youngest(grown: Mapping[str, int], collected: Mapping[str, int] | None = None) -> list[object]:
     """The ``n`` youngest live tracked objects of each type that grew by ``n``.
 
-    The caller owns the only new strong references: clear the list when done.
+    ``collected``: of the growth, how many a garbage collection already freed
+    (they are not among the live ones). The caller owns the only new strong
+    references: clear the list when done.
     """
     found: list[object] = []
-    for name, count in grown.items():
+    for name, grew in grown.items():
+        count = grew - (collected or {}).get(name, 0)
         if count > 0:
             found.extend(_registry.live(name)[-count:])
     return found
@@ -225,7 +233,7 @@ def report_for(found: Findings) -> LeakReport | None:
     """The report for ``found`` (None if it is empty), holders of leaked objects included."""
     if not found:
         return None
-    leaked = youngest(found.instances)
+    leaked = youngest(found.instances, found.collected)
     threads = found.new_threads
     if found.native_threads:
         threads = (*threads, f"{found.native_threads} native thread(s) without a Python name")
@@ -237,10 +245,46 @@ def report_for(found: Findings) -> LeakReport | None:
             new_threads=threads,
             fds=found.fds,
             allowed=found.allowed,
+            collected=found.collected,
             ignore=(leaked,),
         )
     finally:
         leaked.clear()
+
+
+RELEASE_WAIT_S = 10.0
+"""Longest wait for releases queued on nativeguard's reaper thread before a check."""
+
+
+def wait_for_releases(timeout: float = RELEASE_WAIT_S) -> bool:
+    """Wait until nativeguard's reaper has no release queued or running; False on timeout.
+
+    Returns at once when it is idle, or when called on the reaper itself.
+    """
+    from ._reaper import get_reaper  # noqa: PLC0415 - _reaper imports little, but late is safer
+
+    reaper = get_reaper()
+    if reaper.is_current() or not reaper.pending():
+        return True
+    return reaper.wait_idle(timeout)
+
+
+def _check_snapshot(value: object, function: str, name: str) -> None:
+    if not isinstance(value, Snapshot):
+        raise TypeError(
+            f"{function}() argument {name!r} must be a Snapshot from "
+            f"nativeguard.verify.snapshot(), got {type(value).__name__} {value!r:.80}"
+        )
+
+
+def _check_settle(value: object, function: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{function}() argument 'settle_s' must be a number of seconds, "
+            f"got {type(value).__name__} {value!r:.80}"
+        )
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{function}() argument 'settle_s' must be finite and >= 0, got {value!r}")
 
 
 def check(
@@ -258,9 +302,17 @@ def check(
     ``types`` limits the instance comparison to those types (qualnames or
     tracked classes); ``native_handles``, ``threads`` and ``fds`` switch those
     comparisons off. Never collects garbage and never raises for a leak.
+
+    Releases still queued on nativeguard's reaper thread are waited for first
+    (up to :data:`RELEASE_WAIT_S`): "released later" is not a leak. Objects
+    an automatic collection freed since ``before`` are reported: the code left
+    them in reference cycles, whenever the collector happened to run.
     """
+    _check_snapshot(before, "check", "before")
+    _check_settle(settle_s, "check")
     entries = coerce_allow(allow)
     names = type_names(types)
+    wait_for_releases()
     _, delta = settle(
         before,
         timeout=settle_s,
@@ -296,6 +348,9 @@ def assert_no_leaks(
     With ``after``, compare exactly those two snapshots (no settling);
     otherwise settle and compare with now, as :func:`check` does.
     """
+    _check_snapshot(before, "assert_no_leaks", "before")
+    if after is not None:
+        _check_snapshot(after, "assert_no_leaks", "after")
     if after is None:
         report = check(
             before,

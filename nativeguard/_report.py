@@ -91,6 +91,10 @@ class LeakReport:
     """Growth of open file descriptors."""
     allowed: tuple[tuple[str, str], ...] = ()
     """What an allowlist excused, as ``(what, reason)``."""
+    collected: Mapping[str, int] = field(default_factory=dict)
+    """Objects (by type) the code left in reference cycles that an automatic
+    garbage collection freed before the report was built: leaked, but gone,
+    so no holder chain. Counted in ``instances`` too."""
 
     @property
     def clean(self) -> bool:
@@ -102,6 +106,7 @@ class LeakReport:
             or self.instances
             or self.new_threads
             or self.fds > 0
+            or self.collected
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +119,7 @@ class LeakReport:
             "new_threads": list(self.new_threads),
             "fds": self.fds,
             "allowed": [{"what": what, "reason": reason} for what, reason in self.allowed],
+            "collected": dict(self.collected),
         }
 
     def __str__(self) -> str:
@@ -121,8 +127,10 @@ class LeakReport:
 
     def _lines(self) -> list[str]:
         leaked = len(self.objects) + self.omitted
+        cycles = sum(self.collected.values())
         parts = [
             f"{leaked} object(s) still alive" if leaked else "",
+            f"{cycles} object(s) left in reference cycles" if cycles else "",
             _growth("native handle(s)", sum(self.native_handles.values())),
             f"{len(self.new_threads)} new thread(s)" if self.new_threads else "",
             _growth("file descriptor(s)", self.fds),
@@ -140,6 +148,11 @@ class LeakReport:
         hidden = leaked - len(shown)
         if hidden > 0:
             lines.append(f"  ... and {hidden} more object(s) not described")
+        if self.collected:
+            lines.append(
+                "  left in reference cycles, already freed by an automatic garbage "
+                f"collection: {_counts(self.collected)}"
+            )
         if self.native_handles:
             lines.append(f"  native handles: {_counts(self.native_handles)}")
         if self.instances:
@@ -204,12 +217,14 @@ def build_report(
     allowed: Iterable[tuple[str, str] | _Allowance] = (),
     ignore: Iterable[object] = (),
     created_at: CreatedAt | None = None,
+    collected: Mapping[str, int] = types.MappingProxyType({}),
 ) -> LeakReport:
     """Describe ``leaked`` (holders, creation) and the growth that came with it.
 
     ``ignore``: the caller's own containers of leaked objects and registries
     (``leaked`` itself is ignored already). ``created_at``: where an object was
     created, if the caller recorded it; :func:`creation_traceback` otherwise.
+    ``collected``: objects of the growth an automatic collection already freed.
     Counts that did not grow (<= 0) are dropped. The report keeps no
     reference to any object.
     """
@@ -248,6 +263,7 @@ def build_report(
         new_threads=tuple(_clean(name) for name in new_threads),
         fds=max(int(fds), 0),
         allowed=tuple(_allowance(entry) for entry in allowed),
+        collected=_grown(collected),
     )
 
 

@@ -8,20 +8,33 @@ grew; :func:`settle` polls until a delta has no leak left, because the SDK
 delivers session-end events and runs native teardown on its own threads
 after the call that triggered them returned.
 
-Threads, decided here:
+Threads, decided here, by identity (the kernel's thread id), never by a net
+count: a thread the code leaked is new even when another thread ended meanwhile
+(issue 10: an SDK thread of an earlier test exiting hid a leaked
+``_thread.start_new_thread`` thread from a count).
 
 - ``python_threads`` are the names of ``threading.enumerate()`` minus
-  ``threading._DummyThread`` entries and minus nativeguard's own long-lived
-  reaper threads (named ``nativeguard-reaper``). Dummy entries are native threads (the SDK's
-  callback threads) that some code registered by calling
-  ``threading.current_thread()`` on them; CPython 3.11 keeps such an entry
-  after the thread ended, so comparing them would report SDK threads long
-  gone. We never call ``current_thread()`` ourselves, for the same reason.
-- ``os_threads`` is the kernel's count for the process (SDK native threads
-  included), minus the reaper threads alive: one starts on first use and
-  lives for the process, so it is not a leak of the code being checked.
-  Measured with SDK 1.53: a recognizer that ran adds 2 native threads, gone
-  when its handle is released, so OS thread growth is a real leak signal.
+  ``threading._DummyThread`` entries and minus nativeguard's own reaper
+  thread; ``python_thread_ids`` pairs each with its ``native_id``. Dummy
+  entries are native threads (the SDK's callback threads) that some code
+  registered by calling ``threading.current_thread()`` on them; CPython 3.11
+  keeps such an entry after the thread ended, so comparing them would report
+  SDK threads long gone. We never call ``current_thread()`` ourselves, for the
+  same reason.
+- ``os_thread_ids`` are the kernel's thread ids of the process
+  (``/proc/self/task``; SDK native threads included) and ``os_threads`` their
+  number, both without the reaper. A new id that is no new named Python
+  thread is a new native thread.
+- The reaper is recognised as the thread running a ``Reaper``'s loop, not by
+  its name: a user thread named ``nativeguard-reaper`` is checked like any
+  other. It starts on first use and lives for the process, so it is not a
+  leak of the code being checked. Measured with SDK 1.53: a recognizer that
+  ran adds 2 native threads, gone when its handle is released, so OS thread
+  growth is a real leak signal.
+
+Objects an automatic garbage collection freed since the baseline count as
+grown too (``collected``, see ``nativeguard._registry``): a reference cycle is
+a leak whether or not the collector ran before the check looked.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import psutil
@@ -40,7 +53,7 @@ import psutil
 from . import _registry
 from ._errors import NativeDiagnosticsUnavailable
 from ._native import native_handles as _native_handles
-from ._reaper import REAPER_THREAD_NAME
+from ._reaper import REAPER_THREAD_NAME, Reaper
 
 __all__ = ["Counts", "Delta", "Snapshot", "settle", "snapshot"]
 
@@ -97,6 +110,20 @@ class Delta:
     fds: int
     rss_bytes: int
     allocated_blocks: int
+    native_threads: int | None = None
+    """New OS threads (by kernel id) that are not new named Python threads;
+    None when built without thread ids (then ``os_threads`` minus the new
+    Python threads stands in)."""
+    collected: Mapping[str, int] = field(default_factory=Counts)
+    """Of ``instances``: objects already freed by an automatic garbage
+    collection, i.e. left in a reference cycle (no holder chain to show)."""
+
+    @property
+    def new_native_threads(self) -> int:
+        """New native threads: by identity when known, else the net count."""
+        if self.native_threads is not None:
+            return self.native_threads
+        return max(0, self.os_threads - len(self.new_threads))
 
     def leaked(
         self, *, native_handles: bool = True, threads: bool = True, fds: bool = True
@@ -109,7 +136,7 @@ class Delta:
         return bool(
             self.instances
             or (native_handles and self.native_handles)
-            or (threads and (self.new_threads or self.os_threads > 0))
+            or (threads and (self.new_threads or self.new_native_threads > 0))
             or (fds and self.fds > 0)
         )
 
@@ -123,15 +150,18 @@ class Delta:
             "fds": self.fds,
             "rss_bytes": self.rss_bytes,
             "allocated_blocks": self.allocated_blocks,
+            "native_threads": self.native_threads,
+            "collected": dict(self.collected),
         }
 
     def __str__(self) -> str:
         parts = [f"{name} +{count}" for name, count in self.instances.items()]
+        parts += [f"{name} +{count} freed by gc" for name, count in self.collected.items()]
         parts += [f"native {name} +{count}" for name, count in self.native_handles.items()]
         if self.new_threads:
             parts.append(f"new threads: {', '.join(self.new_threads)}")
-        if self.os_threads > 0:
-            parts.append(f"OS threads +{self.os_threads}")
+        if self.new_native_threads > 0:
+            parts.append(f"native threads +{self.new_native_threads}")
         if self.fds > 0:
             parts.append(f"fds +{self.fds}")
         parts.append(f"RSS {self.rss_bytes / 2**20:+.1f} MB")
@@ -158,18 +188,50 @@ class Snapshot:
     rss_bytes: int
     allocated_blocks: int
     full_heap: bool
+    collected: Mapping[str, int] = field(default_factory=Counts)
+    """Tracked objects freed by automatic garbage collections so far (cumulative)."""
+    python_thread_ids: tuple[tuple[int, str], ...] | None = None
+    """``(native_id, name)`` of each thread in ``python_threads``; None if unknown."""
+    os_thread_ids: frozenset[int] | None = None
+    """The kernel's ids of the process's threads, the reaper's left out; None if unknown."""
 
     def diff(self, after: Snapshot) -> Delta:
-        """What grew from this snapshot to ``after``."""
-        after_threads = Counter(after.python_threads)
+        """What grew from this snapshot to ``after``.
+
+        Instances: live count plus those automatic collections freed, so a
+        cycle collected in between still counts. Threads by identity when
+        both snapshots carry thread ids, else by name and net count.
+        """
+        native: int | None = None
+        if self.python_thread_ids is not None and after.python_thread_ids is not None:
+            known = {tid for tid, _ in self.python_thread_ids}
+            new_threads = tuple(
+                sorted(name for tid, name in after.python_thread_ids if tid not in known)
+            )
+            if self.os_thread_ids is not None and after.os_thread_ids is not None:
+                named = {tid for tid, _ in after.python_thread_ids}
+                native = len(after.os_thread_ids - self.os_thread_ids - named)
+        else:
+            after_threads = Counter(after.python_threads)
+            new_threads = tuple(sorted((after_threads - Counter(self.python_threads)).elements()))
+        instances = _grown(
+            _plus(self.instances, self.collected), _plus(after.instances, after.collected)
+        )
+        freed = _grown(self.collected, after.collected)
         return Delta(
-            instances=_grown(self.instances, after.instances),
+            instances=instances,
             native_handles=_grown(self.native_handles, after.native_handles),
-            new_threads=tuple(sorted((after_threads - Counter(self.python_threads)).elements())),
+            new_threads=new_threads,
             os_threads=after.os_threads - self.os_threads,
             fds=after.fds - self.fds,
             rss_bytes=after.rss_bytes - self.rss_bytes,
             allocated_blocks=after.allocated_blocks - self.allocated_blocks,
+            native_threads=native,
+            collected=Counts(
+                (name, min(count, instances[name]))
+                for name, count in freed.items()
+                if name in instances
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +240,19 @@ class Snapshot:
         data["instances"] = dict(self.instances)
         data["native_handles"] = dict(self.native_handles)
         data["python_threads"] = list(self.python_threads)
+        data["collected"] = dict(self.collected)
+        data["python_thread_ids"] = (
+            None if self.python_thread_ids is None else [list(t) for t in self.python_thread_ids]
+        )
+        data["os_thread_ids"] = None if self.os_thread_ids is None else sorted(self.os_thread_ids)
         return data
+
+
+def _plus(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    total = dict(a)
+    for name, count in b.items():
+        total[name] = total.get(name, 0) + count
+    return total
 
 
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> Counts:
@@ -202,42 +276,73 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
     else:
         _registry.enable()
         instances = Counts(_registry.counts())
+    collected = Counts(_registry.collected())
     try:
         handles = Counts(_native_handles())
     except NativeDiagnosticsUnavailable:
         handles = Counts()
-    names, own_threads = _python_threads()
+    named, own_ids = _python_threads()
     process = _process()
+    task_ids = _os_thread_ids()
     with process.oneshot():
-        os_threads = process.num_threads() - own_threads
+        if task_ids is None:
+            os_threads = process.num_threads() - len(own_ids)
         fds = _open_fds(process)
         rss = int(process.memory_info().rss)
+    if task_ids is not None:
+        task_ids -= own_ids
+        os_threads = len(task_ids)
     return Snapshot(
         instances=instances,
         native_handles=handles,
-        python_threads=names,
+        python_threads=tuple(sorted(name for _, name in named)),
         os_threads=os_threads,
         fds=fds,
         rss_bytes=rss,
         allocated_blocks=sys.getallocatedblocks(),
         full_heap=full_heap,
+        collected=collected,
+        python_thread_ids=tuple(sorted(named)),
+        os_thread_ids=None if task_ids is None else frozenset(task_ids),
     )
 
 
-def _python_threads() -> tuple[tuple[str, ...], int]:
-    """(sorted names of the application's Python threads, how many of ours were left out)."""
-    names: list[str] = []
-    ours = 0
+def is_reaper_thread(thread: threading.Thread) -> bool:
+    """Whether ``thread`` runs a :class:`~nativeguard._reaper.Reaper`'s loop (its name aside).
+
+    Any Reaper counts (one made for a test, the parent's before a fork): they
+    all live for the process. ``_target`` is set until the thread's run ends.
+    """
+    target = getattr(thread, "_target", None)
+    return thread.name == REAPER_THREAD_NAME and isinstance(
+        getattr(target, "__self__", None), Reaper
+    )
+
+
+def _python_threads() -> tuple[list[tuple[int, str]], set[int]]:
+    """((native_id, name) of the application's Python threads, native ids of our reapers)."""
+    named: list[tuple[int, str]] = []
+    ours: set[int] = set()
     for thread in threading.enumerate():
         if isinstance(thread, threading._DummyThread):
             continue
-        if thread.name == REAPER_THREAD_NAME:
-            # By name, not as get_reaper().thread: a Reaper made for a test, or
-            # the parent's before a fork, runs under the same name.
-            ours += thread.is_alive()
+        native_id = thread.native_id
+        if native_id is None:  # started, not yet running: id unknown, keep it apart
+            native_id = -1 - len(named)
+        if is_reaper_thread(thread):
+            if thread.is_alive():
+                ours.add(native_id)
         else:
-            names.append(thread.name)
-    return tuple(sorted(names)), ours
+            named.append((native_id, thread.name))
+    return named, ours
+
+
+def _os_thread_ids() -> set[int] | None:
+    """The kernel's ids of this process's threads (Linux), or None where unknown."""
+    try:
+        return {int(entry) for entry in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        return None
 
 
 _cached_process: tuple[int, psutil.Process] | None = None

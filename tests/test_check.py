@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
 import gc
+import os
 import threading
+import time
+import weakref
 
 import azure.cognitiveservices.speech as speechsdk
 import pytest
@@ -12,6 +16,7 @@ from nativeguard import _registry
 from nativeguard._check import Allow, assert_no_leaks, check, findings, type_names
 from nativeguard._errors import LeakError
 from nativeguard._managed import managed_recognizer
+from nativeguard._reaper import REAPER_THREAD_NAME
 from nativeguard._report import LeakReport
 from nativeguard._snapshot import Counts, Delta, snapshot
 
@@ -261,3 +266,164 @@ def test_verify_is_the_public_facade():
     assert verify.LeakReport is _report.LeakReport
     assert verify.snapshot is _snapshot.snapshot
     assert verify.trim is _memory.trim
+
+
+# -- argument checks (issue 10) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "x", 42, {"instances": {}}])
+def test_check_and_assert_no_leaks_name_a_bad_baseline(value):
+    with pytest.raises(TypeError, match=r"check\(\) argument 'before' must be a Snapshot"):
+        check(value)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"assert_no_leaks\(\) argument 'before' must be"):
+        assert_no_leaks(value)  # type: ignore[arg-type]
+    if value is not None:  # after=None means "settle and compare with now"
+        with pytest.raises(TypeError, match=r"assert_no_leaks\(\) argument 'after' must be"):
+            assert_no_leaks(snapshot(), value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("1", TypeError), (None, TypeError), (True, TypeError), (-1, ValueError)],
+)
+def test_check_names_a_bad_settle_time(value, error):
+    with pytest.raises(error, match="'settle_s'"):
+        check(snapshot(), settle_s=value)
+
+
+# -- reference cycles, whatever the collector does (issue 9) -------------------------
+
+
+def naive_synthesize(service) -> weakref.ref:
+    """The field write-ups' pattern on a synthesizer: its callback's closure captures it."""
+    s = speechsdk.SpeechSynthesizer(service.speech_config(), audio_config=None)
+    events: list[weakref.ref] = []
+    done = threading.Event()
+
+    def on_completed(evt: speechsdk.SpeechSynthesisEventArgs) -> None:
+        print(s)
+        events.append(weakref.ref(evt))
+        done.set()
+
+    s.synthesis_completed.connect(on_completed)
+    result = s.speak_text_async("hello there").get()
+    assert result.reason == speechsdk.ResultReason.SynthesizingAudioCompleted
+    del result
+    assert done.wait(10)
+    # The SDK thread drops the event once the callback returned: only the cycle remains.
+    wait_until(lambda: events[0]() is None, "the SDK callback to return")
+    return weakref.ref(s)
+
+
+@pytest.fixture
+def eager_collector():
+    """Automatic collections on (almost) every allocation, for the span of the test."""
+    thresholds = gc.get_threshold()
+    was_enabled = gc.isenabled()
+    gc.collect()
+    yield lambda: (gc.enable(), gc.set_threshold(1, 1, 1))
+    gc.set_threshold(*thresholds)
+    if not was_enabled:
+        gc.disable()
+    gc.collect()
+
+
+def test_cycle_collected_during_the_settle_is_still_a_leak(speech_service, eager_collector):
+    gc.disable()  # until the cycle exists: then the check's own allocations collect it
+    before = snapshot()
+    alive = naive_synthesize(speech_service)
+    assert alive() is not None  # the cycle, nothing collected yet
+    collected_before = _registry.collected().get("SpeechSynthesizer", 0)
+    eager_collector()
+    report = check(before, settle_s=0.3)
+    # An independent measure that the collector did run and free it meanwhile:
+    assert alive() is None
+    assert _registry.collected().get("SpeechSynthesizer", 0) == collected_before + 1
+    assert report is not None
+    assert report.instances["SpeechSynthesizer"] == 1
+    assert report.collected["SpeechSynthesizer"] == 1
+    assert "left in reference cycles, already freed by an automatic garbage collection" in str(
+        report
+    )
+    assert "SpeechSynthesizer +1" in str(report)
+
+
+def test_cycle_collected_before_the_check_starts_is_a_leak(speech_service, eager_collector):
+    gc.disable()
+    before = snapshot()
+    alive = naive_synthesize(speech_service)
+    eager_collector()
+    junk = [[] for _ in range(100)]  # allocations: automatic collections run now
+    del junk
+    assert alive() is None
+    with pytest.raises(LeakError, match="SpeechSynthesizer"):
+        assert_no_leaks(before, settle_s=0.2)
+
+
+def test_an_explicit_collection_is_the_codes_own_release(speech_service, eager_collector):
+    """The manual pattern (drop it, then ``gc.collect()``) frees it on purpose: no leak."""
+    gc.disable()
+    before = snapshot()
+    alive = naive_synthesize(speech_service)
+    gc.enable()  # the counts are far above the threshold now, but this call is explicit
+    gc.collect()
+    assert alive() is None
+    assert check(before, settle_s=0.3) is None
+
+
+# -- threads by identity (issue 10) --------------------------------------------------
+
+
+def task_ids() -> set[int]:
+    return {int(entry) for entry in os.listdir("/proc/self/task")}
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_leaked_native_thread_is_found_while_another_native_thread_exits():
+    gates = {"old": threading.Event(), "new": threading.Event()}
+    ids: dict[str, int] = {}
+
+    def native(name: str) -> None:  # started with _thread: no threading.Thread, no name
+        ids[name] = threading.get_native_id()
+        gates[name].wait()
+
+    _thread.start_new_thread(native, ("old",))  # "an SDK thread of an earlier test"
+    wait_until(lambda: ids.get("old") in task_ids(), "the earlier native thread")
+    before = snapshot()
+    try:
+        _thread.start_new_thread(native, ("new",))  # the leak
+        wait_until(lambda: ids.get("new") in task_ids(), "the leaked native thread")
+        gates["old"].set()  # the earlier thread ends during the same test
+        wait_until(lambda: ids["old"] not in task_ids(), "the earlier thread's exit")
+        # A count says nothing changed (other threads aside); identity says one is new.
+        assert before.diff(snapshot()).new_native_threads == 1
+        report = check(before, settle_s=0.2)
+        assert report is not None
+        assert report.new_threads == ("1 native thread(s) without a Python name",)
+    finally:
+        gates["new"].set()
+        gates["old"].set()
+    wait_until(lambda: ids["new"] not in task_ids(), "the leaked thread's exit")
+    assert check(before, settle_s=1.0) is None
+
+
+def test_a_user_thread_named_like_the_reaper_is_checked():
+    before = snapshot()
+    stop = threading.Event()
+    impostor = threading.Thread(target=stop.wait, name=REAPER_THREAD_NAME, daemon=True)
+    impostor.start()
+    try:
+        report = check(before, settle_s=0.2)
+        assert report is not None
+        assert report.new_threads == (REAPER_THREAD_NAME,)
+        assert "native thread" not in str(report)  # counted once, by its name
+    finally:
+        stop.set()
+        impostor.join()
+    assert check(before) is None

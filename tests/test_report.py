@@ -211,6 +211,7 @@ def test_to_dict_is_json_and_mirrors_the_fields():
         "new_threads": ["Dummy-1"],
         "fds": 3,
         "allowed": [{"what": "ISpxConnection", "reason": "pooled by the SDK"}],
+        "collected": {},
     }
 
 
