@@ -1,0 +1,558 @@
+"""Memory and native resources of a running service: sampled, logged, bounded, exported.
+
+``nativeguard soak`` answers "does this function leak?" before deployment; a
+:class:`Monitor` answers "is this process growing?" in production, with the
+same readings: RSS, glibc's heap in use and the free heap it keeps, native
+handles per integration and type (the Speech SDK core's own table, labelled
+``integration="azure_speech"``), live tracked SDK objects per type, threads
+and file descriptors.
+
+- A sampler thread (``interval_s``) or a per-N-requests hook
+  (:meth:`Monitor.request_done`) takes a reading; each is logged through
+  ``logging.getLogger("nativeguard")`` with structured fields (the record's
+  ``nativeguard`` attribute: numbers and type names only, never values,
+  arguments or configuration, so no secret can reach a log).
+- The last ``history`` readings are kept (a ``deque``: bounded memory).
+- Each metric's slope per hour over the last ``slope_window`` readings
+  (Theil-Sen on the readings' times, robust to one spike) is checked against
+  ``slope_limits``; crossing one logs a warning and issues a
+  :class:`MemoryGrowthWarning` once, until the slope falls back below.
+- With ``prometheus=True`` (``pip install 'nativeguard[monitor]'``) a collector
+  serves the latest reading at scrape time: ``nativeguard_rss_bytes``,
+  ``nativeguard_heap_in_use_bytes``, ``nativeguard_heap_retained_bytes``,
+  ``nativeguard_native_resources{integration,type}``,
+  ``nativeguard_live_objects{type}``, ``nativeguard_threads``,
+  ``nativeguard_fds``, ``nativeguard_releases_total`` (what
+  :meth:`Monitor.record_release` counted) and
+  ``nativeguard_worker_retirements_total{reason}`` (of the pools given to
+  :meth:`Monitor.watch_pool`).
+
+A reading costs a few hundred microseconds (a registry copy, the SDK's handle
+table, ``mallinfo2``, ``/proc``); the first one enables the live-object
+registry, which walks the heap once (~0.1 s per million objects).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import statistics
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._errors import NativeGuardError
+from ._malloc import heap_stats
+from ._redact import redact_text
+from ._snapshot import snapshot
+
+if TYPE_CHECKING:
+    from .isolate import WorkerPool
+
+__all__ = [
+    "DEFAULT_SLOPE_LIMITS",
+    "INTEGRATION",
+    "LOGGER_NAME",
+    "MemoryGrowthWarning",
+    "Monitor",
+    "MonitorSample",
+    "MonitorStateError",
+]
+
+LOGGER_NAME = "nativeguard"
+INTEGRATION = "azure_speech"
+_MB = 1 << 20
+_HOUR = 3600.0
+
+DEFAULT_SLOPE_LIMITS: Mapping[str, float] = {
+    "rss_bytes": 64.0 * _MB,
+    "heap_in_use_bytes": 64.0 * _MB,
+    "native_resources": 100.0,
+    "live_objects": 100.0,
+    "threads": 20.0,
+    "fds": 20.0,
+}
+"""Growth per hour, per metric, that warns. The field reports: hundreds of MB an hour."""
+
+_METRICS = frozenset(
+    {
+        "rss_bytes",
+        "heap_in_use_bytes",
+        "heap_retained_bytes",
+        "python_allocated_blocks",
+        "native_resources",
+        "live_objects",
+        "threads",
+        "fds",
+    }
+)
+
+
+class MemoryGrowthWarning(RuntimeWarning):
+    """A monitored metric grows faster than its limit per hour."""
+
+
+class MonitorStateError(NativeGuardError, RuntimeError):
+    """A Monitor used in a state that does not allow it (closed, already started)."""
+
+
+@dataclass(frozen=True)
+class MonitorSample:
+    """One reading of the process. ``native`` is by integration, then type."""
+
+    time: float
+    """``time.time()`` of the reading."""
+    monotonic: float
+    rss_bytes: int
+    heap_in_use_bytes: int | None
+    heap_retained_bytes: int | None
+    python_allocated_blocks: int
+    native: Mapping[str, Mapping[str, int]]
+    instances: Mapping[str, int]
+    threads: int
+    """OS threads of the process (nativeguard's reaper left out)."""
+    fds: int
+
+    @property
+    def native_resources(self) -> int:
+        return sum(sum(types.values()) for types in self.native.values())
+
+    @property
+    def live_objects(self) -> int:
+        return sum(self.instances.values())
+
+    def value(self, metric: str) -> float | None:
+        """The figure a slope limit names (``native_resources``, ``live_objects``: totals)."""
+        if metric not in _METRICS:
+            raise KeyError(f"no metric {metric!r}; one of {', '.join(sorted(_METRICS))}")
+        value = getattr(self, metric)
+        return None if value is None else float(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["native"] = {k: dict(v) for k, v in self.native.items()}
+        data["instances"] = dict(self.instances)
+        return data
+
+
+def read_sample() -> MonitorSample:
+    """Take one reading now (the monitor's own reader, usable alone)."""
+    snap = snapshot()
+    heap = heap_stats()
+    return MonitorSample(
+        time=time.time(),
+        monotonic=time.monotonic(),
+        rss_bytes=snap.rss_bytes,
+        heap_in_use_bytes=heap.in_use_bytes,
+        heap_retained_bytes=heap.free_bytes,
+        python_allocated_blocks=snap.allocated_blocks,
+        native={INTEGRATION: dict(snap.native_handles)} if snap.native_handles else {},
+        instances=dict(snap.instances),
+        threads=snap.os_threads,
+        fds=snap.fds,
+    )
+
+
+def _slope_per_hour(points: Iterable[tuple[float, float]]) -> float:
+    """Theil-Sen slope of (monotonic seconds, value) points, per hour; 0.0 below two points."""
+    data = list(points)
+    slopes = [
+        (data[j][1] - data[i][1]) / (data[j][0] - data[i][0])
+        for i in range(len(data))
+        for j in range(i + 1, len(data))
+        if data[j][0] > data[i][0]
+    ]
+    return float(statistics.median(slopes)) * _HOUR if slopes else 0.0
+
+
+def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not value >= minimum:
+        kind = "an int" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
+
+
+class Monitor:
+    """Samples this process periodically (or every N requests); logs, keeps, warns, exports.
+
+    Use as a context manager, or :meth:`start` and :meth:`close`. ``interval_s``
+    None means no thread: readings come from :meth:`sample` or
+    :meth:`request_done` (every ``every_requests`` calls). ``slope_limits``
+    maps metric names (see :data:`DEFAULT_SLOPE_LIMITS`; also
+    ``"heap_retained_bytes"`` and ``"python_allocated_blocks"``) to growth per
+    hour; ``None`` switches slope warnings off. ``prometheus=True`` registers
+    a collector in ``registry`` (prometheus-client's default one when None),
+    removed again by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: float | None = 30.0,
+        every_requests: int | None = None,
+        history: int = 720,
+        slope_window: int = 20,
+        slope_limits: Mapping[str, float] | None = DEFAULT_SLOPE_LIMITS,
+        logger: logging.Logger | None = None,
+        log_level: int = logging.INFO,
+        prometheus: bool = False,
+        registry: Any = None,
+    ) -> None:
+        if interval_s is not None:
+            _check_number("interval_s", interval_s, minimum=0.01)
+        if every_requests is not None:
+            _check_number("every_requests", every_requests, minimum=1, integer=True)
+        _check_number("history", history, minimum=2, integer=True)
+        _check_number("slope_window", slope_window, minimum=3, integer=True)
+        if slope_window > history:
+            raise ValueError(f"slope_window ({slope_window}) cannot exceed history ({history})")
+        limits = dict(slope_limits or {})
+        for metric, limit in limits.items():
+            if metric not in _METRICS:
+                raise ValueError(
+                    f"slope_limits: no metric {metric!r}; one of {', '.join(sorted(_METRICS))}"
+                )
+            _check_number(f"slope_limits[{metric!r}]", limit, minimum=0)
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger, got {type(logger).__name__}")
+        self.interval_s = interval_s
+        self.every_requests = every_requests
+        self.slope_window = slope_window
+        self.slope_limits: Mapping[str, float] = limits
+        self.logger = logger if logger is not None else logging.getLogger(LOGGER_NAME)
+        self.log_level = log_level
+        self._history: collections.deque[MonitorSample] = collections.deque(maxlen=history)
+        self._lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._started = False
+        self._requests = 0
+        self._releases = 0
+        self._warning: dict[str, bool] = {}
+        self._pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+        self._retired: collections.Counter[str] = collections.Counter()
+        self._collector: Any = None
+        self._registry: Any = None
+        if prometheus:
+            self._register(registry)
+
+    # --------------------------------------------------------------- state
+
+    def start(self) -> Monitor:
+        """Take a first reading and start the sampler thread (if ``interval_s`` is set)."""
+        with self._lock:
+            if self._closed:
+                raise MonitorStateError("this Monitor is closed; create a new one")
+            if self._started:
+                raise MonitorStateError("this Monitor is already started")
+            self._started = True
+            if self.interval_s is not None:
+                self._thread = threading.Thread(
+                    target=self._run, name="nativeguard-monitor", daemon=True
+                )
+        self.sample()
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (waiting up to ``timeout``) and unregister the collector; idempotent."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._collector is not None and self._registry is not None:
+            with contextlib.suppress(KeyError):  # already unregistered by its owner
+                self._registry.unregister(self._collector)
+            self._collector = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Monitor:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Monitor:
+        import asyncio  # noqa: PLC0415
+
+        # The first reading may walk the heap once: off the event loop.
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        import asyncio  # noqa: PLC0415
+
+        await asyncio.to_thread(self.close)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._thread else "idle")
+        return f"<Monitor {state} samples={len(self._history)} interval_s={self.interval_s}>"
+
+    # ------------------------------------------------------------ readings
+
+    def _run(self) -> None:
+        assert self.interval_s is not None
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sample()
+            except Exception:  # a sampler thread must survive one bad reading; logged, not lost
+                self.logger.exception("nativeguard monitor: a reading failed")
+
+    def sample(self) -> MonitorSample:
+        """Take a reading now: keep it, log it, check the slopes; returns it."""
+        if self._closed:
+            raise MonitorStateError("this Monitor is closed; create a new one")
+        with self._sample_lock:
+            reading = read_sample()
+            with self._lock:
+                self._history.append(reading)
+                window = list(self._history)[-self.slope_window :]
+            self._poll_pools()
+            self._log(reading)
+            self._check_slopes(window)
+        return reading
+
+    def request_done(self) -> MonitorSample | None:
+        """Count one request; every ``every_requests``-th takes a reading (returned), else None."""
+        if self.every_requests is None:
+            raise MonitorStateError("request_done() needs Monitor(every_requests=N)")
+        with self._lock:
+            self._requests += 1
+            due = self._requests % self.every_requests == 0
+        return self.sample() if due else None
+
+    def record_release(self, count: int = 1) -> None:
+        """Count ``count`` released scopes (``nativeguard_releases_total``)."""
+        _check_number("count", count, minimum=0, integer=True)
+        with self._lock:
+            self._releases += count
+
+    def watch_pool(self, pool: WorkerPool) -> None:
+        """Count ``pool``'s worker retirements by reason (held weakly)."""
+        from .isolate import WorkerPool  # noqa: PLC0415
+
+        if not isinstance(pool, WorkerPool):
+            raise TypeError(f"watch_pool() takes a WorkerPool, got {type(pool).__name__}")
+        with self._lock:
+            self._pools.add(pool)
+
+    def _poll_pools(self) -> None:
+        counts: collections.Counter[str] = collections.Counter()
+        for pool in list(self._pools):
+            stats = pool.statistics()
+            counts.update(dict(stats.recycles))
+            counts["crashed"] += stats.crashes
+            counts["timeout"] += stats.timeouts
+        with self._lock:
+            # Never decrease (a pool that was collected keeps its count).
+            for reason, count in counts.items():
+                self._retired[reason] = max(self._retired[reason], count)
+
+    @property
+    def history(self) -> tuple[MonitorSample, ...]:
+        """The kept readings, oldest first (at most ``history``)."""
+        with self._lock:
+            return tuple(self._history)
+
+    @property
+    def releases(self) -> int:
+        return self._releases
+
+    @property
+    def retirements(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in self._retired.items() if v}
+
+    def slopes(self) -> dict[str, float]:
+        """Each metric's growth per hour over the last ``slope_window`` readings."""
+        with self._lock:
+            window = list(self._history)[-self.slope_window :]
+        return self._slopes(window)
+
+    @staticmethod
+    def _slopes(window: list[MonitorSample]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in sorted(_METRICS):
+            points = [(s.monotonic, s.value(metric)) for s in window]
+            known = [(t, v) for t, v in points if v is not None]
+            out[metric] = _slope_per_hour(known)
+        return out
+
+    def _check_slopes(self, window: list[MonitorSample]) -> None:
+        if len(window) < self.slope_window or not self.slope_limits:
+            return
+        slopes = self._slopes(window)
+        for metric, limit in self.slope_limits.items():
+            slope = slopes[metric]
+            over = slope > limit
+            if over and not self._warning.get(metric):
+                message = (
+                    f"nativeguard: {metric} grows {_per_hour(metric, slope)} per hour over the "
+                    f"last {len(window)} readings (limit {_per_hour(metric, limit)})"
+                )
+                self.logger.warning(
+                    message,
+                    extra={
+                        "nativeguard": {
+                            "event": "growth",
+                            "metric": metric,
+                            "slope_per_hour": slope,
+                            "limit_per_hour": limit,
+                            "readings": len(window),
+                        }
+                    },
+                )
+                warnings.warn(message, MemoryGrowthWarning, stacklevel=2)
+            self._warning[metric] = over
+
+    def _log(self, reading: MonitorSample) -> None:
+        if not self.logger.isEnabledFor(self.log_level):
+            return
+        fields = {
+            "event": "sample",
+            "rss_bytes": reading.rss_bytes,
+            "heap_in_use_bytes": reading.heap_in_use_bytes,
+            "heap_retained_bytes": reading.heap_retained_bytes,
+            "python_allocated_blocks": reading.python_allocated_blocks,
+            "native_resources": {
+                integration: {redact_text(t): n for t, n in types.items()}
+                for integration, types in reading.native.items()
+            },
+            "live_objects": {redact_text(t): n for t, n in reading.instances.items()},
+            "threads": reading.threads,
+            "fds": reading.fds,
+            "releases_total": self._releases,
+        }
+        self.logger.log(
+            self.log_level,
+            "nativeguard memory: rss=%.1fMB heap_in_use=%s retained=%s native=%d objects=%d "
+            "threads=%d fds=%d",
+            reading.rss_bytes / _MB,
+            _mb(reading.heap_in_use_bytes),
+            _mb(reading.heap_retained_bytes),
+            reading.native_resources,
+            reading.live_objects,
+            reading.threads,
+            reading.fds,
+            extra={"nativeguard": fields},
+        )
+
+    # ---------------------------------------------------------- prometheus
+
+    def _register(self, registry: Any) -> None:
+        try:
+            from prometheus_client import REGISTRY  # noqa: PLC0415
+        except ImportError as error:
+            raise ImportError(
+                "Monitor(prometheus=True) needs prometheus-client: "
+                f"pip install 'nativeguard[monitor]' ({error})"
+            ) from None
+        self._registry = REGISTRY if registry is None else registry
+        self._collector = _Collector(self)
+        self._registry.register(self._collector)
+
+    def _latest(self) -> MonitorSample | None:
+        with self._lock:
+            return self._history[-1] if self._history else None
+
+
+def _mb(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / _MB:.1f}MB"
+
+
+def _per_hour(metric: str, value: float) -> str:
+    if metric.endswith("_bytes"):
+        return f"{value / _MB:+.1f} MB"
+    return f"{value:+.1f}"
+
+
+class _Collector:
+    """prometheus-client custom collector: the latest reading, built at scrape time."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = weakref.ref(monitor)
+
+    def describe(self) -> list[Any]:
+        return []  # dynamic label sets: no pre-declared descriptions
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        monitor = self._monitor()
+        if monitor is None:
+            return
+        reading = monitor._latest()
+        if reading is not None:
+            yield GaugeMetricFamily(
+                "nativeguard_rss_bytes", "Resident set size of this process", reading.rss_bytes
+            )
+            if reading.heap_in_use_bytes is not None:
+                yield GaugeMetricFamily(
+                    "nativeguard_heap_in_use_bytes",
+                    "glibc heap allocated and not freed (mallinfo2)",
+                    reading.heap_in_use_bytes,
+                )
+            if reading.heap_retained_bytes is not None:
+                yield GaugeMetricFamily(
+                    "nativeguard_heap_retained_bytes",
+                    "Freed heap glibc keeps for reuse (mallinfo2 fordblks)",
+                    reading.heap_retained_bytes,
+                )
+            native = GaugeMetricFamily(
+                "nativeguard_native_resources",
+                "Live native resources by integration and type (the SDK core's handle table)",
+                labels=("integration", "type"),
+            )
+            for integration, types in sorted(reading.native.items()):
+                for type_name, count in sorted(types.items()):
+                    native.add_metric((integration, type_name), count)
+            yield native
+            live = GaugeMetricFamily(
+                "nativeguard_live_objects",
+                "Live tracked SDK objects by type",
+                labels=("type",),
+            )
+            for type_name, count in sorted(reading.instances.items()):
+                live.add_metric((type_name,), count)
+            yield live
+            yield GaugeMetricFamily("nativeguard_threads", "OS threads", reading.threads)
+            yield GaugeMetricFamily("nativeguard_fds", "Open file descriptors", reading.fds)
+        yield CounterMetricFamily(
+            "nativeguard_releases",
+            "Scopes released (Monitor.record_release)",
+            monitor.releases,
+        )
+        retired = CounterMetricFamily(
+            "nativeguard_worker_retirements",
+            "Worker processes retired by watched WorkerPools, by reason",
+            labels=("reason",),
+        )
+        for reason, count in sorted(monitor.retirements.items()):
+            retired.add_metric((reason,), count)
+        yield retired

@@ -1,0 +1,217 @@
+"""nativeguard.monitor: the sampler thread, bounded history, slope warnings, logs, Prometheus."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import azure.cognitiveservices.speech as speechsdk
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nativeguard.isolate import WorkerPool
+from nativeguard.monitor import (
+    LOGGER_NAME,
+    MemoryGrowthWarning,
+    Monitor,
+    MonitorStateError,
+)
+
+SECRET = "monitor-secret-key-5f3a9"
+
+
+def _monitor_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "nativeguard-monitor"]
+
+
+def test_sampler_thread_samples_and_stops() -> None:
+    assert _monitor_threads() == []
+    monitor = Monitor(interval_s=0.02, slope_limits=None)
+    with monitor:
+        (thread,) = _monitor_threads()
+        deadline = time.monotonic() + 10
+        while len(monitor.history) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(monitor.history) >= 4
+        times = [s.monotonic for s in monitor.history]
+        assert times == sorted(times)
+    assert not thread.is_alive()
+    assert _monitor_threads() == []
+    assert monitor.closed
+    monitor.close()  # idempotent
+    with pytest.raises(MonitorStateError, match="closed"):
+        monitor.sample()
+    with pytest.raises(MonitorStateError, match="closed"):
+        monitor.start()
+
+
+def test_history_is_bounded_and_keeps_the_newest() -> None:
+    monitor = Monitor(interval_s=None, history=5, slope_window=3, slope_limits=None)
+    taken = [monitor.sample() for _ in range(12)]
+    assert monitor.history == tuple(taken[-5:])
+    monitor.close()
+
+
+def test_request_hook_samples_every_n_requests() -> None:
+    monitor = Monitor(interval_s=None, every_requests=3, slope_limits=None)
+    results = [monitor.request_done() for _ in range(7)]
+    assert [r is not None for r in results] == [False, False, True, False, False, True, False]
+    assert len(monitor.history) == 2
+    with pytest.raises(MonitorStateError, match="every_requests"):
+        Monitor(interval_s=None).request_done()
+
+
+def test_structured_log_fields_and_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    config = speechsdk.SpeechConfig(subscription=SECRET, region="westus")
+    monitor = Monitor(interval_s=None, slope_limits=None)
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        reading = monitor.sample()
+    (record,) = [r for r in caplog.records if r.name == LOGGER_NAME]
+    fields = record.nativeguard  # type: ignore[attr-defined]
+    assert fields["event"] == "sample"
+    assert fields["rss_bytes"] == reading.rss_bytes
+    assert fields["fds"] == reading.fds
+    assert fields["live_objects"]["SpeechConfig"] >= 1
+    assert fields["native_resources"]["azure_speech"]["ISpxSpeechConfig"] >= 1
+    assert "nativeguard memory: rss=" in record.getMessage()
+    everything = record.getMessage() + repr(record.__dict__)
+    assert SECRET not in everything
+    del config
+    monitor.close()
+
+
+def test_slope_warning_is_raised_once_while_the_metric_grows(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monitor = Monitor(interval_s=None, slope_window=3, slope_limits={"fds": 1.0})
+    opened = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+                for number in range(6):
+                    opened.append(open(tmp_path / f"f{number}", "w"))  # noqa: SIM115
+                    time.sleep(0.01)
+                    monitor.sample()
+        growth = [w for w in caught if issubclass(w.category, MemoryGrowthWarning)]
+        assert len(growth) == 1, [str(w.message) for w in caught]
+        assert "fds grows" in str(growth[0].message)
+        (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert record.nativeguard["metric"] == "fds"  # type: ignore[attr-defined]
+        assert record.nativeguard["slope_per_hour"] > 1.0  # type: ignore[attr-defined]
+        assert monitor.slopes()["fds"] > 0
+    finally:
+        for file in opened:
+            file.close()
+        monitor.close()
+    # Flat again: the flag resets, so a new growth would warn again.
+    monitor2 = Monitor(interval_s=None, slope_window=3, slope_limits={"fds": 1.0})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            monitor2.sample()
+    assert [w for w in caught if issubclass(w.category, MemoryGrowthWarning)] == []
+    monitor2.close()
+
+
+def _metrics(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = generate_latest(registry).decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+@pytest.mark.usefixtures("fork_server")
+def test_prometheus_metrics_from_the_latest_reading() -> None:
+    registry = CollectorRegistry()
+    config = speechsdk.SpeechConfig(subscription=SECRET, region="westus")
+    with (
+        Monitor(interval_s=None, prometheus=True, registry=registry, slope_limits=None) as monitor,
+        WorkerPool(1, max_tasks=1, warm_spare=False) as pool,
+    ):
+        monitor.watch_pool(pool)
+        for _ in range(3):
+            pool.submit(os.getpid).result()
+        monitor.record_release(2)
+        reading = monitor.sample()
+        metrics = _metrics(registry)
+        stats = pool.statistics()
+    assert metrics["nativeguard_rss_bytes"] == [({}, float(reading.rss_bytes))]
+    assert metrics["nativeguard_heap_in_use_bytes"] == [({}, float(reading.heap_in_use_bytes))]
+    assert metrics["nativeguard_heap_retained_bytes"] == [({}, float(reading.heap_retained_bytes))]
+    native = {
+        (labels["integration"], labels["type"]): value
+        for labels, value in metrics["nativeguard_native_resources"]
+    }
+    assert (
+        native[("azure_speech", "ISpxSpeechConfig")]
+        == reading.native["azure_speech"]["ISpxSpeechConfig"]
+    )
+    live = {labels["type"]: value for labels, value in metrics["nativeguard_live_objects"]}
+    assert live["SpeechConfig"] == reading.instances["SpeechConfig"]
+    assert metrics["nativeguard_threads"] == [({}, float(reading.threads))]
+    assert metrics["nativeguard_fds"] == [({}, float(reading.fds))]
+    assert metrics["nativeguard_releases_total"] == [({}, 2.0)]
+    retired = {labels["reason"]: v for labels, v in metrics["nativeguard_worker_retirements_total"]}
+    assert retired["max_tasks"] == stats.recycles["max_tasks"] >= 2
+    assert SECRET not in generate_latest(registry).decode()
+    # close() unregistered the collector.
+    assert "nativeguard_rss_bytes" not in _metrics(registry)
+    del config
+
+
+def test_bad_arguments_name_themselves() -> None:
+    with pytest.raises(ValueError, match=r"interval_s must be a number >= 0\.01"):
+        Monitor(interval_s=0)
+    with pytest.raises(ValueError, match="history must be an int >= 2"):
+        Monitor(history=1)
+    with pytest.raises(ValueError, match=r"slope_window .* cannot exceed history"):
+        Monitor(history=5, slope_window=6)
+    with pytest.raises(ValueError, match="no metric 'rss'"):
+        Monitor(slope_limits={"rss": 1.0})
+    with pytest.raises(ValueError, match=r"slope_limits\['fds'\] must be a number"):
+        Monitor(slope_limits={"fds": "many"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"logger must be a logging\.Logger"):
+        Monitor(logger="nativeguard")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="every_requests must be an int >= 1"):
+        Monitor(every_requests=True)
+    monitor = Monitor(interval_s=None)
+    with pytest.raises(TypeError, match="watch_pool\\(\\) takes a WorkerPool, got list"):
+        monitor.watch_pool([])  # type: ignore[arg-type]
+    monitor.start()
+    with pytest.raises(MonitorStateError, match="already started"):
+        monitor.start()
+    monitor.close()
+
+
+def test_a_failing_reading_is_logged_and_the_thread_survives(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import nativeguard.monitor as module
+
+    real = module.read_sample
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("proc unreadable")
+        return real()
+
+    monkeypatch.setattr(module, "read_sample", flaky)
+    with (
+        caplog.at_level(logging.ERROR, logger=LOGGER_NAME),
+        Monitor(interval_s=0.02, slope_limits=None) as monitor,
+    ):
+        deadline = time.monotonic() + 10
+        while len(monitor.history) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(monitor.history) >= 3
+    assert any("a reading failed" in r.getMessage() for r in caplog.records)
