@@ -402,9 +402,11 @@ def _path(search: _Search, node: int) -> list[object]:
 def _conclude(
     search: _Search, position: int, index: dict[int, int], context: _Context
 ) -> HolderChain:
+    secrets: tuple[str, ...] = ()
     if search.root is not None:
         path = _path(search, search.root.node)
         links = _describe(path, search.root)
+        secrets = _chain_secrets([*path, search.root.holder])
     elif search.truncated:
         path = _path(search, next(reversed(search.nodes)))
         visited = len(search.nodes)
@@ -427,8 +429,11 @@ def _conclude(
             ancestor = search.nodes[search.cycle[1]] if search.cycle else None
             path = _path(search, end)
             links = (*_describe(path, None, ancestor), UNREACHABLE)
-            return HolderChain(_redacted(links), True, _through(path, position, index))
-    return HolderChain(_redacted(links), False, _through(path, position, index))
+            secrets = _chain_secrets(path)
+            return HolderChain(_redacted(links, secrets), True, _through(path, position, index))
+    if search.root is None:
+        secrets = _chain_secrets(path)
+    return HolderChain(_redacted(links, secrets), False, _through(path, position, index))
 
 
 def _unaccounted(search: _Search, context: _Context) -> int | None:
@@ -457,10 +462,44 @@ def _through(path: list[object], position: int, index: dict[int, int]) -> int | 
     return None
 
 
-def _redacted(links: tuple[str, ...]) -> tuple[str, ...]:
+def _redacted(links: tuple[str, ...], secrets: Sequence[str] = ()) -> tuple[str, ...]:
+    """Links with credential-shaped text and the chain's own secret values masked."""
     from ._redact import redact_text  # noqa: PLC0415 - keep this module import-light
 
-    return tuple(redact_text(link) for link in links)
+    return tuple(redact_text(link, secrets) for link in links)
+
+
+def _chain_secrets(objs: Sequence[object]) -> tuple[str, ...]:
+    """String values the chain's holders keep under credential-shaped names.
+
+    ``Holder.password = KEY`` or a frame's local ``token``: a chain names
+    attributes and variables, and one of those names (an attribute set with
+    ``setattr``, a thread's name) may embed the very value a credential-named
+    field holds. Those values are masked wherever they appear in the chain.
+    """
+    from ._redact import is_secret_name  # noqa: PLC0415 - keep this module import-light
+
+    found: list[str] = []
+    for obj in objs:
+        try:
+            if isinstance(obj, types.FrameType):
+                namespace: object = obj.f_locals
+            else:
+                namespace = _namespace(obj)
+            if not isinstance(namespace, Mapping):
+                continue
+            for name, value in list(namespace.items()):
+                if (
+                    isinstance(name, str)
+                    and isinstance(value, str)
+                    and is_secret_name(name)
+                    and len(value) >= 4
+                    and value not in found
+                ):
+                    found.append(value)
+        except Exception:  # an exotic holder must not cost the whole report
+            continue
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 # -- describing a chain -----------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "SECRET_HEADERS", "redact_headers", "redact_text"]
+__all__ = ["REDACTED", "SECRET_HEADERS", "is_secret_name", "redact_headers", "redact_text"]
 
 REDACTED = "<redacted>"
 
@@ -29,6 +29,21 @@ _SECRET_TEXT = re.compile(
     r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',;&}]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/#=-]+")
+# The same shape for names that are commonly credentials on their own: token=,
+# api_key=, apikey=, passwd= (added; the pattern above is unchanged).
+_SECRET_TEXT_MORE = re.compile(
+    r"(?i)(?P<name>\b(?:\w*[-_])?token|api[-_]?key|passwd|pwd)"
+    r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',;&}]+)"
+)
+_SECRET_NAME = re.compile(
+    r"(?i)(password|passwd|pwd|secret|token|api[-_]?key|subscription[-_]?key|credential"
+    r"|authorization|auth[-_]?header|private[-_]?key|access[-_]?key)"
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable, attribute or field named ``name`` probably holds a credential."""
+    return bool(_SECRET_NAME.search(name))
 
 
 def redact_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -45,4 +60,12 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _SECRET_TEXT.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)
+    text = _SECRET_TEXT.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)
+    return _SECRET_TEXT_MORE.sub(
+        lambda m: (
+            m.group(0)
+            if m.group("value") == REDACTED
+            else f"{m.group('name')}{m.group('sep')}{REDACTED}"
+        ),
+        text,
+    )

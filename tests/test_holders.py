@@ -503,3 +503,78 @@ def test_a_search_from_inside_a_python_tracer_leaves_the_traced_frames_variables
     assert isinstance(result, Leaf)
     assert chains[0][0] == "Leaf"
     assert chains[0][1].startswith("local leaf in frame ")
+
+
+# -- secrets on the chain (issue 17) -------------------------------------------------
+
+KEY = "sk-live-4f9a1c2e7b3d5f60"
+SECRET_HOLDERS: list[object] = []
+
+
+class Holder:
+    pass
+
+
+def test_a_credential_attribute_on_the_chain_is_masked_wherever_its_value_shows():
+    """``Holder.password = KEY``: the key is masked in every link, names stay."""
+    holder = Holder()
+    holder.password = KEY  # type: ignore[attr-defined]
+    leaf = Leaf()
+    setattr(holder, f"session_{KEY}", leaf)  # a per-key cache, keyed by attribute name
+    SECRET_HOLDERS.append(holder)
+    ref = weakref.ref(leaf)
+    del leaf, holder
+    try:
+        chain = holder_chain(ref())
+        assert KEY not in " <- ".join(chain)
+        assert chain[0] == "Leaf Holder.session_<redacted>"
+        assert chain[1] == "Holder"
+        assert chain[-1].startswith("global SECRET_HOLDERS in module")
+    finally:
+        SECRET_HOLDERS.clear()
+
+
+def test_a_finished_frames_local_named_token_is_masked_in_the_chain():
+    def connect(token: str) -> None:
+        cache = Holder()
+        setattr(cache, f"client_for_{token}", Leaf())
+        raise RuntimeError("refused")
+
+    try:
+        connect(KEY)
+    except RuntimeError as error:
+        SECRET_HOLDERS.append(error)  # its traceback keeps connect's finished frame
+    try:
+        frame = SECRET_HOLDERS[0].__traceback__.tb_next.tb_frame  # type: ignore[union-attr]
+        ref = weakref.ref(getattr(frame.f_locals["cache"], f"client_for_{KEY}"))
+        del frame
+        chain = holder_chain(ref())
+        text = " <- ".join(chain)
+        assert (
+            "Leaf Holder.client_for_<redacted> <- Holder <- local cache in finished frame" in text
+        )
+        assert KEY not in text
+    finally:
+        SECRET_HOLDERS.clear()
+
+
+def test_credential_shaped_thread_names_are_masked():
+    release = threading.Event()
+    box: list[weakref.ref[Leaf]] = []
+
+    def hold(leaf: Leaf) -> None:
+        box.append(weakref.ref(leaf))
+        del leaf
+        release.wait(30)
+
+    worker = threading.Thread(target=hold, name=f"sync token={KEY}", args=(Leaf(),))
+    worker.start()
+    try:
+        while not box:
+            time.sleep(0.001)
+        chain = holder_chain(box[0]())
+        assert chain[-1] == "thread sync token=<redacted> (Thread)"
+        assert KEY not in " ".join(chain)
+    finally:
+        release.set()
+        worker.join()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import os
 import pickle
 import tempfile
 import threading
@@ -492,3 +493,72 @@ def test_snapshots_and_deltas_are_frozen_hashable_picklable_and_serialisable():
     assert json.loads(json.dumps(snap.to_dict()))["python_threads"] == list(snap.python_threads)
     assert list(Counts({"b": 1, "a": 2})) == ["a", "b"]
     assert repr(Counts({"a": 1})) == "{'a': 1}"
+
+
+# -- file descriptors on their own (issue 17) -----------------------------------------
+
+
+def open_fds() -> int:
+    """Counted independently of psutil: the kernel's fd directory (minus listdir's own)."""
+    return len(os.listdir("/proc/self/fd")) - 1
+
+
+def test_fd_growth_alone_is_a_leak_and_fd_shrinkage_is_not():
+    assert Delta({}, {}, (), 0, 1, 0, 0).leaked()
+    assert not Delta({}, {}, (), 0, 1, 0, 0).leaked(fds=False)
+    assert not Delta({}, {}, (), 0, -1, 0, 0).leaked()
+    before = quiet_snapshot()
+    kernel_before = open_fds()
+    read_end, write_end = os.pipe()
+    try:
+        delta = before.diff(snapshot())
+        assert open_fds() - kernel_before == 2
+        assert delta.fds == 2
+        assert (dict(delta.instances), dict(delta.native_handles), delta.new_threads) == (
+            {},
+            {},
+            (),
+        )
+        assert delta.new_native_threads == 0  # only fds grew
+        assert delta.leaked()
+        assert not delta.leaked(fds=False)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # The other way: fds open at the baseline and closed since are no leak.
+    read_end, write_end = os.pipe()
+    baseline = snapshot()
+    os.close(read_end)
+    os.close(write_end)
+    shrunk = baseline.diff(snapshot())
+    assert shrunk.fds == -2
+    assert not shrunk.leaked()
+
+
+def test_settle_waits_for_fds_that_close_late():
+    pending: list[int] = []
+    go = threading.Event()
+
+    def close_late() -> None:
+        go.wait(5)
+        time.sleep(0.3)
+        for fd in pending:
+            os.close(fd)
+
+    closer = threading.Thread(target=close_late, name="late-closer")
+    closer.start()  # before the baseline: its exit is no growth either way
+    before = quiet_snapshot()
+    kernel_before = open_fds()
+    pending.extend(os.pipe())
+    go.set()
+    kernel_open = open_fds() - kernel_before
+    try:
+        started = time.monotonic()
+        _, delta = settle(before, timeout=3.0)
+        waited = time.monotonic() - started
+    finally:
+        closer.join()
+    assert kernel_open == 2  # the pipe was open when settle began
+    assert delta.fds <= 0
+    assert not delta.leaked()
+    assert 0.2 <= waited < 3.0  # it polled until they closed, not to its timeout
