@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ RecognitionStatus = Literal[
 ]
 _STATUSES: tuple[str, ...] = get_args(RecognitionStatus)
 
+_LEXICAL_WORD = re.compile(r"[\w']+(?:-[\w']+)*")
+
 # Layout of phrases that give no explicit timing.
 _FIRST_OFFSET_S = 0.1
 _GAP_S = 0.2
@@ -40,6 +44,24 @@ class Phrase:
     ``hypotheses`` default to growing word prefixes of ``text``.
     ``translations`` maps target languages to text for translation
     recognizers; languages it does not name get ``"[lang] text"``.
+
+    For the detailed output format and the features that use it:
+
+    - ``lexical`` / ``itn``: the phrase's lexical and inverse-text-normalised
+      forms (default: ``text`` lower-cased without punctuation, and the same);
+      the lexical words are the ``Words`` of word-level timestamps, timed
+      across the phrase's duration in proportion to their length.
+    - ``confidence``: the first ``NBest`` entry's confidence (default 0.95);
+      ``alternatives`` add ``NBest`` entries with lower confidences.
+    - ``language``: the language the service detects for this phrase when the
+      client asked for language identification (default: the first
+      candidate); one that is not among the candidates is reported as
+      ``"Unknown"``.
+    - ``pronunciation``: pronunciation-assessment scores: a word (lexical,
+      lower case) maps to that word's accuracy (default 100), and the keys
+      ``AccuracyScore``, ``FluencyScore``, ``CompletenessScore``,
+      ``ProsodyScore`` and ``PronScore`` override the overall scores the
+      service otherwise derives.
     """
 
     text: str
@@ -49,6 +71,12 @@ class Phrase:
     hypotheses: tuple[str, ...] | None = None
     status: RecognitionStatus = "Success"
     translations: Mapping[str, str] | None = None
+    lexical: str | None = None
+    itn: str | None = None
+    confidence: float | None = None
+    alternatives: tuple[str, ...] = ()
+    language: str | None = None
+    pronunciation: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -75,6 +103,42 @@ class Phrase:
             ):
                 raise TypeError("Phrase.translations must map language (str) to text (str)")
             object.__setattr__(self, "translations", dict(self.translations))
+        for name in ("lexical", "itn", "language"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"Phrase.{name} must be str or None, got {type(value).__name__}")
+        if self.confidence is not None and not (
+            isinstance(self.confidence, (int, float))
+            and not isinstance(self.confidence, bool)
+            and 0 <= self.confidence <= 1
+        ):
+            raise ValueError(f"Phrase.confidence must be within [0, 1], got {self.confidence!r}")
+        if isinstance(self.alternatives, str) or not all(
+            isinstance(a, str) for a in self.alternatives
+        ):
+            raise TypeError("Phrase.alternatives must be a tuple of str")
+        object.__setattr__(self, "alternatives", tuple(self.alternatives))
+        if self.pronunciation is not None:
+            if not isinstance(self.pronunciation, Mapping) or not all(
+                isinstance(k, str)
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and 0 <= v <= 100
+                for k, v in self.pronunciation.items()
+            ):
+                raise TypeError(
+                    "Phrase.pronunciation must map words or score names (str) to "
+                    "scores within [0, 100]"
+                )
+            object.__setattr__(self, "pronunciation", dict(self.pronunciation))
+
+    @property
+    def lexical_form(self) -> str:
+        """The lexical form: ``lexical``, or ``text`` lower-cased without punctuation."""
+        if self.lexical is not None:
+            return self.lexical
+        return " ".join(_LEXICAL_WORD.findall(self.text.lower()))
 
     def translation(self, language: str, text: str | None = None) -> str:
         """The translation of ``text`` (default: the phrase) into ``language``."""

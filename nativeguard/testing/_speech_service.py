@@ -17,7 +17,6 @@ import re
 import threading
 import traceback
 import uuid
-import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,14 +35,16 @@ from .._errors import ProtocolError, ServiceError, add_note
 from .._redact import redact_headers, redact_text
 from ._audio import (
     AudioFormat,
-    SpokenWord,
+    SynthesizedSpeech,
     parse_output_format,
     parse_wav_header,
     synthesize_words,
 )
 from ._faults import FaultPlan, Faults, check_plan, resolve_faults
 from ._logs import service_logger
+from ._recognition import RecognitionRequest, apply_profanity, detected_language, phrase_body
 from ._script import TICKS_PER_SECOND, Phrase, Script, TimedPhrase
+from ._ssml import SsmlDocument, SsmlError, parse_ssml
 from ._usp import Message, binary_frame, parse_binary, parse_text, text_frame
 
 __all__ = [
@@ -120,25 +121,6 @@ class ConnectionLog:
         return _kind_of(self.path)
 
 
-@dataclass(frozen=True)
-class _RecognitionContext:
-    """What the latest ``speech.context`` asked for."""
-
-    single_phrase: bool
-    translate_to: tuple[str, ...]
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], path: str) -> _RecognitionContext:
-        detection = body.get("phraseDetection") or {}
-        mode = str(detection.get("mode", "")).lower() if isinstance(detection, dict) else ""
-        translation = body.get("translation") or {}
-        targets = translation.get("targetLanguages", []) if isinstance(translation, dict) else []
-        return cls(
-            single_phrase=mode == "interactive" or (not mode and _kind_of(path) == "interactive"),
-            translate_to=tuple(str(t) for t in targets),
-        )
-
-
 @dataclass
 class _ConnectionState:
     index: int
@@ -159,7 +141,7 @@ class _ConnectionState:
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_RECORD_ITEMS))
     items_dropped: int = 0
     synthesis_contexts: dict[str, Any] = field(default_factory=dict)
-    recognition: _RecognitionContext | None = None
+    recognition: RecognitionRequest | None = None
 
     def log(self) -> ConnectionLog:
         return ConnectionLog(
@@ -193,8 +175,8 @@ class _ConnectionState:
 class _Turn:
     request_id: str
     phrases: tuple[TimedPhrase, ...]
-    single_phrase: bool
-    translate_to: tuple[str, ...] = ()
+    request: RecognitionRequest
+    language: dict[str, str] | None = None
     fmt: AudioFormat = field(default_factory=AudioFormat)
     audio_bytes: int = 0
     started: bool = False
@@ -238,31 +220,118 @@ def _check_loopback(host: str, service: str = "SpeechService") -> str:
     return host
 
 
-def _word_metadata(word: SpokenWord) -> dict[str, Any]:
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _metadata(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"Metadata": [{"Type": kind, "Data": data}]}
+
+
+def _ticks(seconds: float) -> int:
+    return round(seconds * TICKS_PER_SECOND)
+
+
+def _boundary(offset_s: float, duration_s: float, text: str, boundary: str) -> dict[str, Any]:
     return {
-        "Metadata": [
-            {
-                "Type": "WordBoundary",
-                "Data": {
-                    "Offset": round(word.offset_s * TICKS_PER_SECOND),
-                    "Duration": round(word.duration_s * TICKS_PER_SECOND),
-                    "text": {
-                        "Text": word.text,
-                        "Length": len(word.text),
-                        "BoundaryType": "WordBoundary",
-                    },
-                },
-            }
-        ]
+        "Offset": _ticks(offset_s),
+        "Duration": _ticks(duration_s),
+        "text": {"Text": text, "Length": len(text), "BoundaryType": boundary},
     }
 
 
-def _ssml_text(ssml: str) -> str:
-    try:
-        root = ET.fromstring(ssml)
-    except ET.ParseError:
-        return re.sub(r"<[^>]+>", " ", ssml)
-    return " ".join(piece.strip() for piece in root.itertext() if piece.strip())
+# Azure's viseme IDs (0 silence ... 21 p/b/m), approximated from letters: the
+# local service has no phonemes.
+_VISEME_OF_LETTER = {
+    **dict.fromkeys("a", 2),
+    **dict.fromkeys("e", 4),
+    **dict.fromkeys("iy", 6),
+    **dict.fromkeys("o", 8),
+    **dict.fromkeys("uw", 7),
+    "h": 12,
+    "r": 13,
+    "l": 14,
+    **dict.fromkeys("szc", 15),
+    "j": 16,
+    **dict.fromkeys("fv", 18),
+    **dict.fromkeys("dtn", 19),
+    **dict.fromkeys("kgqx", 20),
+    **dict.fromkeys("pbm", 21),
+}
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+_PUNCTUATION = re.compile(r"[^\w\s'-]")
+
+
+def _synthesis_events(
+    speech: SynthesizedSpeech, document: SsmlDocument, options: Mapping[str, Any]
+) -> list[tuple[float, dict[str, Any]]]:
+    """The ``audio.metadata`` bodies the client asked for, with their audio offsets (s)."""
+    events: list[tuple[float, dict[str, Any]]] = []
+    words = speech.words
+    if options.get("wordBoundaryEnabled"):
+        for word in words:
+            events.append(
+                (
+                    word.offset_s,
+                    _metadata(
+                        "WordBoundary",
+                        _boundary(word.offset_s, word.duration_s, word.text, "WordBoundary"),
+                    ),
+                )
+            )
+    if options.get("punctuationBoundaryEnabled"):
+        for match in _PUNCTUATION.finditer(document.text):
+            before = [w for w in words if w.text_offset < match.start()]
+            at = before[-1].offset_s + before[-1].duration_s if before else 0.0
+            events.append(
+                (
+                    at,
+                    _metadata(
+                        "WordBoundary", _boundary(at, 0.0, match.group(), "PunctuationBoundary")
+                    ),
+                )
+            )
+    if options.get("sentenceBoundaryEnabled"):
+        start = 0
+        for end in [m.end() for m in _SENTENCE_END.finditer(document.text)] + [len(document.text)]:
+            inside = [w for w in words if start <= w.text_offset < end]
+            sentence = document.text[start:end].strip()
+            if inside and sentence:
+                first, last = inside[0], inside[-1]
+                span = last.offset_s + last.duration_s - first.offset_s
+                events.append(
+                    (
+                        first.offset_s,
+                        _metadata(
+                            "SentenceBoundary",
+                            _boundary(first.offset_s, span, sentence, "SentenceBoundary"),
+                        ),
+                    )
+                )
+            start = end
+    if options.get("bookmarkEnabled"):
+        for position, mark in document.bookmarks:
+            after = [w for w in words if w.text_offset >= position]
+            at = after[0].offset_s if after else speech.duration_s
+            events.append((at, _metadata("Bookmark", {"Offset": _ticks(at), "Bookmark": mark})))
+    if options.get("visemeEnabled"):
+        events.append((0.0, _metadata("Viseme", {"Offset": 0, "VisemeId": 0})))
+        for word in words:
+            letters = [c for c in word.text.lower() if c in _VISEME_OF_LETTER] or ["a"]
+            for index, letter in enumerate(letters):
+                at = word.offset_s + word.duration_s * index / len(letters)
+                events.append(
+                    (
+                        at,
+                        _metadata(
+                            "Viseme", {"Offset": _ticks(at), "VisemeId": _VISEME_OF_LETTER[letter]}
+                        ),
+                    )
+                )
+        end_s = words[-1].offset_s + words[-1].duration_s if words else 0.0
+        events.append((end_s, _metadata("Viseme", {"Offset": _ticks(end_s), "VisemeId": 0})))
+    events.sort(key=lambda event: event[0])
+    return events
 
 
 class SpeechService:
@@ -727,7 +796,9 @@ class SpeechService:
             body = message.json()
             state.keep(state.contexts, body)
             if path == "speech.context" and isinstance(body, dict):
-                state.recognition = _RecognitionContext.from_body(body, state.path)
+                state.recognition = RecognitionRequest.from_body(
+                    body, _kind_of(state.path), state.query
+                )
             if path == "synthesis.context" and message.request_id:
                 state.synthesis_contexts[message.request_id] = body
         elif path == "telemetry":
@@ -771,12 +842,13 @@ class SpeechService:
         turn = turns.get(request_id)
         if turn is None:
             state.turns += 1
-            context = state.recognition or _RecognitionContext.from_body({}, state.path)
+            request = state.recognition or RecognitionRequest.from_body(
+                {}, _kind_of(state.path), state.query
+            )
             turn = _Turn(
                 request_id=request_id,
                 phrases=self._script.next_turn(state.index),
-                single_phrase=context.single_phrase,
-                translate_to=context.translate_to,
+                request=request,
             )
             turns[request_id] = turn
         if turn.ended:
@@ -800,7 +872,7 @@ class SpeechService:
         ):
             await self._send_phrase(connection, state, turn, turn.phrases[turn.next_phrase])
             turn.next_phrase += 1
-            if turn.single_phrase:
+            if turn.request.single_phrase:
                 end_of_stream = True
                 break
         if end_of_stream:
@@ -823,30 +895,31 @@ class SpeechService:
         extra: dict[str, Any] = {}
         if timed.phrase.speaker is not None:
             extra["SpeakerId"] = timed.phrase.speaker
-        if turn.translate_to:
+        request = turn.request
+        if request.translate_to:
             await self._send_translation(connection, state, turn, timed, status)
             return
-        if status == "Success":
+        language: dict[str, str] | None = None
+        if request.languages:
+            # At-start detection decides once per turn; continuous detection per phrase.
+            if turn.language is None or request.continuous_language:
+                turn.language = detected_language(timed.phrase, request.languages)
+            language = turn.language
+        if status == "Success" and request.recognize:
             words = max(1, len(timed.phrase.text.split()))
             for hypothesis in timed.hypotheses:
                 shown = len(hypothesis.split())
-                body = {
-                    "Text": hypothesis,
+                body: dict[str, Any] = {
+                    "Text": apply_profanity(hypothesis, request.profanity),
                     "Offset": timed.offset,
                     "Duration": timed.duration * min(shown, words) // words,
                     **extra,
                 }
+                if language is not None:
+                    body["PrimaryLanguage"] = dict(language)
                 await self._send(connection, state, text_frame("speech.hypothesis", rid, body))
-        phrase_body: dict[str, Any] = {
-            "RecognitionStatus": status,
-            "Offset": timed.offset,
-            "Duration": timed.duration,
-        }
-        if status == "Success":
-            phrase_body["DisplayText"] = timed.phrase.text
-            phrase_body.update(extra)
-            phrase_body["Channel"] = 0
-        await self._send(connection, state, text_frame("speech.phrase", rid, phrase_body))
+        answer = phrase_body(timed, status, request, extra, language)
+        await self._send(connection, state, text_frame("speech.phrase", rid, answer))
 
     async def _send_translation(
         self,
@@ -863,7 +936,7 @@ class SpeechService:
                 "TranslationStatus": "Success",
                 "Translations": [
                     {"Language": lang, "Text": timed.phrase.translation(lang, text)}
-                    for lang in turn.translate_to
+                    for lang in turn.request.translate_to
                 ],
             }
 
@@ -891,7 +964,7 @@ class SpeechService:
     ) -> None:
         turn.ended = True
         acknowledged = turn.phrases[turn.next_phrase - 1].end if turn.next_phrase else 0
-        if not turn.single_phrase and turn.position > acknowledged:
+        if not turn.request.single_phrase and turn.position > acknowledged:
             # Without this the SDK treats the audio after the last phrase as
             # unprocessed and replays it in a new turn, as it does after a
             # service hiccup.
@@ -923,9 +996,7 @@ class SpeechService:
     ) -> None:
         rid = message.request_id or ""
         context = state.synthesis_contexts.pop(rid, None) or {}
-        audio_options: dict[str, Any] = {}
-        if isinstance(context, dict):
-            audio_options = context.get("synthesis", {}).get("audio", {})
+        audio_options = _as_dict(_as_dict(_as_dict(context).get("synthesis")).get("audio"))
         format_name = str(audio_options.get("outputFormat", "riff-16khz-16bit-mono-pcm"))
         fmt = parse_output_format(format_name)
         if fmt is None:
@@ -936,24 +1007,30 @@ class SpeechService:
                 "use a raw-* or riff-* pcm, mulaw or alaw format",
             )
             raise _Dropped
-        options = audio_options.get("metadataOptions", {})
+        options = _as_dict(audio_options.get("metadataOptions"))
         assert isinstance(message.body, str)
-        speech = synthesize_words(_ssml_text(message.body), fmt)
+        try:
+            document = parse_ssml(message.body)
+        except SsmlError as error:
+            # As the real service does: close 1007 with the reason, which the SDK
+            # reports as a canceled result (BadRequest) with the reason in its details.
+            state.keep(state.errors, f"rejected SSML: {error}")
+            await connection.close(1007, str(error))
+            raise _Dropped from None
+        speech = synthesize_words(document.text, fmt)
         await self._send(
             connection,
             state,
             text_frame("turn.start", rid, {"context": {"serviceTag": uuid.uuid4().hex}}),
         )
         chunk = max(2, int(fmt.bytes_per_second * _TTS_CHUNK_S))
-        words = list(speech.words) if options.get("wordBoundaryEnabled") else []
+        events = _synthesis_events(speech, document, options)
         for start in range(0, len(speech.audio), chunk):
-            # Like the real service, announce a word before the audio that holds it.
+            # Like the real service, announce an event before the audio that holds it.
             chunk_end_s = (start + chunk - speech.header_bytes) / fmt.bytes_per_second
-            while words and words[0].offset_s < chunk_end_s:
+            while events and events[0][0] < chunk_end_s:
                 await self._send(
-                    connection,
-                    state,
-                    text_frame("audio.metadata", rid, _word_metadata(words.pop(0))),
+                    connection, state, text_frame("audio.metadata", rid, events.pop(0)[1])
                 )
             audio = speech.audio[start : start + chunk]
             await self._send(
