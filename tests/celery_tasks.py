@@ -1,0 +1,103 @@
+"""The Celery app the Celery tests run in a real ``celery worker`` process (prefork pool).
+
+Configured from the environment the test sets: ``NG_REDIS_URL`` (broker and
+result backend, a redis-server the test started on 127.0.0.1) and
+``NG_POLICY`` (the JSON keyword arguments of ``nativeguard.celery.install``).
+Tasks: real transcriptions through the bundled SpeechService, native memory
+leaked on purpose (malloc, never freed), freed heap glibc keeps (churn), and
+a slow task that records each of its starts in Redis (for the SIGKILL test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+import nativeguard
+import nativeguard.celery
+from nativeguard.testing import DEFAULT_KEY
+
+REDIS_URL = os.environ.get("NG_REDIS_URL", "redis://127.0.0.1:1/0")
+
+app = Celery("ngtest", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    result_expires=600,
+)
+guard = nativeguard.celery.install(app, **json.loads(os.environ.get("NG_POLICY", "{}")))
+
+MB = 1 << 20
+
+
+@app.task
+def echo(index: int) -> dict[str, Any]:
+    return {"index": index, "pid": os.getpid()}
+
+
+@app.task
+def transcribe(url: str, wav: str, index: int) -> dict[str, Any]:
+    """A real ConversationTranscriber session, left to the task guard to release.
+
+    The transcriber and its config are not closed here: the guard must do it
+    (the deltas say whether any native handle survived the task).
+    """
+    import azure.cognitiveservices.speech as speechsdk
+    from sdk_helpers import run_continuous
+
+    config = speechsdk.SpeechConfig(host=url, subscription=DEFAULT_KEY)
+    audio = speechsdk.audio.AudioConfig(filename=wav)
+    transcriber = speechsdk.transcription.ConversationTranscriber(
+        speech_config=config, audio_config=audio
+    )
+    session = run_continuous(transcriber, timeout_s=30)
+    return {
+        "index": index,
+        "texts": [text for text, *_ in session.recognized],
+        "pid": os.getpid(),
+    }
+
+
+@app.task
+def leak(megabytes: int, index: int) -> dict[str, Any]:
+    """malloc ``megabytes`` MB, touch it, never free it (a native leak)."""
+    from isolate_native_tasks import leak_native
+
+    return leak_native(megabytes) | {"index": index}
+
+
+@app.task
+def churn(megabytes: int, index: int) -> dict[str, Any]:
+    """Allocate and free ``megabytes`` MB that glibc keeps: retained heap, not a leak."""
+    from isolate_native_tasks import churn_native
+
+    return churn_native(megabytes) | {"index": index}
+
+
+@app.task
+def slow(index: int, seconds: float) -> dict[str, Any]:
+    """Record this start (task id -> pid list) in Redis, then sleep: a task to SIGKILL."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.rpush(f"ng:starts:{index}", os.getpid())
+    finally:
+        client.close()
+    time.sleep(seconds)
+    return {"index": index, "pid": os.getpid()}
+
+
+@app.task
+def fails(index: int) -> None:
+    """Creates an SDK object, then raises: the guard still releases it."""
+    import azure.cognitiveservices.speech as speechsdk
+
+    speechsdk.SpeechConfig(subscription=DEFAULT_KEY, region="westus")
+    raise ValueError(f"task {index} failed on purpose")
