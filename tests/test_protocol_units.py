@@ -16,6 +16,8 @@ from nativeguard.testing._audio import (
     parse_wav_header,
     synthesize_words,
 )
+from nativeguard.testing._recognition import RecognitionRequest, apply_profanity, phrase_body
+from nativeguard.testing._ssml import SsmlError, parse_ssml
 from nativeguard.testing._usp import binary_frame, parse_binary, parse_text, text_frame
 
 
@@ -147,3 +149,103 @@ def test_redaction():
     assert "k1" not in cleaned
     assert cleaned.endswith("ok")
     assert json.dumps(cleaned)
+
+
+# -- recognition requests and answers (issue 16) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"phraseDetection": 5, "phraseOutput": "x", "languageId": [], "translation": None},
+        {"phraseOutput": {"detailed": {"options": "WordTimings"}}},
+        {"languageId": {"languages": "en-US", "mode": 3}},
+        {"phraseDetection": {"enrichment": {"profanity": "loud", "pronunciationAssessment": 1}}},
+    ],
+)
+def test_hostile_speech_context_bodies_give_defaults(body):
+    request = RecognitionRequest.from_body(body, "conversation", {})
+    assert request == RecognitionRequest(single_phrase=False)
+
+
+def test_query_string_alone_asks_for_the_detailed_format():
+    query = {
+        "format": "detailed",
+        "wordLevelTimestamps": "true",
+        "profanity": "raw",
+        "lidEnabled": "en-US,de-DE",
+    }
+    request = RecognitionRequest.from_body({}, "interactive", query)
+    assert request.detailed
+    assert request.word_timings
+    assert request.profanity == "raw"
+    assert request.languages == ("en-US", "de-DE")
+    assert request.single_phrase
+
+
+def test_profanity_modes():
+    assert apply_profanity("Oh damn, DAMN it.", "masked") == "Oh ****, **** it."
+    assert apply_profanity("Oh damn, DAMN it.", "removed") == "Oh, it."
+    assert apply_profanity("Oh damn, DAMN it.", "raw") == "Oh damn, DAMN it."
+    assert apply_profanity("hello shell", "masked") == "hello shell"  # words, not substrings
+
+
+def test_detailed_body_without_words_unless_asked():
+    timed = Script([Phrase("Hi there.", confidence=0.5)]).turns[0][0]
+    request = RecognitionRequest(single_phrase=True, detailed=True)
+    body = phrase_body(timed, "Success", request, {}, None)
+    (best,) = body["NBest"]
+    assert set(best) == {"Confidence", "Lexical", "ITN", "MaskedITN", "Display"}
+    assert best["Confidence"] == 0.5
+    failed = phrase_body(timed, "NoMatch", request, {}, None)
+    assert "NBest" not in failed
+    assert failed["RecognitionStatus"] == "NoMatch"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"confidence": 1.5}, ValueError),
+        ({"confidence": True}, ValueError),
+        ({"lexical": 3}, TypeError),
+        ({"language": ["en-US"]}, TypeError),
+        ({"alternatives": "one"}, TypeError),
+        ({"pronunciation": {"word": 101}}, TypeError),
+        ({"pronunciation": {"word": float("nan")}}, TypeError),
+        ({"pronunciation": [("word", 1.0)]}, TypeError),
+    ],
+)
+def test_phrase_rejects_bad_fidelity_fields(kwargs, error):
+    with pytest.raises(error, match="Phrase"):
+        Phrase("text", **kwargs)
+
+
+def test_ssml_text_and_bookmarks():
+    document = parse_ssml(
+        "<speak version='1.0' xml:lang='en-US' xmlns='http://www.w3.org/2001/10/synthesis'>"
+        "<voice name='v'>one <bookmark mark='m'/>two <sub alias='three'>3</sub>"
+        "<break time='1s'/>four</voice></speak>"
+    )
+    assert document.text.split() == ["one", "two", "three", "four"]
+    ((position, mark),) = document.bookmarks
+    assert mark == "m"
+    assert document.text[position:].split()[0] == "two"
+    assert document.language == "en-US"
+
+
+@pytest.mark.parametrize(
+    "ssml",
+    [
+        "",
+        "plain text",
+        "<speak version='1.0' xml:lang='en-US'><bookmark/></speak>",
+        "<speak version='1.0' xml:lang='en-US'><sub>x</sub></speak>",
+        "<speak xml:lang='en-US'>x</speak>",
+        "<speak version='1.0' xml:lang='en-US'><x:y xmlns:x='urn:other'/></speak>",
+        "<speak version='1.0' xml:lang='en-US'>" + "<p>" * 10 + "x" + "</p>" * 10 + "</spk>",
+    ],
+)
+def test_invalid_ssml_reasons_fit_a_close_frame(ssml):
+    with pytest.raises(SsmlError) as caught:
+        parse_ssml(ssml)
+    assert 0 < len(str(caught.value).encode()) <= 123

@@ -9,6 +9,7 @@ with half-open sockets printed "no running event loop", and recorded SSML kept
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
@@ -281,3 +282,64 @@ def test_recorded_ssml_has_credentials_masked(speech_service):
     assert PASSWORD not in recorded
     assert KEY not in recorded
     assert "password=<redacted>" in recorded
+
+
+def audio_frame(request_id: str, payload: bytes) -> bytes:
+    head = f"Path:audio\r\nX-RequestId:{request_id}\r\n".encode("ascii")
+    return len(head).to_bytes(2, "big") + head + payload
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        '{"phraseDetection": 5, "languageId": {"languages": [1, null]}, "phraseOutput": []}',
+        '{"phraseDetection": {"enrichment": {"pronunciationAssessment": {"referenceText": 7,'
+        ' "granularity": null, "enableMiscue": "no"}}}, "phraseOutput": {"format": 1}}',
+        "[1, 2, 3]",
+        '"just a string"',
+    ],
+)
+def test_hostile_speech_context_is_answered_not_a_service_bug(context):
+    service = SpeechService(script=["hello there"]).start()
+    try:
+        with usp(service, "/speech/recognition/interactive/cognitiveservices/v1") as client:
+            client.send(f"Path:speech.context\r\nX-RequestId:r1\r\n\r\n{context}")
+            client.send(audio_frame("r1", b"\x00" * 3200))
+            client.send(audio_frame("r1", b""))
+            paths = []
+            while "turn.end" not in paths:
+                frame = client.recv(timeout=5)
+                assert isinstance(frame, str)
+                paths.append(frame.split("\r\n", 1)[0].removeprefix("Path:"))
+        assert "speech.phrase" in paths
+    finally:
+        service.stop()  # raises ServiceError if the service itself failed
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        '{"synthesis": 5}',
+        '{"synthesis": {"audio": {"metadataOptions": "all", "outputFormat": 16}}}',
+        '{"synthesis": {"audio": {"metadataOptions": {"visemeEnabled": true,'
+        ' "bookmarkEnabled": true, "sentenceBoundaryEnabled": true,'
+        ' "punctuationBoundaryEnabled": true}}}}',
+    ],
+)
+def test_hostile_synthesis_context_is_answered_not_a_service_bug(context):
+    ssml = (
+        "<speak version='1.0' xml:lang='en-US'>"
+        "<voice name='v'>Hi <bookmark mark='b'/>.</voice></speak>"
+    )
+    service = SpeechService().start()
+    try:
+        with usp(service, "/cognitiveservices/websocket/v1") as client:
+            client.send(f"Path:synthesis.context\r\nX-RequestId:s1\r\n\r\n{context}")
+            client.send(f"Path:ssml\r\nX-RequestId:s1\r\n\r\n{ssml}")
+            ended = False
+            with contextlib.suppress(ConnectionClosed):
+                while not ended:
+                    frame = client.recv(timeout=5)
+                    ended = isinstance(frame, str) and frame.startswith("Path:turn.end")
+    finally:
+        service.stop()
