@@ -3,18 +3,24 @@
 An SDK result or event keeps its native handle (and the C++ objects behind it)
 alive for as long as Python holds a reference to it. :func:`extract` copies what
 an application needs into frozen dataclasses that reference nothing of the SDK:
-no handles, no SDK classes, not even SDK enum members (their names are stored as
-``str``). The copies are immutable, hashable, and pickle round-trip equal, so
+no handles, no SDK classes, not even SDK enum members: their names are stored as
+``str`` (a subclass that also compares equal to the SDK's member, so
+``res.reason == speechsdk.ResultReason.SynthesizingAudioCompleted`` reads as it
+did on the SDK's result). Field names follow the SDK's (``audio_data``,
+``audio_duration``), so code moved from the SDK to the helpers keeps working.
+The copies are immutable, hashable, and pickle round-trip equal, so
 they can be kept, queued, or sent to another process while the native objects
 are released at once.
 """
 
 from __future__ import annotations
 
+import datetime
+import enum
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import azure.cognitiveservices.speech as speechsdk
 
@@ -24,8 +30,13 @@ __all__ = [
     "TICKS_PER_SECOND",
     "Bookmark",
     "Cancellation",
+    "CancellationErrorCodeName",
+    "CancellationReasonName",
     "Extracted",
     "FrozenMap",
+    "NoMatchReasonName",
+    "ResultReasonName",
+    "SdkEnumName",
     "Segment",
     "SessionEvent",
     "SpeechDetected",
@@ -54,6 +65,83 @@ _ERROR_PROPERTIES = frozenset(
 _LANGUAGE_PROPERTY = "SpeechServiceConnection_AutoDetectSourceLanguageResult"
 # What ConversationTranscriptionResult.speaker_id holds when no speaker was attributed.
 _NO_SPEAKER = frozenset({"", "Unknown"})
+
+
+class SdkEnumName(str):
+    """An SDK enum member's name: a plain ``str`` that also equals the member itself.
+
+    ``ResultReasonName("Canceled") == speechsdk.ResultReason.Canceled`` is
+    True (either way round), and it equals ``"Canceled"``; it never equals a
+    member of another enum with the same name. It holds no SDK object, hashes
+    as the ``str`` (and as the member), and pickles as itself.
+    """
+
+    __slots__ = ()
+    enum_name: ClassVar[str] = ""
+    """The SDK enum's class name this is a member name of."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, enum.Enum):
+            return type(other).__name__ == self.enum_name and other.name == str(self)
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = str.__hash__
+
+    def __repr__(self) -> str:
+        return str.__repr__(self)
+
+    def __reduce__(self) -> tuple[type[SdkEnumName], tuple[str]]:
+        return (type(self), (str(self),))
+
+
+class ResultReasonName(SdkEnumName):
+    """A ``speechsdk.ResultReason`` member's name."""
+
+    __slots__ = ()
+    enum_name = "ResultReason"
+
+
+class CancellationReasonName(SdkEnumName):
+    """A ``speechsdk.CancellationReason`` member's name."""
+
+    __slots__ = ()
+    enum_name = "CancellationReason"
+
+
+class CancellationErrorCodeName(SdkEnumName):
+    """A ``speechsdk.CancellationErrorCode`` member's name."""
+
+    __slots__ = ()
+    enum_name = "CancellationErrorCode"
+
+
+class NoMatchReasonName(SdkEnumName):
+    """A ``speechsdk.NoMatchReason`` member's name."""
+
+    __slots__ = ()
+    enum_name = "NoMatchReason"
+
+
+class BoundaryTypeName(SdkEnumName):
+    """A ``speechsdk.SpeechSynthesisBoundaryType`` member's name."""
+
+    __slots__ = ()
+    enum_name = "SpeechSynthesisBoundaryType"
+
+
+_ENUM_NAMES: dict[str, type[SdkEnumName]] = {
+    cls.enum_name: cls
+    for cls in (
+        ResultReasonName,
+        CancellationReasonName,
+        CancellationErrorCodeName,
+        NoMatchReasonName,
+        BoundaryTypeName,
+    )
+}
 
 
 class FrozenMap(Mapping[str, str]):
@@ -185,11 +273,14 @@ class Cancellation:
 class SynthesisResult:
     """A synthesis result, or the result carried by a synthesis event.
 
-    ``audio`` is all the audio for a completed result, one chunk for a
-    ``synthesizing`` event (the SDK gives each chunk its own WAV header when
-    the output format is RIFF), empty for started and canceled.
-    ``duration_s`` is the SDK's ``audio_duration`` (millisecond resolution).
-    ``cancellation`` is set when ``reason`` is ``"Canceled"``.
+    Read it with the SDK's names: ``audio_data`` is all the audio for a
+    completed result, one chunk for a ``synthesizing`` event (the SDK gives
+    each chunk its own WAV header when the output format is RIFF), empty for
+    started and canceled; ``audio_duration`` is a ``timedelta`` (millisecond
+    resolution); ``reason`` equals the ``ResultReason`` member;
+    ``cancellation_details`` (also ``cancellation``) is set when ``reason`` is
+    ``"Canceled"``. ``audio`` and ``duration_s`` (seconds) are the same
+    values under nativeguard's earlier names.
     """
 
     audio: bytes
@@ -197,6 +288,21 @@ class SynthesisResult:
     reason: str
     result_id: str
     cancellation: Cancellation | None = None
+
+    @property
+    def audio_data(self) -> bytes:
+        """The audio, named as on the SDK's ``SpeechSynthesisResult``."""
+        return self.audio
+
+    @property
+    def audio_duration(self) -> datetime.timedelta:
+        """The audio's length as a ``timedelta``, as the SDK's ``audio_duration``."""
+        return datetime.timedelta(seconds=self.duration_s)
+
+    @property
+    def cancellation_details(self) -> Cancellation | None:
+        """``cancellation``, named as on the SDK's result."""
+        return self.cancellation
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,14 +412,24 @@ _ACCEPTED = (
 
 
 def _name(member: Any) -> str:
-    """The name of an SDK enum member, as a plain ``str``."""
+    """The name of an SDK enum member, as a ``str`` that also equals the member."""
     name = getattr(member, "name", None)
-    return str(name) if isinstance(name, str) else str(member)
+    if not isinstance(name, str):
+        return str(member)
+    kind = _ENUM_NAMES.get(type(member).__name__) if isinstance(member, enum.Enum) else None
+    return str(name) if kind is None else kind(name)
 
 
 def _secrets(secrets: str | Iterable[str]) -> tuple[str, ...]:
     """One secret given as a bare ``str`` is one secret, not a run of characters."""
-    return (secrets,) if isinstance(secrets, str) else tuple(secrets)
+    if isinstance(secrets, str):
+        return (secrets,)
+    values = tuple(secrets) if isinstance(secrets, Iterable) else None
+    if values is None or not all(isinstance(value, str) for value in values):
+        raise TypeError(
+            f"argument 'secrets' takes a str or an iterable of str, got {type(secrets).__name__}"
+        )
+    return values
 
 
 def _cancellation(details: Any, secrets: tuple[str, ...]) -> Cancellation:
@@ -462,6 +578,11 @@ def plain(
     native memory. Name and docstring are kept (``functools.wraps``); exceptions
     from ``extract`` or the callback propagate. ``secrets`` as for :func:`extract`.
     """
+    if not callable(callback):
+        raise TypeError(
+            f"plain() argument 'callback' must be callable (a function taking the event), "
+            f"got {type(callback).__name__} {callback!r:.80}"
+        )
     hidden = _secrets(secrets)
 
     @functools.wraps(callback)

@@ -8,7 +8,10 @@ enough; it does nothing until asked:
 - A checked test takes a baseline snapshot before its function-scoped
   fixtures are set up and compares once its whole teardown is done, pytest's
   log capture included (settled for up to ``--nativeguard-settle`` seconds,
-  never collecting garbage). A leak is a teardown error whose text is the
+  never collecting garbage). A leak fails the test itself (reported
+  ``FAILED``, as pytest-memray reports its limits, not as an error at
+  teardown): the call phase's report is held back until the verdict, then
+  turned into a failure whose text is the
   :class:`~nativeguard._report.LeakReport`: what leaked and what holds it.
   Before declaring one, the test module's own finished frames are cleared
   (:func:`clear_finished_frames`: ``pytest.raises(...) as excinfo`` keeps
@@ -239,6 +242,7 @@ _SESSION = pytest.StashKey[_Session]()
 _SETTINGS = pytest.StashKey[_Settings]()
 _CHECKER = pytest.StashKey["LeakChecker"]()
 _CALL_OK = pytest.StashKey[bool]()
+_VERDICT = pytest.StashKey[str]()
 
 
 # -- the checker the fixture yields -------------------------------------------------
@@ -470,8 +474,43 @@ def pytest_runtest_teardown(
         state = item.config.stash[_SESSION]
         state.leaked.append(item.nodeid)
         item.user_properties.append(("nativeguard", json.dumps({"leak": verdict})))
-        pytest.fail(f"nativeguard: {item.nodeid} leaked\n{verdict}", pytrace=False)
+        # The test fails, not its teardown: see pytest_runtest_protocol.
+        item.stash[_VERDICT] = f"nativeguard: {item.nodeid} leaked\n{verdict}"
     return outcome
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Run a checked test with its reports held back until the leak verdict.
+
+    The verdict comes after teardown, when the call phase's ``passed`` has
+    normally been reported already; a leak would then read as an error of
+    the teardown ("3 passed, 2 errors"). Here the phases run unlogged, a
+    leak turns the passed call report into a failure whose text is the leak
+    report, and the reports are logged in order: the summary reads
+    "2 failed". pytest-memray fails the call report the same way (its check
+    ends with the call; ours needs the teardown done first).
+    """
+    if item.stash.get(_SETTINGS, None) is None:
+        return None
+    from _pytest.runner import runtestprotocol  # noqa: PLC0415 - pytest's own protocol
+
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    verdict = item.stash.get(_VERDICT, None)
+    if verdict is not None:
+        del item.stash[_VERDICT]
+        for report in reports:
+            if report.when == "call" and report.passed:
+                report.outcome = "failed"
+                report.longrepr = verdict
+                report.user_properties = list(item.user_properties)
+                break
+    for report in reports:
+        ihook.pytest_runtest_logreport(report=report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
 
 
 def _test_files(item: pytest.Item) -> frozenset[str]:

@@ -187,7 +187,7 @@ def test_recognize_once_result_becomes_segment(wav_path):
     assert segment.duration_s == 0.6
     assert segment.end_s == 0.7
     assert type(segment.offset) is int
-    assert type(segment.reason) is str
+    assert isinstance(segment.reason, str)
     # A SpeechRecognitionResult has no speaker, even if the service sent one.
     assert segment.speaker_id is None
     assert segment.language is None
@@ -643,3 +643,61 @@ def test_extract_rejects_sdk_objects_that_are_not_results():
     config = speechsdk.SpeechConfig(host="ws://127.0.0.1:9", subscription="unused")
     with pytest.raises(TypeError, match=r"; got azure\.cognitiveservices\.speech\.SpeechConfig$"):
         extract(config)
+
+
+# -- the SDK's names and enum members (issue 10) ------------------------------------
+
+
+def test_synthesis_result_reads_like_the_sdks_own():
+    """Code moved from the SDK's result to the plain one keeps working, field by field."""
+    with SpeechService() as service:
+        synthesizer = speechsdk.SpeechSynthesizer(service.speech_config(), audio_config=None)
+        raw = synthesizer.speak_text_async("hi there").get()
+        res = extract(raw)
+        try:
+            assert res.audio_data == raw.audio_data == res.audio
+            assert res.audio_duration == raw.audio_duration
+            assert res.audio_duration.total_seconds() == res.duration_s == 0.7
+            assert res.reason == raw.reason == speechsdk.ResultReason.SynthesizingAudioCompleted
+            assert speechsdk.ResultReason.SynthesizingAudioCompleted == res.reason
+            assert res.reason != speechsdk.ResultReason.Canceled
+            assert res.cancellation_details is None
+        finally:
+            del raw, synthesizer
+    assert res.reason == "SynthesizingAudioCompleted"  # still the plain name
+    assert repr(res.reason) == "'SynthesizingAudioCompleted'"
+    assert {res.reason} == {"SynthesizingAudioCompleted"}
+    assert hash(res.reason) == hash(speechsdk.ResultReason.SynthesizingAudioCompleted)
+    copy = pickle.loads(pickle.dumps(res))
+    assert copy == res
+    assert copy.reason == speechsdk.ResultReason.SynthesizingAudioCompleted
+    # No SDK object is referenced: the reason is ours, not the SDK's enum.
+    assert not any(_is_sdk(ref) for ref in gc.get_referents(res.reason))
+    assert type(res.reason).__module__ == "nativeguard._extract"
+
+
+def test_cancellation_codes_compare_equal_to_the_sdk_members_of_their_own_enum():
+    with SpeechService(faults=Faults(refuse=True)) as service:
+        synthesizer = speechsdk.SpeechSynthesizer(service.speech_config(), audio_config=None)
+        res = extract(synthesizer.speak_text_async("hello").get())
+        del synthesizer
+    assert res.reason == speechsdk.ResultReason.Canceled
+    details = res.cancellation_details
+    assert details is not None
+    assert details.reason == speechsdk.CancellationReason.Error
+    assert details.error_code == speechsdk.CancellationErrorCode.ServiceUnavailable
+    # Same member name, another enum: not equal.
+    assert details.reason != speechsdk.ResultReason.Canceled
+    assert speechsdk.CancellationReason.Error != res.reason
+
+
+@pytest.mark.parametrize("callback", [None, 42, "print"])
+def test_plain_refuses_a_non_callable_at_wrap_time(callback):
+    with pytest.raises(TypeError, match=r"plain\(\) argument 'callback' must be callable"):
+        plain(callback)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("secrets", [42, [b"key"], [None]])
+def test_plain_and_extract_name_bad_secrets(secrets):
+    with pytest.raises(TypeError, match="argument 'secrets'"):
+        plain(print, secrets=secrets)  # type: ignore[arg-type]
