@@ -8,6 +8,7 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 from sdk_helpers import run_continuous
 
+from nativeguard import RequestTimeout, transcribe
 from nativeguard.testing import Faults, Phrase, SpeechService
 
 Code = speechsdk.CancellationErrorCode
@@ -123,6 +124,19 @@ def test_stalled_transcription_times_out_on_stop(wav_path):
         del transcriber
     assert canceled == [Code.ServiceTimeout]
     assert elapsed < TIMEOUT_S + 3
+
+
+@pytest.mark.parametrize(
+    "faults", [Faults(stall=True), Faults(malformed=True)], ids=["stall", "malformed"]
+)
+def test_transcribe_of_a_silent_service_raises_request_timeout(wav_path, faults):
+    # What the README's fault table says for a continuous session: it never ends
+    # by itself, so transcribe() gives up with RequestTimeout (after releasing).
+    with SpeechService(faults=faults, response_timeout_s=TIMEOUT_S) as service:
+        start = time.monotonic()
+        with pytest.raises(RequestTimeout, match=r"did not end within 2 s"):
+            transcribe(service.speech_config(), wav_path, timeout=2)
+        assert time.monotonic() - start < 2 + TIMEOUT_S + 3
 
 
 @pytest.mark.parametrize(
