@@ -116,6 +116,46 @@ def test_continuous_recognition_with_events(make_service, wav_path):
     del speech_recognizer
 
 
+def test_conversation_transcription_with_speakers_in_detailed_format(make_service, wav_path):
+    script = [
+        Phrase("Good morning.", speaker="Guest-1"),
+        Phrase("Morning to you.", speaker="Guest-2"),
+    ]
+    service = make_service(script=script)
+    speech_config = config_for(service)
+    speech_config.speech_recognition_language = "en-US"
+    speech_config.output_format = speechsdk.OutputFormat.Detailed
+    conversation_transcriber = speechsdk.transcription.ConversationTranscriber(
+        speech_config=speech_config,
+        audio_config=speechsdk.audio.AudioConfig(filename=wav_path),
+    )
+    transcribing_stop = threading.Event()
+    transcribed: list[tuple[str, str, str]] = []
+
+    def conversation_transcriber_transcribed_cb(evt: speechsdk.SpeechRecognitionEventArgs) -> None:
+        if evt.result.reason == speechsdk.ResultReason.RecognizedSpeech:
+            display = json.loads(evt.result.json)["NBest"][0]["Display"]
+            transcribed.append((evt.result.text, evt.result.speaker_id, display))
+
+    conversation_transcriber.transcribed.connect(conversation_transcriber_transcribed_cb)
+    conversation_transcriber.session_stopped.connect(lambda evt: transcribing_stop.set())
+    conversation_transcriber.canceled.connect(lambda evt: transcribing_stop.set())
+    conversation_transcriber.start_transcribing_async().get()
+    assert transcribing_stop.wait(20)
+    conversation_transcriber.stop_transcribing_async().get()
+    for signal in (
+        conversation_transcriber.transcribed,
+        conversation_transcriber.session_stopped,
+        conversation_transcriber.canceled,
+    ):
+        signal.disconnect_all()
+    assert transcribed == [
+        ("Good morning.", "Guest-1", "Good morning."),
+        ("Morning to you.", "Guest-2", "Morning to you."),
+    ]
+    del conversation_transcriber
+
+
 def test_translation_once(make_service, wav_path):
     service = make_service(script=[Phrase("Good morning.", translations={"de": "Guten Morgen."})])
     translation_config = speechsdk.translation.SpeechTranslationConfig(
