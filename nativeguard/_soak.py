@@ -223,6 +223,8 @@ class SoakRun:
     elapsed_s: float = 0.0
     completed: bool = True
     """False when interrupted: the verdicts cover the calls made."""
+    teardown_error: str | None = None
+    """What a generator ``setup`` raised when resumed after the soak (the samples stand)."""
     label: str = ""
 
     @property
@@ -254,6 +256,7 @@ class SoakRun:
             "trim": self.trim,
             "growth_limit_bytes": self.growth_limit_bytes,
             "completed": self.completed,
+            "teardown_error": self.teardown_error,
             "leaked": self.leaked,
             "leaks": list(self.leaks),
             "verdicts": [v.to_dict() for v in self.verdicts],
@@ -289,6 +292,7 @@ class SoakRun:
                 started_at=str(data.get("started_at") or ""),
                 elapsed_s=float(data.get("elapsed_s") or 0.0),
                 completed=bool(data.get("completed", True)),
+                teardown_error=data.get("teardown_error"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise SoakUsageError(f"a malformed nativeguard soak JSON file: {error!r}") from None
@@ -378,13 +382,21 @@ class _Call:
         self.fn(*self.args, **self.kwargs)
         return time.perf_counter() - start
 
-    def close(self) -> None:
+    def close(self) -> str | None:
+        """Resume a generator setup to its end; what its teardown raised, as text, or None."""
         generator, self._generator = self._generator, None
         self.args, self.kwargs = (), {}
-        if generator is not None:
-            with contextlib.suppress(StopIteration):
-                next(generator)
+        if generator is None:
+            return None
+        try:
+            next(generator)
+        except StopIteration:
+            return None
+        except Exception as error:
+            return f"--setup teardown raised {error!r}"
+        finally:
             generator.close()
+        return "--setup teardown yielded a second time (it should yield once)"
 
 
 # ----------------------------------------------------------------- samples
@@ -644,6 +656,10 @@ class _Progress:
         self.callback(sample, self.total, self.verdicts)
 
 
+_Outcome = tuple["dict[str, Any] | None", "str | None", "str | None"]
+"""(the last call's report as data, as text, what the setup's teardown raised)."""
+
+
 @dataclass(frozen=True)
 class _Settings:
     """What to soak and how; plain data, so it crosses to an isolated worker as is."""
@@ -702,7 +718,7 @@ def run_soak(
     total = 1 + warmup + iterations
     tracker = _Progress(progress, total, settings.limit, every=max(1, iterations // 20))
     completed = True
-    report: tuple[dict[str, Any] | None, str | None] = (None, None)
+    report: _Outcome = (None, None, None)
     runner = _isolated_runner if isolated else _local_runner
     try:
         report = runner(settings, tracker.add)
@@ -710,7 +726,7 @@ def run_soak(
         completed = False
     except SoakError as error:
         error.partial = _build(  # type: ignore[attr-defined]
-            settings, tracker.samples, (None, None), started_at, started, completed=False
+            settings, tracker.samples, (None, None, None), started_at, started, completed=False
         )
         raise
     return _build(settings, tracker.samples, report, started_at, started, completed=completed)
@@ -732,7 +748,7 @@ def _check_counts(warmup: int, iterations: int, settle_s: float, growth_limit_mb
 def _build(
     settings: _Settings,
     samples: Sequence[Sample],
-    report: tuple[dict[str, Any] | None, str | None],
+    report: _Outcome,
     started_at: str,
     started: float,
     *,
@@ -752,6 +768,7 @@ def _build(
         verdicts=judge_samples(samples, growth_limit_bytes=settings.limit),
         report=report[0],
         report_text=report[1],
+        teardown_error=report[2],
         versions=_versions(),
         started_at=started_at,
         elapsed_s=time.monotonic() - started,
@@ -763,11 +780,10 @@ def _phase(index: int, warmup: int) -> str:
     return "baseline" if index == 0 else ("warmup" if index <= warmup else "measured")
 
 
-def _local_runner(
-    settings: _Settings, add: Callable[[Sample], None]
-) -> tuple[dict[str, Any] | None, str | None]:
+def _local_runner(settings: _Settings, add: Callable[[Sample], None]) -> _Outcome:
     _cwd_importable()
     call = _Call(settings.target, settings.setup)
+    teardown: str | None = None
     try:
         sampler = _Sampler(settle_s=settings.settle_s, trim_heap=settings.trim_heap)
         add(sampler.take(0, "baseline", None))
@@ -779,9 +795,10 @@ def _local_runner(
                     f"TARGET {settings.target!r} raised {error!r} in call {index}"
                 ) from error
             add(sampler.take(index, _phase(index, settings.warmup), seconds))
-        return sampler.last_report()
+        report = sampler.last_report()
     finally:
-        call.close()
+        teardown = call.close()
+    return (*report, teardown)
 
 
 def _cwd_importable() -> None:
@@ -824,16 +841,13 @@ def _worker_step(
     return out
 
 
-def _worker_close() -> None:
+def _worker_close() -> str | None:
     call = _worker_state.pop("call", None)
     _worker_state.clear()
-    if call is not None:
-        call.close()
+    return None if call is None else call.close()
 
 
-def _isolated_runner(
-    settings: _Settings, add: Callable[[Sample], None]
-) -> tuple[dict[str, Any] | None, str | None]:
+def _isolated_runner(settings: _Settings, add: Callable[[Sample], None]) -> _Outcome:
     from . import isolate  # noqa: PLC0415 - the pool's machinery only when asked for
 
     _cwd_importable()
@@ -844,6 +858,7 @@ def _isolated_runner(
     path = [entry for entry in sys.path if entry]
     total = settings.warmup + settings.iterations
     report: tuple[dict[str, Any] | None, str | None] = (None, None)
+    teardown: str | None = None
     with isolate.WorkerPool(
         1,
         max_tasks=None,
@@ -868,5 +883,5 @@ def _isolated_runner(
             add(Sample.from_dict(out["sample"]))
             if last:
                 report = (out.get("report"), out.get("report_text"))
-        pool.submit(_worker_close).result()
-    return report
+        teardown = pool.submit(_worker_close).result()
+    return (*report, teardown)

@@ -230,6 +230,8 @@ def _soak(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             f"nativeguard soak: interrupted after {len(run.measured)} measured call(s)",
             file=stderr,
         )
+    if run.teardown_error:
+        print(f"nativeguard soak: warning: {run.teardown_error}", file=stderr)
     print(_table(run), file=stdout)
     _outputs(run, args, stdout)
     if interrupted:

@@ -227,7 +227,7 @@ def _memory_panel(ax: Any, run: SoakRun) -> None:
             color="#c2185b",
             lw=1.6,
             ls="--",
-            label=f"RSS slope {verdict.slope / 1024:+,.1f} KiB/call ({verdict.verdict})",
+            label=f"RSS slope {_per_call(verdict.slope)} ({verdict.verdict})",
         )
     _shade_warmup(ax, run)
     rss = [s.rss_bytes / _MB for s in samples]
@@ -236,6 +236,12 @@ def _memory_panel(ax: Any, run: SoakRun) -> None:
     ax.set_ylabel("MB")
     ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.9)
     ax.grid(alpha=0.3)
+
+
+def _per_call(slope_bytes: float) -> str:
+    if abs(slope_bytes) >= _MB:
+        return f"{slope_bytes / _MB:+,.1f} MB/call"
+    return f"{slope_bytes / 1024:+,.1f} KiB/call"
 
 
 def _shade_warmup(ax: Any, run: SoakRun) -> None:

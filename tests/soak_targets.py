@@ -8,6 +8,7 @@ process and a short WAV file; the service stops when the soak resumes it.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import threading
@@ -59,6 +60,9 @@ def service() -> Iterator[tuple[Any, str]]:
     wav = write_wav(os.path.join(folder, "one-second.wav"), 1.0)
     with SpeechService(script=script, max_connections=10_000) as svc:
         yield (svc.speech_config(), wav)
+        # What sdk_leak kept holds open connections: let them go before the service stops.
+        kept.clear()
+        gc.collect()
     os.remove(wav)
     os.rmdir(folder)
 
@@ -85,3 +89,9 @@ def sdk_clean(config: Any, wav: str) -> None:
     """The same request through nativeguard: plain data out, everything released."""
     segment = nativeguard.recognize_once(config, wav)
     assert isinstance(segment, nativeguard.Segment), segment
+
+
+def bad_teardown() -> Iterator[None]:
+    """Setup whose teardown fails: the soak's samples still stand."""
+    yield None
+    raise OSError("teardown failed on purpose")

@@ -322,3 +322,16 @@ def test_slope_band_contains_the_slope_and_narrows_with_more_points() -> None:
     assert slope_band([5.0]) == (0.0, 0.0, 0.0)
     thinned = slope_band([float(i) for i in range(1000)])
     assert thinned == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_a_failing_teardown_is_a_warning_and_the_run_stands(tmp_path: Path) -> None:
+    out = tmp_path / "teardown.json"
+    done = soak(
+        "soak_targets:plain_clean", "--setup", "soak_targets:bad_teardown", "-n", "3",
+        "--json", str(out), "-q",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning: --setup teardown raised OSError('teardown failed on purpose')" in done.stderr
+    data = json.loads(out.read_text())
+    assert data["teardown_error"] == "--setup teardown raised OSError('teardown failed on purpose')"
+    assert data["completed"] is True
