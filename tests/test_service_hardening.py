@@ -343,3 +343,34 @@ def test_hostile_synthesis_context_is_answered_not_a_service_bug(context):
                     ended = isinstance(frame, str) and frame.startswith("Path:turn.end")
     finally:
         service.stop()
+
+
+def test_per_connection_tables_are_bounded():
+    # A client that sends synthesis contexts and never the SSML they announce:
+    # each is ~2 KB; before the bound all 3000 were kept (+6 MB).
+    import tracemalloc
+
+    padding = "x" * 2000
+    with SpeechService() as service:
+        with usp(service, "/cognitiveservices/websocket/v1") as client:
+            client.send("Path:synthesis.context\r\nX-RequestId:warm\r\n\r\n{}")
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for n in range(3000):
+                    client.send(
+                        f"Path:synthesis.context\r\nX-RequestId:r{n}\r\n\r\n"
+                        f'{{"synthesis": {{"pad": "{padding}"}}}}'
+                    )
+                client.send("Path:telemetry\r\n\r\n{}")
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and service.connections[0].telemetry == 0:
+                    time.sleep(0.01)
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+        (log,) = service.connections
+    assert log.telemetry == 1
+    assert len(log.contexts) == MAX_RECORD_ITEMS
+    # 256 recorded contexts + 64 pending ones of ~2 KB each, plus slack.
+    assert grown < 1.5 * 1024 * 1024, grown

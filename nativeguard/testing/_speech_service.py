@@ -220,6 +220,18 @@ def _check_loopback(host: str, service: str = "SpeechService") -> str:
     return host
 
 
+_MAX_PENDING = 64
+"""Turns and synthesis contexts remembered per connection (the newest)."""
+
+
+def _remember(items: dict[str, Any], key: str, value: Any) -> None:
+    """Insert into a per-connection table, forgetting the oldest beyond ``_MAX_PENDING``."""
+    items.pop(key, None)
+    items[key] = value
+    while len(items) > _MAX_PENDING:
+        del items[next(iter(items))]
+
+
 def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -800,7 +812,7 @@ class SpeechService:
                     body, _kind_of(state.path), state.query
                 )
             if path == "synthesis.context" and message.request_id:
-                state.synthesis_contexts[message.request_id] = body
+                _remember(state.synthesis_contexts, message.request_id, body)
         elif path == "telemetry":
             state.telemetry += 1
         elif path == "ssml":
@@ -850,7 +862,7 @@ class SpeechService:
                 phrases=self._script.next_turn(state.index),
                 request=request,
             )
-            turns[request_id] = turn
+            _remember(turns, request_id, turn)
         if turn.ended:
             return
         if not turn.started:
