@@ -30,7 +30,7 @@ median of per-round medians to the reference (naive; the managed equivalent).
 No pass/fail; ``--markdown`` prints the tables for benchmarks/README.md.
 
 Run: python benchmarks/latency.py [--rounds 5] [--requests 12] [--only SUBSTRING]
-     [--live-objects N] [--markdown]
+     [--live-objects N] [--markdown] [--raw latencies.json]
 """
 
 from __future__ import annotations
@@ -524,6 +524,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="modes whose key has this")
     parser.add_argument("--live-objects", type=int, default=0, help="extra live objects")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--raw", help="also write every request's latency to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--wav", help=argparse.SUPPRESS)
@@ -579,6 +580,9 @@ def main() -> None:
         "slower than 0.3 s, the SDK's start stall of docs/core.md, left out)"
     )
     _report(modes, samples, args.markdown)
+    if args.raw:
+        raw = {key: s.latencies for key, s in samples.items()}
+        Path(args.raw).write_text(json.dumps(raw, indent=1))
 
 
 if __name__ == "__main__":
