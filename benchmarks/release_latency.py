@@ -11,11 +11,12 @@ recognizer, runs recognize_once and releases it:
     collects nothing.
 
 Prints medians and ratios side by side; no pass/fail. Some requests stall
-~0.5 s inside the SDK whatever the release mode (docs/testing.md relates it to
-a recognizer having just been released; one kept alive does not prevent it),
-and which mode a stall lands on varies run to run: the counts of stalled
-requests are printed, and the release part alone (timed from recognize_once's
-return) is the stable comparison.
+~0.5 s inside the SDK whatever the release mode (the SDK's audio pump start
+race on short inputs, docs/core.md "The 0.5 s start stall";
+benchmarks/start_stall.py reproduces it), and which mode a stall lands on
+varies run to run: the counts of stalled requests are printed, and the release
+part alone (timed from recognize_once's return) is the stable comparison.
+Whole requests, every mode in a fresh process: benchmarks/latency.py.
 
 Run: python benchmarks/release_latency.py [--runs N] [--live-objects N]
 """
@@ -44,7 +45,7 @@ class Samples:
     release: list[float] = field(default_factory=list)  # the release part alone
 
 
-STALL_S = 0.3  # the SDK's occasional ~0.5 s connection delay
+STALL_S = 0.3  # the SDK's ~0.5 s start stall
 
 
 def ms(values: list[float]) -> str:
