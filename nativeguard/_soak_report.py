@@ -352,34 +352,47 @@ def _run_figure(run: SoakRun) -> Any:
 def _compare_figure(first: SoakRun, second: SoakRun) -> Any:
     figure = _figure(11, 7.5)
     axes = figure.subplots(2, 2, sharex=True)
-    panels: tuple[tuple[Any, str, Any], ...] = (
-        (axes[0][0], "RSS (MB)", lambda s: s.rss_bytes / _MB),
+    panels: tuple[tuple[Any, str, Any, bool], ...] = (
+        (axes[0][0], "RSS growth since the baseline (MB)", lambda s: s.rss_bytes / _MB, True),
         (
             axes[0][1],
-            "glibc heap in use (MB)",
+            "glibc heap in use, growth since the baseline (MB)",
             lambda s: float("nan") if s.heap_in_use_bytes is None else s.heap_in_use_bytes / _MB,
+            True,
         ),
         (
             axes[1][0],
             "native handles, all types",
             lambda s: sum(sum(t.values()) for t in s.native.values()),
+            False,
         ),
-        (axes[1][1], "live tracked objects, all types", lambda s: sum(s.instances.values())),
+        (
+            axes[1][1],
+            "live tracked objects, all types",
+            lambda s: sum(s.instances.values()),
+            False,
+        ),
     )
-    for ax, title, read in panels:
-        for run, color in zip((first, second), _RUN_COLORS, strict=True):
+    for ax, title, read, relative in panels:
+        for run, color, style in zip((first, second), _RUN_COLORS, ("-", "--"), strict=True):
             verdict = "LEAK" if run.leaked else "no leak"
+            values = [read(s) for s in run.samples]
+            if relative and values:
+                values = [v - values[0] for v in values]
             ax.plot(
                 [s.index for s in run.samples],
-                [read(s) for s in run.samples],
+                values,
                 color=color,
-                lw=1.4,
+                lw=1.6,
+                ls=style,
                 label=f"{run.name} ({verdict})",
             )
         ax.set_title(title, fontsize=10, loc="left")
-        ax.set_ylim(bottom=0)
+        if not relative:
+            ax.set_ylim(bottom=0)
+        ax.axhline(0, color="#888888", lw=0.8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="best")
     for ax in axes[1]:
         ax.set_xlabel("call (0 = baseline)")
     figure.suptitle(f"nativeguard soak --compare: {first.name} vs {second.name}", fontsize=11)
