@@ -367,7 +367,14 @@ def _open_fds(process: psutil.Process) -> int:
 
 
 def _settle_key(snap: Snapshot) -> tuple[object, ...]:
-    return (snap.instances, snap.native_handles, snap.python_threads, snap.os_threads, snap.fds)
+    return (
+        snap.instances,
+        snap.collected,
+        snap.native_handles,
+        snap.python_threads,
+        snap.os_threads,
+        snap.fds,
+    )
 
 
 def settle(

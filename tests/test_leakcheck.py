@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
 import nativeguard
+from nativeguard import _leakcheck, _snapshot
 from nativeguard._check import Allow
 from nativeguard._leakcheck import LeakCheck, judge, leak_check, series, theil_sen_slope
 from nativeguard._snapshot import Counts, Snapshot
@@ -268,3 +272,70 @@ def test_first_sdk_use_in_a_process_leaves_nothing_behind(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "REPORT None" in done.stdout, done.stdout + done.stderr
+
+
+# -- cost: settle only while counts move (issue 11) -----------------------------------
+
+
+class SleepLedger:
+    """Stands in for the ``time`` module of _leakcheck/_snapshot: adds up the sleeps asked for."""
+
+    def __init__(self) -> None:
+        self.asked = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.asked += seconds
+        time.sleep(seconds)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_a_leak_costs_a_short_look_per_run_not_a_settle(monkeypatch: pytest.MonkeyPatch):
+    ledger = SleepLedger()
+    monkeypatch.setattr(_leakcheck, "time", ledger)
+    monkeypatch.setattr(_snapshot, "time", ledger)
+    kept: list = []
+
+    def leaky() -> None:
+        kept.append(speechsdk.SpeechConfig(subscription="k", region="westus"))
+
+    try:
+        result = leak_check(leaky, warmup=3, runs=5)
+        assert result.leaked
+        assert result.deltas["instances:SpeechConfig"] == (1, 1, 1, 1, 1)
+        assert "instances:SpeechConfig" in result.leaks
+        assert len(kept) == 8  # independently: every run really ran and kept one
+    finally:
+        kept.clear()
+    # One 10 ms look per reading when nothing moves (6 readings), not a quiet period
+    # of settle_s / 2 = 0.5 s per run as before.
+    assert ledger.asked <= 6 * 2 * _leakcheck.STEADY_INTERVAL_S
+
+
+def test_descriptors_closed_late_are_settled_before_they_are_called_a_leak():
+    closing: queue.Queue[tuple[float, int]] = queue.Queue()
+
+    def closer() -> None:  # one thread for all runs: no thread growth from the test itself
+        while (item := closing.get()) is not None:
+            due, fd = item
+            time.sleep(max(0.0, due - time.monotonic()))
+            os.close(fd)
+
+    worker = threading.Thread(target=closer, name="late-closer")
+    worker.start()
+    opened: list[int] = []
+
+    def late_closing() -> None:
+        for fd in os.pipe():
+            opened.append(fd)
+            closing.put((time.monotonic() + 0.1, fd))  # closed 0.1 s after the run
+
+    try:
+        result = leak_check(late_closing, warmup=1, runs=3, settle_s=2.0)
+    finally:
+        closing.put(None)  # type: ignore[arg-type]
+        worker.join()
+    assert len(opened) == 8
+    assert "fds" not in result.leaks, str(result)
+    assert sum(result.deltas["fds"]) <= 0
