@@ -44,12 +44,16 @@ def test_registry_counts_each_recognizer_exactly_once_and_uncounts_it_on_release
 ):
     config = speech_service.speech_config()
     before = _registry.counts()
+    handles_before = native_handles().get("ISpxRecognizer", 0)
     made = []
     for n in range(1, 4):
         made.append(
             speechsdk.SpeechRecognizer(config, speechsdk.audio.AudioConfig(filename=wav_path))
         )
         assert count("SpeechRecognizer") == before.get("SpeechRecognizer", 0) + n
+        # Independent measures: a walk of the whole heap, and the SDK core's own table.
+        assert _registry.scan_heap().get("SpeechRecognizer", 0) == count("SpeechRecognizer")
+        assert native_handles().get("ISpxRecognizer", 0) == handles_before + n
     # Each recognizer owns a property bag; the AudioConfigs were temporaries.
     assert count("PropertyCollection") == before.get("PropertyCollection", 0) + 3
     assert count("AudioConfig") == before.get("AudioConfig", 0)
@@ -59,7 +63,9 @@ def test_registry_counts_each_recognizer_exactly_once_and_uncounts_it_on_release
     while made:
         made.pop()
         assert count("SpeechRecognizer") == before.get("SpeechRecognizer", 0) + len(made)
+        assert native_handles().get("ISpxRecognizer", 0) == handles_before + len(made)
     assert _registry.counts() == before
+    assert _registry.scan_heap().get("SpeechRecognizer", 0) == before.get("SpeechRecognizer", 0)
 
 
 def test_registry_sees_results_built_on_sdk_callback_threads(speech_service, wav_path):
@@ -76,6 +82,7 @@ def test_registry_sees_results_built_on_sdk_callback_threads(speech_service, wav
     speech.session_stopped.disconnect_all()
     assert len(kept) == 2
     assert count("SpeechRecognitionResult") == before + 2
+    assert _registry.scan_heap().get("SpeechRecognitionResult", 0) == before + 2
     # Counted on the SDK's threads without registering them as _DummyThreads.
     assert not [t for t in threading.enumerate() if isinstance(t, threading._DummyThread)]
     kept.clear()
@@ -102,6 +109,8 @@ def test_registry_counts_stay_exact_under_concurrent_construction(speech_service
         thread.join()
     assert len(peak) == 4
     assert _registry.counts() == before
+    # Independently: the heap holds exactly what the registry says, per type.
+    assert _registry.scan_heap().get("SpeechConfig", 0) == before.get("SpeechConfig", 0)
     del config
 
 
