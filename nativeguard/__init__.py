@@ -58,6 +58,7 @@ from ._scope import (
     ReleaseMode,
     Scope,
     ScopeStatistics,
+    configure,
     creation_tracebacks_enabled,
     set_creation_tracebacks,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "atranscribe",
     "bind",
     "check",
+    "configure",
     "creation_tracebacks_enabled",
     "current_scope",
     "extract",

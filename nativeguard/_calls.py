@@ -8,6 +8,7 @@ return only frozen dataclasses: nothing they return can pin a native handle.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 import time
@@ -17,10 +18,10 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ._adapters import run_bounded
-from ._errors import RequestTimeout
+from ._errors import RequestTimeout, detach_traceback
 from ._extract import Cancellation, Segment, SynthesisResult, extract
-from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
+from ._managed import Managed, managed_recognizer, managed_synthesizer, managed_transcriber
+from ._scope import Scope
 
 __all__ = [
     "Transcript",
@@ -115,7 +116,8 @@ def transcribe(
         transcriber.start_transcribing_async().get()
         if not ended.wait(timeout):
             raise RequestTimeout(f"transcription did not end within {timeout:g} s")
-        transcriber.stop_transcribing_async().get()
+        # No stop here: after a session that ended in an error the SDK's stop
+        # waits 5 s; the scope's release stops it without that wait.
     return Transcript(tuple(session.segments), session.cancellation, time.monotonic() - start)
 
 
@@ -138,7 +140,6 @@ async def atranscribe(
             await asyncio.wait_for(ended.wait(), timeout)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"transcription did not end within {timeout:g} s") from None
-        await asyncio.to_thread(lambda: transcriber.stop_transcribing_async().get())
     return Transcript(tuple(session.segments), session.cancellation, time.monotonic() - start)
 
 
@@ -149,9 +150,54 @@ def _set_threadsafe(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> No
         loop.call_soon_threadsafe(event.set)
 
 
-def _one_shot(future: Any, timeout: float, what: str) -> Any:
-    """``future.get()`` with a bound: the SDK's own get() has none."""
-    return run_bounded(future.get, timeout, what, timeout_error=RequestTimeout)
+class _SdkWait:
+    """``future.get()`` on a thread of its own that owns the SDK object until get() returns.
+
+    The SDK's get() has no timeout, and dropping the last reference to a
+    recognizer while another thread is inside its get() can hang the native
+    teardown for good (seen with SDK 1.53: minutes in
+    ``recognizer_handle_release``). So the waiting thread holds the object and
+    drops it itself once get() has returned; the scope's release stops the
+    session (which ends the get()) and judges only after that (``_hold_until``).
+    """
+
+    def __init__(self, future: Any, target: Any, scope: Scope, what: str) -> None:
+        self.what = what
+        self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._listeners: list[Callable[[], None]] = []
+        scope._hold_until(self.done)
+        thread = threading.Thread(
+            target=self._wait, args=(future, target), name=f"nativeguard-wait: {what}", daemon=True
+        )
+        thread.start()
+
+    def _wait(self, future: Any, target: Any) -> None:
+        try:
+            value = future.get()
+        except BaseException as exc:  # handed to the waiting caller
+            self.done.set_exception(detach_traceback(exc))
+        else:
+            self.done.set_result(value)
+            del value
+        del future, target  # the last reference, maybe: the teardown runs here
+
+    def result(self, timeout: float) -> Any:
+        try:
+            return self.done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if self.done.done():
+                raise
+            raise RequestTimeout(f"{self.what} did not finish within {timeout:g} s") from None
+
+    async def aresult(self, timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.done), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"{self.what} did not finish within {timeout:g} s") from None
+
+
+def _unwrapped(proxy: Any) -> Any:
+    return getattr(proxy, "__wrapped__", proxy)
 
 
 def recognize_once(
@@ -159,20 +205,48 @@ def recognize_once(
 ) -> Segment | Cancellation:
     """Recognize one utterance; a canceled request returns its Cancellation."""
     _check_timeout(timeout)
-    with managed_recognizer(speech_config, _audio_config(audio)) as recognizer:
-        result = _one_shot(recognizer.recognize_once_async(), timeout, "recognize_once")
-        plain = extract(result)
-        del result  # the native result must not outlive the block
-    if not isinstance(plain, (Segment, Cancellation)):  # pragma: no cover - SDK contract
-        raise TypeError(f"recognize_once produced {type(plain).__name__}")
-    return plain
+    block = managed_recognizer(speech_config, _audio_config(audio))
+    with block as recognizer:
+        wait = _SdkWait(
+            recognizer.recognize_once_async(), _unwrapped(recognizer), block.scope, "recognize_once"
+        )
+        return _plain_recognition(wait.result(timeout))
 
 
 async def arecognize_once(
     speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
 ) -> Segment | Cancellation:
-    """Async :func:`recognize_once`, run off the event loop."""
-    return await asyncio.to_thread(recognize_once, speech_config, audio, timeout=timeout)
+    """Async :func:`recognize_once`: the event loop never blocks, and cancelling the
+    awaiting task (or a timeout around it) stops the recognition and releases everything."""
+    _check_timeout(timeout)
+    block = managed_recognizer(speech_config, _audio_config(audio))
+    async with block as recognizer:
+        wait = _SdkWait(
+            recognizer.recognize_once_async(), _unwrapped(recognizer), block.scope, "recognize_once"
+        )
+        return _plain_recognition(await wait.aresult(timeout))
+
+
+def _plain_recognition(result: Any) -> Segment | Cancellation:
+    plain = extract(result)
+    del result  # the native result must not outlive the block
+    if not isinstance(plain, (Segment, Cancellation)):  # pragma: no cover - SDK contract
+        raise TypeError(f"recognize_once produced {type(plain).__name__}")
+    return plain
+
+
+def _check_text(text_or_ssml: object) -> bool:
+    """Whether ``text_or_ssml`` is SSML; raises for anything but non-empty text."""
+    if not isinstance(text_or_ssml, str):
+        raise TypeError(f"text_or_ssml must be a str, got {type(text_or_ssml).__name__}")
+    if not text_or_ssml.strip():
+        raise ValueError("synthesize needs non-empty text or SSML")
+    return text_or_ssml.lstrip().startswith("<speak")
+
+
+def _speak(block: Managed[Any], synthesizer: Any, text_or_ssml: str, is_ssml: bool) -> _SdkWait:
+    speak = synthesizer.speak_ssml_async if is_ssml else synthesizer.speak_text_async
+    return _SdkWait(speak(text_or_ssml), _unwrapped(synthesizer), block.scope, "synthesis")
 
 
 def synthesize(
@@ -180,21 +254,28 @@ def synthesize(
 ) -> SynthesisResult:
     """Synthesize text (or SSML, when it starts with ``<speak``) to in-memory audio."""
     _check_timeout(timeout)
-    if not isinstance(text_or_ssml, str) or not text_or_ssml.strip():
-        raise ValueError("synthesize needs non-empty text or SSML")
-    is_ssml = text_or_ssml.lstrip().startswith("<speak")
-    with managed_synthesizer(speech_config, None) as synthesizer:
-        speak = synthesizer.speak_ssml_async if is_ssml else synthesizer.speak_text_async
-        result = _one_shot(speak(text_or_ssml), timeout, "synthesis")
-        plain = extract(result)
-        del result
-    if not isinstance(plain, SynthesisResult):  # pragma: no cover - SDK contract
-        raise TypeError(f"synthesis produced {type(plain).__name__}")
-    return plain
+    is_ssml = _check_text(text_or_ssml)
+    block = managed_synthesizer(speech_config, None)
+    with block as synthesizer:
+        return _plain_synthesis(_speak(block, synthesizer, text_or_ssml, is_ssml).result(timeout))
 
 
 async def asynthesize(
     speech_config: Any, text_or_ssml: str, *, timeout: float = _DEFAULT_TIMEOUT_S
 ) -> SynthesisResult:
-    """Async :func:`synthesize`, run off the event loop."""
-    return await asyncio.to_thread(synthesize, speech_config, text_or_ssml, timeout=timeout)
+    """Async :func:`synthesize`: the event loop never blocks, and cancelling the awaiting
+    task (or a timeout around it) stops the synthesis and releases everything."""
+    _check_timeout(timeout)
+    is_ssml = _check_text(text_or_ssml)
+    block = managed_synthesizer(speech_config, None)
+    async with block as synthesizer:
+        wait = _speak(block, synthesizer, text_or_ssml, is_ssml)
+        return _plain_synthesis(await wait.aresult(timeout))
+
+
+def _plain_synthesis(result: Any) -> SynthesisResult:
+    plain = extract(result)
+    del result
+    if not isinstance(plain, SynthesisResult):  # pragma: no cover - SDK contract
+        raise TypeError(f"synthesis produced {type(plain).__name__}")
+    return plain

@@ -7,6 +7,7 @@ Each one also subclasses the builtin that fits, so callers that already catch
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Sequence
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
@@ -31,6 +32,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerStartError",
     "add_note",
+    "detach_traceback",
 ]
 
 
@@ -41,6 +43,31 @@ def add_note(exc: BaseException, note: str) -> None:
         notes = []
         exc.__notes__ = notes  # type: ignore[attr-defined]
     notes.append(note)
+
+
+def detach_traceback(exc: BaseException) -> BaseException:
+    """Replace the tracebacks of ``exc`` and its causes/contexts with text notes; returns ``exc``.
+
+    A traceback holds frames, and a frame holds its locals: the release step's
+    ``obj``, a callback's ``evt``. An exception nativeguard keeps (in a
+    :class:`ReleaseError`, a :class:`CallbackError`, a future) must not pin
+    the SDK object it describes, so only the text of the stack is kept
+    (credential-shaped text redacted).
+    """
+    from ._redact import redact_text  # noqa: PLC0415 - _redact imports nothing of ours
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        if tb is not None:
+            lines = "".join(traceback.format_tb(tb)).rstrip()
+            add_note(current, redact_text("Traceback (most recent call last):\n" + lines))
+            current.__traceback__ = None
+            del tb
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 class NativeGuardError(Exception):

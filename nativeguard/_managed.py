@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -52,21 +53,23 @@ class Managed(Generic[T]):
         factory: Callable[[], T],
         *,
         scope: Scope | None = None,
-        release: ReleaseMode = "inline",
+        release: ReleaseMode | None = None,
         plain: bool = False,
         description: str = "object",
     ) -> None:
         if scope is not None and not isinstance(scope, Scope):
             raise TypeError(f"scope must be a nativeguard Scope, got {type(scope).__name__}")
-        if release not in ("inline", "background"):
+        if release is not None and release not in ("inline", "background"):
             raise ValueError(f"release must be 'inline' or 'background', got {release!r}")
-        if scope is not None and release != "inline":
+        if scope is not None and release is not None:
             raise ValueError(
                 "release= applies to the block's own scope; set it on the shared scope"
             )
+        if not isinstance(plain, bool):
+            raise TypeError(f"plain must be True or False, got {type(plain).__name__}")
         self._factory = factory
         self._shared_scope = scope
-        self._release: ReleaseMode = release
+        self._release: ReleaseMode | None = release
         self._plain = plain
         self._description = description
         self._scope: Scope | None = None
@@ -182,6 +185,36 @@ def _unwrap(obj: Any) -> Any:
     return obj.__wrapped__ if isinstance(obj, ManagedProxy) else obj
 
 
+def _checked_config(name: str, config: Any, expected: type) -> Any:
+    raw = _unwrap(config)
+    if not isinstance(raw, expected):
+        raise TypeError(
+            f"{name} must be a speechsdk.{expected.__qualname__}, got {type(config).__name__}"
+        )
+    return raw
+
+
+def _checked_audio(audio_config: Any, *, output: bool) -> Any:
+    """The SDK audio config to pass on; a WAV path becomes ``AudioConfig(filename=path)``."""
+    raw = _unwrap(audio_config)
+    if raw is None:
+        return None
+    expected: type = speechsdk.audio.AudioOutputConfig if output else speechsdk.audio.AudioConfig
+    if isinstance(raw, expected):
+        return raw
+    if not output and isinstance(raw, (str, os.PathLike)):
+        path = os.fspath(raw)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"audio_config: audio file not found: {path}")
+        return speechsdk.audio.AudioConfig(filename=path)
+    accepted = (
+        "None or a speechsdk.audio.AudioOutputConfig"
+        if output
+        else "None, a WAV file path or a speechsdk.audio.AudioConfig"
+    )
+    raise TypeError(f"audio_config must be {accepted}, got {type(audio_config).__name__}")
+
+
 def _sdk_block(
     sdk_class: Callable[..., Any],
     config_name: str,
@@ -189,15 +222,24 @@ def _sdk_block(
     audio_config: Any,
     *,
     scope: Scope | None,
-    release: ReleaseMode,
+    release: ReleaseMode | None,
     plain: bool,
     kwargs: dict[str, Any],
 ) -> Managed[Any]:
-    """A managed block that constructs ``sdk_class(<config_name>=config, audio_config=...)``."""
+    """A managed block that constructs ``sdk_class(<config_name>=config, audio_config=...)``.
+
+    The arguments are checked here, before anything is created, so a wrong
+    one is a TypeError naming it instead of an AttributeError from the SDK.
+    """
+    expected = (
+        speechsdk.translation.SpeechTranslationConfig
+        if config_name == "translation_config"
+        else speechsdk.SpeechConfig
+    )
+    raw_config = _checked_config(config_name, config, expected)
+    raw_audio = _checked_audio(audio_config, output=sdk_class is speechsdk.SpeechSynthesizer)
     return Managed(
-        lambda: sdk_class(
-            **{config_name: _unwrap(config)}, audio_config=_unwrap(audio_config), **kwargs
-        ),
+        lambda: sdk_class(**{config_name: raw_config}, audio_config=raw_audio, **kwargs),
         scope=scope,
         release=release,
         plain=plain,
@@ -210,7 +252,7 @@ def managed_recognizer(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
-    release: ReleaseMode = "inline",
+    release: ReleaseMode | None = None,
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -232,7 +274,7 @@ def managed_transcriber(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
-    release: ReleaseMode = "inline",
+    release: ReleaseMode | None = None,
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -254,7 +296,7 @@ def managed_translation_recognizer(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
-    release: ReleaseMode = "inline",
+    release: ReleaseMode | None = None,
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -276,7 +318,7 @@ def managed_synthesizer(
     audio_config: Any = None,
     *,
     scope: Scope | None = None,
-    release: ReleaseMode = "inline",
+    release: ReleaseMode | None = None,
     plain: bool = False,
     **kwargs: Any,
 ) -> Managed[Any]:
@@ -298,7 +340,10 @@ def managed_synthesizer(
 
 
 def managed_connection(
-    recognizer_or_synthesizer: Any, *, scope: Scope | None = None, release: ReleaseMode = "inline"
+    recognizer_or_synthesizer: Any,
+    *,
+    scope: Scope | None = None,
+    release: ReleaseMode | None = None,
 ) -> Managed[Any]:
     """The ``speechsdk.Connection`` of a recognizer or synthesizer, closed at exit."""
     target = _unwrap(recognizer_or_synthesizer)
@@ -335,7 +380,7 @@ def managed_executor(
     max_workers: int | None = None,
     *,
     scope: Scope | None = None,
-    release: ReleaseMode = "inline",
+    release: ReleaseMode | None = None,
     **kwargs: Any,
 ) -> Managed[concurrent.futures.ThreadPoolExecutor]:
     """A ``ThreadPoolExecutor`` shut down (``wait=True, cancel_futures=True``) at exit.
@@ -352,7 +397,7 @@ def managed_executor(
 
 
 def managed(
-    obj: T, *, scope: Scope | None = None, release: ReleaseMode = "inline", plain: bool = False
+    obj: T, *, scope: Scope | None = None, release: ReleaseMode | None = None, plain: bool = False
 ) -> Managed[T]:
     """Any object nativeguard has an adapter for (or with a plain ``close()``)."""
     if isinstance(obj, ManagedProxy):

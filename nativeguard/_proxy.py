@@ -87,6 +87,16 @@ class SignalProxy(wrapt.ObjectProxy[Any]):
         super().__init__(wrapped)
         self._self_scope = scope
         self._self_plain = plain
+        # A signal proxy kept past the block (a loop variable, say) must not
+        # keep the SDK's EventSignal, and its callback context, alive.
+        me = weakref.ref(self)
+
+        def cut() -> None:
+            proxy = me()
+            if proxy is not None:
+                proxy.__wrapped__ = _Released("EventSignal", scope.closed_at or "<unknown>")
+
+        scope.add_finalizer(cut)
 
     def connect(self, callback: Callable[[Any], Any], *, plain: bool | None = None) -> None:
         """Connect ``callback``; with ``plain=True`` it receives ``extract(evt)``."""

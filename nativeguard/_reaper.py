@@ -36,12 +36,15 @@ __all__ = [
     "drop_all",
     "foreign_origin",
     "get_reaper",
+    "get_step_runner",
     "park",
 ]
 
 REAPER_THREAD_NAME = "nativeguard-reaper"
 _DEFAULT_MAX_PENDING = 256
 _DRAIN_AT_EXIT_S = 2.0
+_DEFAULT_MAX_WORKERS = 16
+_IDLE_EXIT_S = 10.0
 _SDK_MODULE = "azure.cognitiveservices.speech"
 
 # Payloads whose drop would have been unsafe (an SDK callback that never
@@ -64,26 +67,39 @@ def _report(what: str, exc: BaseException) -> None:
 
 
 class Reaper:
-    """One daemon thread that runs release jobs in submission order, started on first use.
+    """Daemon worker threads that run release jobs, started on first use.
+
+    Jobs start in submission order. A job runs on an idle worker; when every
+    worker is busy a new one starts, up to ``max_workers``: one release stuck
+    in the native core (a teardown that waits on a stalled service) must not
+    hold up everyone else's. Workers beyond the first end after
+    ``_IDLE_EXIT_S`` without work.
 
     The queue is bounded: a producer that releases faster than the native
     core tears down would otherwise pile up dead-but-not-dropped SDK objects,
     the very memory growth nativeguard exists to stop. ``submit`` refuses
     instead of blocking, and the caller does the work itself (back-pressure).
+
+    The lock is re-entrant: ``Scope.close()`` may run in a signal handler
+    that interrupted this very thread inside ``submit``.
     """
 
-    def __init__(self, max_pending: int = _DEFAULT_MAX_PENDING) -> None:
+    def __init__(self, max_pending: int = _DEFAULT_MAX_PENDING, max_workers: int = 1) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers!r}")
         self.max_pending = max_pending
-        self._cond = threading.Condition(threading.Lock())
+        self.max_workers = max_workers
+        self._cond = threading.Condition(threading.RLock())
         self._jobs: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
-        self._thread: threading.Thread | None = None
-        self._busy = False
+        self._workers: list[threading.Thread] = []
+        self._idle = 0
+        self._busy = 0
         self._exit_hook_registered = False
 
     def submit(self, what: str, job: Callable[[], None], *, bounded: bool = True) -> bool:
-        """Queue ``job`` for the reaper thread; False, and nothing queued, if the queue is full.
+        """Queue ``job`` for a worker thread; False, and nothing queued, if the queue is full.
 
         ``bounded=False`` queues past the bound: for work that must not run on
         the calling thread at all. The job must drop its payload itself (clear
@@ -100,7 +116,7 @@ class Reaper:
     def pending(self) -> int:
         """Jobs queued or running."""
         with self._cond:
-            return len(self._jobs) + int(self._busy)
+            return len(self._jobs) + self._busy
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued or running; False on timeout."""
@@ -110,21 +126,34 @@ class Reaper:
             return self._cond.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
     def is_current(self) -> bool:
-        """Whether the calling thread is this reaper's thread; no side effect on SDK threads."""
-        return self._thread is not None and self._thread.ident == threading.get_ident()
+        """Whether the calling thread is one of this reaper's workers; no side effect."""
+        ident = threading.get_ident()
+        return any(thread.ident == ident for thread in list(self._workers))
 
     @property
     def thread(self) -> threading.Thread | None:
-        return self._thread
+        """The first worker (the one that never ends), or None before first use."""
+        workers = list(self._workers)
+        return workers[0] if workers else None
+
+    def threads(self) -> list[threading.Thread]:
+        """Every worker thread alive now."""
+        return [thread for thread in list(self._workers) if thread.is_alive()]
 
     def _start_locked(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        self._workers = [thread for thread in self._workers if thread.is_alive()]
+        waiting = len(self._jobs)
+        if self._idle >= waiting or len(self._workers) >= self.max_workers:
             return
-        # Started from whichever thread submits first, an SDK callback thread
+        # Started from whichever thread submits, an SDK callback thread
         # included: Thread.start() makes a new Python thread either way.
-        thread = threading.Thread(target=self._run, name=REAPER_THREAD_NAME, daemon=True)
+        first = not self._workers
+        thread = threading.Thread(
+            target=self._run, args=(first,), name=REAPER_THREAD_NAME, daemon=True
+        )
+        self._idle += 1  # counted idle before it runs, so a burst starts no extra worker
+        self._workers.append(thread)
         thread.start()
-        self._thread = thread
         if not self._exit_hook_registered:
             # A daemon thread frozen mid-teardown at interpreter exit can leave
             # the native core half-released; give queued drops a bounded chance.
@@ -132,18 +161,27 @@ class Reaper:
             self._exit_hook_registered = True
 
     def _drain_at_exit(self) -> None:
-        if self._thread is not None and not self.is_current():
-            self.wait_idle(_DRAIN_AT_EXIT_S)
+        if self._workers and not self.is_current() and not self.wait_idle(_DRAIN_AT_EXIT_S):
+            sys.stderr.write(
+                f"nativeguard: {self.pending()} release job(s) were still running on the "
+                f"{REAPER_THREAD_NAME} threads when the process exited after waiting "
+                f"{_DRAIN_AT_EXIT_S:g} s; the native objects they held were not released\n"
+            )
 
-    def _run(self) -> None:
+    def _run(self, permanent: bool) -> None:
         while True:
             with self._cond:
-                self._busy = False
-                self._cond.notify_all()
                 while not self._jobs:
-                    self._cond.wait()
+                    if not self._cond.wait(None if permanent else _IDLE_EXIT_S) and not (
+                        self._jobs or permanent
+                    ):
+                        self._idle -= 1
+                        me = threading.get_ident()
+                        self._workers = [t for t in self._workers if t.ident != me]
+                        return
                 what, job = self._jobs.popleft()
-                self._busy = True
+                self._idle -= 1
+                self._busy += 1
             try:
                 job()
             except BaseException as exc:  # the reaper must survive any job
@@ -151,26 +189,43 @@ class Reaper:
             # The job (and anything its closure still holds) goes here, not
             # when the next job overwrites the variable.
             del job, what
+            with self._cond:
+                self._busy -= 1
+                self._idle += 1
+                self._cond.notify_all()
 
 
-_reaper = Reaper()
-_reaper_lock = threading.Lock()
+_reaper = Reaper(max_workers=_DEFAULT_MAX_WORKERS)
+_step_runner = Reaper(max_pending=_DEFAULT_MAX_PENDING, max_workers=_DEFAULT_MAX_WORKERS)
 
 
 def get_reaper() -> Reaper:
-    """The process-wide reaper every Scope hands work to."""
-    with _reaper_lock:
-        return _reaper
+    """The process-wide reaper every Scope hands work to.
+
+    No lock: reading a module global is atomic, and a lock here could be held
+    by the very code a signal handler interrupted.
+    """
+    return _reaper
+
+
+def get_step_runner() -> Reaper:
+    """The workers that run single release steps, each waited for with a bound.
+
+    Apart from :func:`get_reaper`: a release job waits for its steps, so they
+    must never queue behind release jobs (with one worker that would wait for
+    itself).
+    """
+    return _step_runner
 
 
 def _reset_after_fork() -> None:
     # The child has no reaper thread, and the old lock may have been held by it
     # at fork time. Jobs queued in the parent are the parent's business: keep
     # them undropped rather than run native teardown of the parent's handles.
-    global _reaper, _reaper_lock  # noqa: PLW0603
-    _parked.append(_reaper)
-    _reaper = Reaper(_reaper.max_pending)
-    _reaper_lock = threading.Lock()
+    global _reaper, _step_runner  # noqa: PLW0603
+    _parked.extend((_reaper, _step_runner))
+    _reaper = Reaper(_reaper.max_pending, _reaper.max_workers)
+    _step_runner = Reaper(_step_runner.max_pending, _step_runner.max_workers)
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX

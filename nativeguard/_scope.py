@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import functools
 import gc
 import inspect
+import math
 import os
 import sys
 import threading
@@ -20,13 +23,14 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _malloc
-from ._adapters import adapter_for, event_signals
+from ._adapters import ReleaseStep, adapter_for, event_signals
 from ._errors import (
     AsyncReleaseRequired,
     ClosedResourceError,
     ReleaseError,
     ReleaseTimeout,
     add_note,
+    detach_traceback,
 )
 from ._reaper import (
     REAPER_THREAD_NAME,
@@ -34,6 +38,7 @@ from ._reaper import (
     drop_all,
     foreign_origin,
     get_reaper,
+    get_step_runner,
     park,
 )
 
@@ -41,6 +46,7 @@ __all__ = [
     "ReleaseMode",
     "Scope",
     "ScopeStatistics",
+    "configure",
     "creation_tracebacks_enabled",
     "set_creation_tracebacks",
 ]
@@ -48,8 +54,12 @@ __all__ = [
 T = TypeVar("T")
 ReleaseMode = Literal["inline", "background"]
 
-_RELEASE_MODES: tuple[ReleaseMode, ...] = ("inline", "background")
 _DEFAULT_STEP_TIMEOUT_S = 5.0
+_DEFAULT_EXIT_BUDGET_S = 1.0
+_MAX_WAIT_S = 86_400.0
+"""Longest bound accepted for any wait: a day (threading's own limit is ~49 days)."""
+_PENDING_STEP_WAIT_S = 30.0
+"""How long a release job waits for a step that overran its bound before judging."""
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # Scope life cycle. adopt() is accepted until the drop phase begins.
@@ -64,6 +74,7 @@ class ScopeStatistics:
     signals_disconnected: int
     callbacks_dropped: int
     release_steps_run: int
+    """Release steps started (a step that failed or timed out counts too)."""
     release_errors: int
     collections: tuple[int, ...]
     """Generations collected, in order; empty when every object died by refcount."""
@@ -79,13 +90,17 @@ class ScopeStatistics:
     reaper_dropped: int = 0
     """Strong references dropped on the reaper thread (each may or may not have been the last)."""
     reaper_queue_full: bool = False
-    """Background mode found the reaper's queue full and dropped on the closing thread instead."""
+    """The reaper's queue was full, so the closing thread ran the release itself."""
     reaper_seconds: float = 0.0
     trim_attempted: bool = False
     bytes_trimmed: int = 0
     """RSS that ``malloc_trim`` gave back to the OS after the release."""
     trim_available: bool = False
     """Whether this process's allocator can be trimmed at all (glibc)."""
+    exit_budget_exceeded: bool = False
+    """close() returned at its exit budget; the rest of the release finished on the reaper."""
+    steps_timed_out: int = 0
+    """Steps that overran ``step_timeout_s``; the reaper waited for each before judging."""
 
 
 @dataclass
@@ -96,19 +111,39 @@ class _Tracked:
 
 
 @dataclass
+class _StepCall:
+    """One release step to run with a bounded wait; what the step generator yields."""
+
+    step: ReleaseStep
+    obj: Any
+    timeout_s: float
+    what: str
+    pending: concurrent.futures.Future[object] | None = None
+    """Set by the driver when the step overran its bound and is still running."""
+
+
+@dataclass
 class _Release:
-    """One release in progress, handed from the closing thread to the reaper when needed."""
+    """One release in progress, shared by the closing thread and the reaper job."""
 
     tracked: list[_Tracked]
     callbacks: list[tuple[weakref.ReferenceType[Any], Callable[..., Any]]]
     finalizers: list[Callable[[], None]]
-    hold_tracked: bool
-    """Keep tracked objects in ``keep`` instead of dropping them inline."""
+    hold_tracked: bool = True
+    """Move tracked objects into ``keep`` (False: a deferral filled it already)."""
     keep: list[Any] = field(default_factory=list)
-    """Strong references dropped in the drop phase, on the reaper unless inline."""
+    """Strong references dropped in the drop phase, on a reaper thread."""
+    pending: list[concurrent.futures.Future[object]] = field(default_factory=list)
+    """Steps that overran their bound and still run; waited for before the judgement."""
     errors: list[Exception] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    steps_done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    step_errors: int = 0
+    """How many of ``errors`` were found by the time ``steps_done`` was set."""
     raised_by_close: int = 0
     steps_run: int = 0
+    steps_timed_out: int = 0
     signals_disconnected: int = 0
     callbacks_dropped: int = 0
     adopted: int = 0
@@ -116,76 +151,187 @@ class _Release:
     queue_full: bool = False
     reaper_dropped: int = 0
     caller_seconds: float = 0.0
+    budget_exceeded: bool = False
+
+    def record(self, exc: Exception, context: str | None = None) -> None:
+        """Keep ``exc`` as a failure of this release, without the frames that pin objects."""
+        detach_traceback(exc)
+        if context is not None:
+            add_note(exc, context)
+        with self.lock:
+            self.errors.append(exc)
+
+
+@dataclass
+class _Settings:
+    release: ReleaseMode = "inline"
+    exit_budget_s: float = _DEFAULT_EXIT_BUDGET_S
+    step_timeout_s: float = _DEFAULT_STEP_TIMEOUT_S
+
+
+_settings = _Settings()
+
+
+def _seconds(name: str, value: object, *, zero_ok: bool) -> float:
+    """``value`` as a finite number of seconds within the range threads can wait, or raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    seconds = float(value)
+    low_ok = seconds >= 0 if zero_ok else seconds > 0
+    if not (math.isfinite(seconds) and low_ok and seconds <= _MAX_WAIT_S):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{name} must be {bound} and at most {_MAX_WAIT_S:g} s, got {value!r}")
+    return seconds
+
+
+def _mode(value: object) -> ReleaseMode:
+    if value == "inline":
+        return "inline"
+    if value == "background":
+        return "background"
+    raise ValueError(f"release must be 'inline' or 'background', got {value!r}")
+
+
+def configure(
+    *,
+    release: ReleaseMode | None = None,
+    exit_budget_s: float | None = None,
+    step_timeout_s: float | None = None,
+) -> dict[str, object]:
+    """Set the process-wide defaults of every Scope (and so every ``managed_*`` block).
+
+    - ``release``: ``"inline"`` (the native teardown finishes before the
+      block ends, within the exit budget) or ``"background"`` (it finishes on
+      the reaper; ``wait_released()``, ``verify.check()`` and the pytest
+      plugin wait for it).
+    - ``exit_budget_s`` (default 1 s): the longest close() keeps its caller
+      after the body ended, whatever the SDK does; what is not finished by
+      then completes on the reaper.
+    - ``step_timeout_s`` (default 5 s): the bound on each release step.
+
+    Returns the previous settings, so ``configure(**old)`` restores them.
+    Scopes already created keep theirs.
+    """
+    new_release = _mode(release) if release is not None else _settings.release
+    new_budget = (
+        _seconds("exit_budget_s", exit_budget_s, zero_ok=True)
+        if exit_budget_s is not None
+        else _settings.exit_budget_s
+    )
+    new_step = (
+        _seconds("step_timeout_s", step_timeout_s, zero_ok=False)
+        if step_timeout_s is not None
+        else _settings.step_timeout_s
+    )
+    previous: dict[str, object] = {
+        "release": _settings.release,
+        "exit_budget_s": _settings.exit_budget_s,
+        "step_timeout_s": _settings.step_timeout_s,
+    }
+    _settings.release, _settings.exit_budget_s, _settings.step_timeout_s = (
+        new_release,
+        new_budget,
+        new_step,
+    )
+    return previous
 
 
 class Scope:
     """Owns registered objects by weak reference and releases them on exit.
 
     On close, in reverse registration order: run the object's adapter steps
-    (stop recognition, close, shutdown) with a bounded wait each, disconnect
-    every SDK event signal it holds and drop the callbacks connected through
-    the scope; run the finalizers; drop the adopted references. Then collect
-    garbage only if a tracked object is still alive, and optionally trim the
-    heap. ``close()`` is idempotent and always runs every step; failures are
-    raised afterwards as one :class:`ReleaseError`.
+    (stop recognition, close, shutdown), each on a reaper thread with a
+    bounded wait (``step_timeout_s``), disconnect every SDK event signal it
+    holds and drop the callbacks connected through the scope; run the
+    finalizers; drop the scope's references. Then collect garbage only if a
+    tracked object is still alive, and optionally trim the heap. ``close()``
+    is idempotent and always runs every step; failures are raised afterwards
+    as one :class:`ReleaseError`.
 
-    ``release="inline"`` (default): everything happens in close(), so native
-    handles are back to baseline when the with-block ends.
-    ``release="background"``: the steps still run in close() (no callback fires
-    after it), but the scope's strong references go to the ``nativeguard-reaper``
-    thread, where the last drop runs the native teardown (~57 ms for a recognizer
-    that ran); :meth:`wait_released` waits for it. ``statistics()`` raises until
-    then, because survivors can only be judged once the reaper has dropped.
+    The release runs on nativeguard's reaper threads while close() waits,
+    at most ``exit_budget_s`` (default 1 s) whatever the SDK does; what is
+    not finished by then completes there, and :meth:`wait_released` (also
+    ``verify.check()`` and the pytest plugin) waits for it and raises what
+    failed. A step that overruns its bound is never abandoned mid-call: the
+    object is released when the step returns (dropping a recognizer while
+    its stop still runs can hang the native core for good).
+
+    ``release="inline"`` (default): close() waits for everything, so native
+    handles are back to baseline when the with-block ends (within the budget).
+    ``release="background"``: close() waits only for the steps (no callback
+    fires after it); the native teardown (~30-57 ms for a recognizer that
+    ran) finishes on the reaper. ``statistics()`` raises until the release
+    has completed, because survivors can only be judged then.
 
     Whatever the mode, a close() on a thread Python did not start (an SDK
     callback) releases nothing there: it warns and defers everything to the
     reaper. Releasing on the SDK's own thread deadlocks it.
+
+    close() may run in a signal handler: the scope's lock is re-entrant and
+    a register() it interrupted fails with ClosedResourceError.
     """
 
     def __init__(
         self,
         *,
-        step_timeout_s: float = _DEFAULT_STEP_TIMEOUT_S,
-        release: ReleaseMode = "inline",
+        step_timeout_s: float | None = None,
+        release: ReleaseMode | None = None,
         trim_threshold_bytes: int | None = None,
+        exit_budget_s: float | None = None,
     ) -> None:
-        if step_timeout_s <= 0:
-            raise ValueError(f"step_timeout_s must be > 0, got {step_timeout_s!r}")
-        if release not in _RELEASE_MODES:
-            raise ValueError(f"release must be 'inline' or 'background', got {release!r}")
+        self._step_timeout_s = (
+            _settings.step_timeout_s
+            if step_timeout_s is None
+            else _seconds("step_timeout_s", step_timeout_s, zero_ok=False)
+        )
+        self._release_mode: ReleaseMode = _settings.release if release is None else _mode(release)
+        self._exit_budget_s = (
+            _settings.exit_budget_s
+            if exit_budget_s is None
+            else _seconds("exit_budget_s", exit_budget_s, zero_ok=True)
+        )
         if trim_threshold_bytes is not None and (
-            not isinstance(trim_threshold_bytes, int) or trim_threshold_bytes < 0
+            isinstance(trim_threshold_bytes, bool)
+            or not isinstance(trim_threshold_bytes, int)
+            or trim_threshold_bytes < 0
         ):
             raise ValueError(
                 f"trim_threshold_bytes must be None or an int >= 0, got {trim_threshold_bytes!r}"
             )
-        self._step_timeout_s = step_timeout_s
-        self._release_mode: ReleaseMode = release
         self._trim_threshold_bytes = trim_threshold_bytes
-        self._lock = threading.Lock()
+        # Re-entrant: close() may run in a signal handler that interrupted this
+        # thread inside register() or connect().
+        self._lock = threading.RLock()
         self._tracked: list[_Tracked] = []
+        self._index: dict[int, _Tracked] = {}
         self._callbacks: list[tuple[weakref.ReferenceType[Any], Callable[..., Any]]] = []
         self._finalizers: list[Callable[[], None]] = []
         self._adopted: list[Any] = []
+        self._pending: list[concurrent.futures.Future[Any]] = []
         self._state = _OPEN
         self._closed_at: str | None = None
         self._entered = False
         self._statistics: ScopeStatistics | None = None
+        self._release: _Release | None = None
         self._released = threading.Event()
-        self._late_errors: list[Exception] = []
         self._deferred_from: int | None = None
 
     @property
     def release_mode(self) -> ReleaseMode:
         return self._release_mode
 
+    @property
+    def exit_budget_s(self) -> float:
+        return self._exit_budget_s
+
     # -- registration ----------------------------------------------------
 
     def register(self, obj: T) -> T:
-        """Track ``obj`` (weakly) for release; returns it unchanged.
+        """Track ``obj`` (weakly) for release; returns it unchanged (O(1)).
 
-        If ``obj`` dies before the scope releases it, a ``ResourceWarning``
-        says where it was registered (created, with tracemalloc on).
+        Registering an object the scope already tracks does nothing. If
+        ``obj`` dies before the scope releases it, a ``ResourceWarning`` says
+        where it was registered (created, with tracemalloc on).
         """
         self._check_open("register an object in")
         try:
@@ -195,20 +341,35 @@ class Scope:
                 f"Scope tracks objects by weak reference; {type(obj).__name__} does not "
                 "support weak references"
             ) from None
-        with self._lock:
-            if any(t.ref() is obj for t in self._tracked):
-                return obj
+        key = id(obj)
+        known = self._index.get(key)
+        if known is not None and known.ref() is obj:
+            return obj
         type_name = type(obj).__qualname__
         warning = weakref.finalize(obj, _warn_collected, type_name, _Origin.of(obj))
         warning.atexit = False  # alive at exit is not "collected before release"
+        entry = _Tracked(ref, type_name, warning)
         with self._lock:
-            closed = self._closed_at is not None
-            duplicate = any(t.ref() is obj for t in self._tracked)  # a racing register()
-            if not (closed or duplicate):
-                self._tracked.append(_Tracked(ref, type_name, warning))
-        if closed or duplicate:
+            known = self._index.get(key)
+            added = self._closed_at is None and not (known is not None and known.ref() is obj)
+            if added:
+                self._tracked.append(entry)
+                self._index[key] = entry
+        if not added:
             warning.detach()
             self._check_open("register an object in")  # raises if closed meanwhile
+            return obj
+        if self._closed_at is not None:
+            # A signal handler closed the scope while this thread was in the
+            # block above: an entry close() did not take is an orphan.
+            with self._lock:
+                orphan = any(tracked is entry for tracked in self._tracked)
+                if orphan:
+                    self._tracked = [t for t in self._tracked if t is not entry]
+                    self._index.pop(key, None)
+            if orphan:
+                warning.detach()
+                self._check_open("register an object in")
         return obj
 
     def connect(self, signal: Any, callback: Callable[..., Any]) -> None:
@@ -222,6 +383,16 @@ class Scope:
         connect(callback)
         with self._lock:
             self._callbacks.append((weakref.ref(signal), callback))
+
+    def _hold_until(self, future: concurrent.futures.Future[Any]) -> None:
+        """Judge the release only once ``future`` is done (bounded): it still uses an object.
+
+        The one-call helpers wait for SDK futures on their own threads, which
+        hold the SDK object until ``get()`` returns; dropping it there, after
+        the call, is what keeps the native teardown from waiting on itself.
+        """
+        with self._lock:
+            self._pending.append(future)
 
     def add_finalizer(self, finalizer: Callable[[], None]) -> None:
         """Run ``finalizer()`` on close, after the release steps, before the GC check.
@@ -280,8 +451,11 @@ class Scope:
     def close(self) -> None:
         """Release everything; idempotent. Raises ReleaseError if a step failed.
 
-        Steps that return awaitables (async credentials) cannot be awaited
-        here: each is recorded as an error asking for ``aclose()``.
+        Returns within the exit budget after it was called, whatever the SDK
+        does (a ``KeyboardInterrupt`` while it waits propagates at once); the
+        release then completes on the reaper. Steps that return awaitables
+        (async credentials) cannot be awaited here: each is recorded as an
+        error asking for ``aclose()``.
         """
         start = time.perf_counter()
         release = self._begin()
@@ -291,18 +465,30 @@ class Scope:
         if origin is not None:
             self._defer(release, origin, start)
             return
-        _drive_sync(self._release_steps(release))
-        self._hand_off(release, start)
-        self._raise_errors(release)
+        job = functools.partial(self._run_release, release, None)
+        if get_reaper().submit("scope release", job):
+            del job
+            self._wait_within_budget(release, start)
+        else:
+            # Queue full: the reaper is behind, so this caller does the work
+            # (back-pressure) rather than pile up dead SDK objects. Steps are
+            # still bounded.
+            release.queue_full = True
+            job()
+            del job
+        release.caller_seconds = time.perf_counter() - start
+        error = self._close_error(release)
+        del release
+        if error is not None:
+            raise error
 
     async def aclose(self) -> None:
         """Release everything like close(), awaiting steps that return awaitables.
 
-        Synchronous steps and, in inline mode, the native teardown still run on
-        the event loop's thread: use ``release="background"`` to keep the
-        teardown off it. If cancelled while awaiting a step, the remaining
-        steps still run (unawaited ones recorded as errors) before the
-        cancellation propagates.
+        Steps run on reaper threads and the native teardown too, so the event
+        loop is not blocked; the loop waits at most the exit budget for them.
+        If cancelled while awaiting a step, the remaining steps still run
+        (unawaited ones recorded as errors) before the cancellation propagates.
         """
         start = time.perf_counter()
         release = self._begin()
@@ -312,25 +498,39 @@ class Scope:
         if origin is not None:
             self._defer(release, origin, start)
             return
-        interrupted = await _drive_async(self._release_steps(release), self._step_timeout_s)
-        self._hand_off(release, start)
+        interrupted = await _drive_async(self._release_steps(release))
+        job = functools.partial(self._drop_and_finish, release, None, time.perf_counter())
+        if get_reaper().submit("scope release (drop)", job):
+            del job
+            waited = release.done if self._release_mode == "inline" else release.steps_done
+            remaining = max(0.0, self._exit_budget_s - (time.perf_counter() - start))
+            if not await asyncio.to_thread(waited.wait, remaining):
+                release.budget_exceeded = True
+        else:
+            release.queue_full = True
+            job()
+            del job
+        release.caller_seconds = time.perf_counter() - start
+        error = self._close_error(release)
+        del release
         if interrupted is not None:
             raise interrupted
-        self._raise_errors(release)
+        if error is not None:
+            raise error
 
     def wait_released(self, timeout: float) -> bool:
-        """Wait until every reference the scope handed off was dropped; False on timeout.
+        """Wait until the release has completed, reaper part included; False on timeout.
 
-        True at once after an inline close. Raises :class:`ReleaseError` for
-        failures found after close() returned (a deferred release runs its
-        steps on the reaper), every time it is called, like ``Future.result()``.
+        True at once after a close() that finished within its budget. Raises
+        :class:`ReleaseError` for failures close() did not raise itself (found
+        on the reaper after close() returned), every time it is called, like
+        ``Future.result()``.
         """
-        if timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        timeout = _seconds("timeout", timeout, zero_ok=True)
         if not self._released.is_set():
-            if get_reaper().is_current():
+            if get_reaper().is_current() or get_step_runner().is_current():
                 raise RuntimeError(
-                    f"wait_released() on the {REAPER_THREAD_NAME} thread would wait for itself"
+                    f"wait_released() on a {REAPER_THREAD_NAME} thread would wait for itself"
                 )
             if self._deferred_from == threading.get_ident():
                 raise RuntimeError(
@@ -339,26 +539,35 @@ class Scope:
                 )
         if not self._released.wait(timeout):
             return False
-        if self._late_errors:
-            raise ReleaseError(
-                f"{len(self._late_errors)} release step(s) failed on the {REAPER_THREAD_NAME} "
-                "thread; every other step still ran",
-                self._late_errors,
-            )
+        release = self._release
+        if release is not None:
+            with release.lock:
+                late = list(release.errors[release.raised_by_close :])
+            if late:
+                raise ReleaseError(
+                    f"{len(late)} release step(s) failed on the {REAPER_THREAD_NAME} thread "
+                    "after close() returned; every other step still ran",
+                    late,
+                )
         return True
 
     def statistics(self) -> ScopeStatistics:
         """What the release did, once it has completed.
 
-        Raises ``RuntimeError`` before close() and, in background or deferred
-        release, until the reaper has finished (see :attr:`released` and
-        :meth:`wait_released`): survivors cannot be judged before the scope's
-        own references are gone, and a provisional figure would be misread.
+        Raises ``RuntimeError`` before close() and until the release has
+        completed (see :attr:`released` and :meth:`wait_released`): survivors
+        cannot be judged before the scope's own references are gone, and a
+        provisional figure would be misread.
         """
         with self._lock:
-            statistics, closed = self._statistics, self._closed_at is not None
-        if statistics is not None:
-            return statistics
+            statistics, release = self._statistics, self._release
+            closed = self._closed_at is not None
+        if statistics is not None and release is not None:
+            return dataclasses.replace(
+                statistics,
+                release_seconds=release.caller_seconds,
+                exit_budget_exceeded=release.budget_exceeded,
+            )
         if not closed:
             raise RuntimeError("Scope.statistics() is available once the scope is closed")
         raise RuntimeError(
@@ -375,69 +584,149 @@ class Scope:
             self._closed_at = _caller_location()
             self._state = _RELEASING
             tracked, self._tracked = self._tracked, []
+            self._index = {}
             callbacks, self._callbacks = self._callbacks, []
             finalizers, self._finalizers = self._finalizers, []
+            release = _Release(tracked, callbacks, finalizers)
+            self._release = release
         for entry in tracked:
             # From here on the scope is releasing them: dying now is no leak.
             entry.warning.detach()
-        return _Release(
-            tracked, callbacks, finalizers, hold_tracked=self._release_mode == "background"
+        return release
+
+    def _wait_within_budget(self, release: _Release, start: float) -> None:
+        """Wait for the release (inline) or its steps (background), at most the exit budget."""
+        waited = release.done if self._release_mode == "inline" else release.steps_done
+        remaining = max(0.0, self._exit_budget_s - (time.perf_counter() - start))
+        if not waited.wait(remaining):
+            release.budget_exceeded = True
+
+    def _close_error(self, release: _Release) -> ReleaseError | None:
+        """What close() raises: inline, every failure; background, the steps'; none past budget."""
+        with release.lock:
+            if release.budget_exceeded:
+                count = 0
+            elif self._release_mode == "inline" and release.done.is_set():
+                count = len(release.errors)
+            else:
+                count = release.step_errors if release.steps_done.is_set() else 0
+            release.raised_by_close = count
+            errors = list(release.errors[:count])
+        if not errors:
+            return None
+        return ReleaseError(
+            f"{len(errors)} release step(s) failed; every other step still ran", errors
         )
 
-    def _release_steps(
-        self, release: _Release
-    ) -> Generator[Awaitable[Any], Exception | None, None]:
-        """Run steps, disconnect signals and callbacks, run finalizers.
+    def _run_release(self, release: _Release, origin: ForeignOrigin | None) -> None:
+        """The whole release, on a reaper thread (or the caller when the queue is full)."""
+        job_start = time.perf_counter()
+        returned = True
+        if origin is not None:
+            returned = origin.wait_returned(self._step_timeout_s)
+            if not returned:
+                release.record(
+                    ReleaseTimeout(
+                        f"the code on {origin.describe()} that closed the scope did not return "
+                        f"within {self._step_timeout_s:g} s; its objects are kept alive (leaked) "
+                        "rather than risk the SDK thread dropping the last reference"
+                    )
+                )
+        _drive_sync(self._release_steps(release))
+        self._drop_and_finish(release, origin if not returned else None, job_start)
 
-        A generator so that close() and aclose() share it: it yields each
-        awaitable a step returns, and the driver sends back the exception it
-        ended with (or None).
+    def _drop_and_finish(
+        self, release: _Release, unsafe_origin: ForeignOrigin | None, job_start: float
+    ) -> None:
+        """Drop the scope's references, wait for overrunning steps, judge, publish."""
+        with release.lock:
+            release.step_errors = len(release.errors)
+        release.steps_done.set()
+        adopted = self._take_adopted(release)
+        release.keep.extend(adopted)
+        adopted.clear()
+        with self._lock:
+            release.pending.extend(self._pending)
+            self._pending.clear()
+        if unsafe_origin is not None:
+            unsafe_origin.park()
+            park(release.keep)
+        else:
+            dropped = drop_all(release.keep)
+            release.reaper_dropped = 0 if release.queue_full else dropped
+        # A step that overran its bound still holds its object; the release is
+        # complete only when it returned and dropped it.
+        deadline = time.monotonic() + _PENDING_STEP_WAIT_S
+        for future in release.pending:
+            concurrent.futures.wait([future], timeout=max(0.0, deadline - time.monotonic()))
+            if not future.done():
+                release.record(
+                    ReleaseTimeout(
+                        f"a release step was still running {_PENDING_STEP_WAIT_S:g} s after it "
+                        "overran its bound; its object stays alive until the step returns"
+                    )
+                )
+        release.pending.clear()
+        self._finish(release, job_start)
+
+    def _release_steps(self, release: _Release) -> Generator[_StepCall | Awaitable[Any], Any, None]:
+        """Yield each step to run, disconnect signals and callbacks, run finalizers.
+
+        A generator so that close() and aclose() share it: it yields a
+        :class:`_StepCall` (the driver runs it with a bounded wait and sends
+        back the exception it ended with, or None) and any awaitable a step
+        returned (awaited by aclose(), refused by close()).
         """
-        errors = release.errors
         for entry in reversed(release.tracked):
             obj = entry.ref()
             if obj is None:
                 continue
-            adapter = adapter_for(obj)
+            context = f"while releasing {entry.type_name}"
+            try:
+                adapter = adapter_for(obj)
+            except Exception as exc:
+                adapter = None
+                release.record(
+                    exc, f"{context}: an adapter's predicate raised, so no adapter step ran"
+                )
             steps = adapter.steps if adapter is not None else ()
-            context = (
-                f"while releasing {entry.type_name} "
-                f"({adapter.name if adapter is not None else 'no adapter'})"
-            )
+            context += f" ({adapter.name if adapter is not None else 'no adapter'})"
             for step in steps:
                 release.steps_run += 1
+                call = _StepCall(
+                    step, obj, self._step_timeout_s, f"{entry.type_name}: {_step_name(step)}"
+                )
+                error = yield call
+                if call.pending is not None:
+                    release.pending.append(call.pending)
+                    release.steps_timed_out += 1
+                del call
+                if error is not None:
+                    release.record(error, context)
+            try:
+                signals = event_signals(obj)
+            except Exception as exc:
+                signals = []
+                release.record(exc, f"while finding the event signals of {entry.type_name}")
+            for signal in signals:
                 try:
-                    outcome = step(obj, self._step_timeout_s)
-                except Exception as exc:
-                    add_note(exc, context)
-                    errors.append(exc)
-                    continue
-                if inspect.isawaitable(outcome):
-                    error = yield outcome
-                    del outcome
-                    if error is not None:
-                        add_note(error, context)
-                        errors.append(error)
-            for signal in event_signals(obj):
-                if signal.is_connected():
-                    release.signals_disconnected += 1
-                try:
+                    if signal.is_connected():
+                        release.signals_disconnected += 1
                     signal.disconnect_all()
                 except Exception as exc:
-                    add_note(exc, f"while disconnecting a signal of {entry.type_name}")
-                    errors.append(exc)
+                    release.record(exc, f"while disconnecting a signal of {entry.type_name}")
+            del signals
             if release.hold_tracked:
                 release.keep.append(obj)
-            # Inline: our strong reference must go before we judge who survives,
-            # and if it is the last one the native teardown runs right here.
+            # Our strong reference must go before we judge who survives.
             del obj
         for signal_ref, _callback in release.callbacks:
             signal = signal_ref()
-            if signal is not None and signal.is_connected():
-                try:
+            try:
+                if signal is not None and signal.is_connected():
                     signal.disconnect_all()
-                except Exception as exc:
-                    errors.append(exc)
+            except Exception as exc:
+                release.record(exc, "while disconnecting a signal connected through the scope")
             del signal
         release.callbacks_dropped = len(release.callbacks)
         release.callbacks.clear()  # drops closures whose cells may reach SDK objects
@@ -445,7 +734,9 @@ class Scope:
             try:
                 finalizer()
             except Exception as exc:
-                errors.append(exc)
+                release.record(exc, "in a scope finalizer")
+            except BaseException as exc:  # KeyboardInterrupt/SystemExit in a finalizer
+                release.record(_interrupted_step(exc, "a scope finalizer"))
         release.finalizers.clear()
 
     def _take_adopted(self, release: _Release) -> list[Any]:
@@ -454,36 +745,6 @@ class Scope:
             self._state = _DROPPING
         release.adopted = len(adopted)
         return adopted
-
-    def _hand_off(self, release: _Release, start: float) -> None:
-        """After the steps, on the closing thread: drop here (inline) or on the reaper."""
-        adopted = self._take_adopted(release)
-        if self._release_mode == "inline":
-            drop_all(adopted)
-            self._finish(release, start, reaper_start=None)
-            return
-        release.keep.extend(adopted)
-        adopted.clear()
-        # Set before the job exists: the reaper may finish before we return.
-        release.raised_by_close = len(release.errors)
-        release.caller_seconds = time.perf_counter() - start
-        if get_reaper().submit(
-            "scope release (background)", functools.partial(self._reap, release)
-        ):
-            # From here on the closing thread holds no strong reference: the
-            # reaper's drop_all() pops them one by one.
-            return
-        # Queue full: the reaper is behind, so this caller pays the teardown
-        # (back-pressure) rather than piling up dead SDK objects or blocking.
-        release.queue_full = True
-        drop_all(release.keep)
-        self._finish(release, start, reaper_start=None)
-
-    def _reap(self, release: _Release) -> None:
-        """On the reaper: drop what the closing thread handed over, then judge."""
-        reaper_start = time.perf_counter()
-        release.reaper_dropped = drop_all(release.keep)
-        self._finish(release, None, reaper_start)
 
     def _defer(self, release: _Release, origin: ForeignOrigin, start: float) -> None:
         """close() on a thread that must not release: hand the whole release to the reaper."""
@@ -505,39 +766,15 @@ class Scope:
         # Never bounded: running it here instead is the one thing not allowed.
         get_reaper().submit(
             "deferred scope release",
-            functools.partial(self._release_deferred, release, origin),
+            functools.partial(self._run_release, release, origin),
             bounded=False,
         )
 
-    def _release_deferred(self, release: _Release, origin: ForeignOrigin) -> None:
-        reaper_start = time.perf_counter()
-        returned = origin.wait_returned(self._step_timeout_s)
-        if not returned:
-            release.errors.append(
-                ReleaseTimeout(
-                    f"the code on {origin.describe()} that closed the scope did not return "
-                    f"within {self._step_timeout_s:g} s; its objects are kept alive (leaked) "
-                    "rather than risk the SDK thread dropping the last reference"
-                )
-            )
-        _drive_sync(self._release_steps(release))
-        adopted = self._take_adopted(release)
-        release.keep.extend(adopted)
-        adopted.clear()
-        if returned:
-            release.reaper_dropped = drop_all(release.keep)
-        else:
-            origin.park()
-            park(release.keep)
-        self._finish(release, None, reaper_start)
-
-    def _finish(self, release: _Release, start: float | None, reaper_start: float | None) -> None:
+    def _finish(self, release: _Release, job_start: float) -> None:
         """Collect if needed, trim, publish the statistics and wake wait_released()."""
         generations, gc_seconds, survivors = _collect_until_dead([t.ref for t in release.tracked])
         attempted, trimmed, trim_available = self._trim()
         now = time.perf_counter()
-        if start is not None:  # everything ran on the caller's thread
-            release.caller_seconds = now - start
         statistics = ScopeStatistics(
             objects_tracked=len(release.tracked),
             signals_disconnected=release.signals_disconnected,
@@ -553,18 +790,16 @@ class Scope:
             objects_adopted=release.adopted,
             reaper_dropped=release.reaper_dropped,
             reaper_queue_full=release.queue_full,
-            reaper_seconds=now - reaper_start if reaper_start is not None else 0.0,
+            reaper_seconds=now - job_start,
             trim_attempted=attempted,
             bytes_trimmed=trimmed,
             trim_available=trim_available,
+            steps_timed_out=release.steps_timed_out,
         )
         with self._lock:
             self._statistics = statistics
             self._state = _RELEASED
-            if reaper_start is not None:
-                # Only what close() could not raise itself: background close()
-                # raised the step errors already, a deferred one raised nothing.
-                self._late_errors = release.errors[release.raised_by_close :]
+        release.done.set()
         self._released.set()
 
     def _trim(self) -> tuple[bool, int, bool]:
@@ -573,18 +808,6 @@ class Scope:
             return False, 0, _trim_available()
         result = _malloc.trim(self._trim_threshold_bytes)
         return result.attempted, result.rss_released_bytes, result.available
-
-    def _raise_errors(self, release: _Release) -> None:
-        """Raise what close() itself found (inline: everything; background: the steps)."""
-        errors = (
-            release.errors
-            if self._release_mode == "inline"
-            else release.errors[: release.raised_by_close]
-        )
-        if errors:
-            raise ReleaseError(
-                f"{len(errors)} release step(s) failed; every other step still ran", errors
-            )
 
     # -- context managers ------------------------------------------------
 
@@ -635,18 +858,83 @@ class Scope:
 # -- drivers for the release steps ---------------------------------------------
 
 
+def _step_name(step: object) -> str:
+    return str(getattr(step, "__qualname__", None) or getattr(step, "__name__", None) or step)
+
+
+def _interrupted_step(exc: BaseException, what: str) -> Exception:
+    """A KeyboardInterrupt/SystemExit raised *by* a step, kept as an ordinary failure."""
+    return RuntimeError(f"{what} raised {type(exc).__name__}({exc!s}); the release went on")
+
+
+def _start_step(call: _StepCall) -> concurrent.futures.Future[object]:
+    """Run ``call`` on a step-runner thread; the future holds its outcome, never its frames."""
+    future: concurrent.futures.Future[object] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            outcome = call.step(call.obj, call.timeout_s)
+        except BaseException as exc:  # handed to the waiting driver
+            future.set_exception(detach_traceback(exc))
+        else:
+            future.set_result(outcome)
+
+    get_step_runner().submit(f"release step {call.what}", run, bounded=False)
+    return future
+
+
+def _step_outcome(call: _StepCall, future: concurrent.futures.Future[object]) -> object:
+    """The step's return value, or raise: ``_StepFailed`` wraps what the step raised."""
+    try:
+        return future.result(call.timeout_s)
+    except BaseException as exc:
+        if future.done() and not future.cancelled() and future.exception() is exc:
+            exc.__traceback__ = None  # re-raising attached our frames (they hold call.obj)
+            if not isinstance(exc, Exception):
+                raise _StepFailed(_interrupted_step(exc, f"release step {call.what}")) from None
+            raise _StepFailed(exc) from None
+        if isinstance(exc, TimeoutError) and not future.done():
+            call.pending = future
+            raise _StepFailed(
+                ReleaseTimeout(
+                    f"release step {call.what} did not finish within {call.timeout_s:g} s; "
+                    "the object is released when it returns"
+                )
+            ) from None
+        raise  # an interrupt of the wait itself (KeyboardInterrupt): not the step's
+
+
+class _StepFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+
 def _drive_sync(
-    steps: Generator[Awaitable[Any], Exception | None, None], first: Exception | None = None
+    steps: Generator[_StepCall | Awaitable[Any], Any, None], first: Exception | None = None
 ) -> None:
-    """Run the steps to the end; an awaitable is refused (closed if a coroutine), not awaited."""
-    reply = first
+    """Run the steps to the end, each bounded; an awaitable is refused, not awaited."""
+    reply: Exception | None = first
     while True:
         try:
-            awaitable = steps.send(reply)
+            item = steps.send(reply)
         except StopIteration:
             return
-        reply = _refuse(awaitable)
-        del awaitable
+        reply = None
+        if isinstance(item, _StepCall):
+            try:
+                outcome = _step_outcome(item, _start_step(item))
+            except _StepFailed as failed:
+                reply = failed.error
+            else:
+                if inspect.isawaitable(outcome):
+                    reply = _refuse(outcome)
+                del outcome
+        else:
+            reply = _refuse(item)
+        del item
 
 
 def _refuse(awaitable: Awaitable[Any]) -> Exception:
@@ -661,9 +949,9 @@ def _refuse(awaitable: Awaitable[Any]) -> Exception:
 
 
 async def _drive_async(
-    steps: Generator[Awaitable[Any], Exception | None, None], timeout_s: float
+    steps: Generator[_StepCall | Awaitable[Any], Any, None],
 ) -> BaseException | None:
-    """Run the steps, awaiting each awaitable with a bounded wait.
+    """Run the steps, each on a step-runner thread, awaiting awaitables with a bounded wait.
 
     Returns the cancellation (or other BaseException) that interrupted an
     await, for the caller to re-raise once the release is complete.
@@ -671,18 +959,36 @@ async def _drive_async(
     reply: Exception | None = None
     while True:
         try:
-            awaitable = steps.send(reply)
+            item = steps.send(reply)
         except StopIteration:
             return None
         reply = None
         try:
-            await asyncio.wait_for(_awaited(awaitable), timeout_s)
-        except asyncio.TimeoutError:
-            reply = ReleaseTimeout(
-                f"awaiting the release step did not finish within {timeout_s:g} s"
-            )
-        except Exception as exc:
-            reply = exc
+            if isinstance(item, _StepCall):
+                future = _start_step(item)
+                try:
+                    outcome = await asyncio.to_thread(_step_outcome, item, future)
+                except _StepFailed as failed:
+                    reply = failed.error
+                    continue
+                finally:
+                    del future
+                if inspect.isawaitable(outcome):
+                    try:
+                        await asyncio.wait_for(_awaited(outcome), item.timeout_s)
+                    except asyncio.TimeoutError:
+                        reply = ReleaseTimeout(
+                            f"awaiting release step {item.what} did not finish within "
+                            f"{item.timeout_s:g} s"
+                        )
+                    except Exception as exc:
+                        reply = exc
+                del outcome
+            else:
+                try:
+                    await asyncio.wait_for(_awaited(item), _settings.step_timeout_s)
+                except Exception as exc:
+                    reply = exc
         except BaseException as exc:  # cancellation: finish the release, then re-raise
             _drive_sync(
                 steps,
@@ -693,7 +999,7 @@ async def _drive_async(
             )
             return exc
         finally:
-            del awaitable
+            del item
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> None:

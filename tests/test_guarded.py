@@ -98,7 +98,7 @@ def test_naive_pattern_leaks_unguarded_and_not_guarded(speech_service, wav_path,
     # cycle); the configs, passed inline, had died already: nothing to release.
     assert stats.scope.objects_tracked == 2
     assert stats.scope.signals_disconnected == 2
-    assert stats.scope.release_steps_run == 1  # stop_transcribing_async
+    assert stats.scope.release_steps_run == 2  # no stop wait, stop_transcribing_async
     assert stats.scope.release_errors == 0
     assert stats.scope.survivors == 0
     assert stats.scope.collections == ()
@@ -324,7 +324,7 @@ def test_release_on_exception_mid_recognition(speech_service, wav_path, no_autom
     (stats,) = seen
     assert stats.objects_created == LISTEN_TRACKED
     # stop_transcribing_async; the push stream's wrapper died when listen() returned.
-    assert stats.scope.release_steps_run == 1
+    assert stats.scope.release_steps_run == 2  # no stop wait + stop_transcribing_async
     assert stats.scope.release_errors == 0
     # The traceback holds body's frame and so its locals until the error goes.
     assert stats.scope.survivors > 0

@@ -88,8 +88,8 @@ def small_reaper(monkeypatch):
 # -- the reaper itself ---------------------------------------------------------
 
 
-def test_jobs_run_in_order_on_one_named_daemon_python_thread():
-    reaper = get_reaper()
+def test_jobs_start_in_order_on_named_daemon_python_threads():
+    reaper = Reaper(max_workers=1)  # one worker: order of start is order of run
     ran: list[tuple[int, threading.Thread]] = []
     for index in range(3):
         assert reaper.submit("probe", lambda i=index: ran.append((i, threading.current_thread())))
@@ -102,6 +102,22 @@ def test_jobs_run_in_order_on_one_named_daemon_python_thread():
     assert thread.daemon
     assert not isinstance(thread, threading._DummyThread)
     assert thread is reaper.thread
+    assert reaper.threads() == [thread]
+
+
+def test_a_stuck_job_does_not_hold_up_the_next_one():
+    """One release stuck in the native core must not delay everyone else's."""
+    reaper = Reaper(max_workers=4)
+    stuck, ran = threading.Event(), threading.Event()
+    assert reaper.submit("stuck job", lambda: stuck.wait(10))
+    assert reaper.submit("next job", ran.set)
+    try:
+        assert ran.wait(2)
+        assert len(reaper.threads()) == 2
+        assert reaper.pending() == 1
+    finally:
+        stuck.set()
+    assert reaper.wait_idle(2)
 
 
 def test_a_full_queue_refuses_at_once_instead_of_blocking(small_reaper):
@@ -139,11 +155,14 @@ def test_a_failing_job_is_reported_and_the_reaper_keeps_going(monkeypatch):
 # -- background release ----------------------------------------------------------
 
 
-def test_background_release_drops_on_the_reaper_and_waiting_tells_when(speech_service, wav_path):
+def test_background_release_drops_on_the_reaper_and_waiting_tells_when(
+    speech_service, wav_path, small_reaper
+):
     baseline = recognizers()
-    gate = Gate(get_reaper())  # hold the reaper: "before" and "after" are then certain
+    gate = Gate(small_reaper)  # hold its one worker: "before" and "after" are then certain
     try:
-        scope = Scope(release="background")
+        # The job waits behind the gate, so close() returns at its exit budget.
+        scope = Scope(release="background", exit_budget_s=0.05)
         recognizer = scope.register(new_recognizer(speech_service, wav_path))
         deaths = died_on(recognizer)
         assert recognizer.recognize_once_async().get().text
@@ -170,7 +189,7 @@ def test_background_release_drops_on_the_reaper_and_waiting_tells_when(speech_se
     assert stats.reaper_queue_full is False
     assert stats.survivors == 0
     assert stats.collections == ()
-    assert stats.release_steps_run == 1
+    assert stats.release_steps_run == 2  # no stop wait + stop
     assert stats.reaper_seconds > 0
 
 
@@ -192,8 +211,9 @@ def test_background_close_costs_the_caller_far_less_than_inline(speech_service, 
             assert scope.wait_released(5)
             assert recognizers() == baseline
             threads[mode] += deaths
+    # Both drop on the reaper; inline waits for it before close() returns.
     assert threads == {
-        "inline": [threading.current_thread().name] * 3,
+        "inline": [REAPER_THREAD_NAME] * 3,
         "background": [REAPER_THREAD_NAME] * 3,
     }
     inline, background = (statistics.median(timings[m]) for m in ("inline", "background"))
@@ -210,11 +230,16 @@ def test_inline_release_is_done_when_the_block_ends(speech_service, wav_path):
         scope.adopt(recognizer)
         del recognizer
     assert recognizers() == baseline
-    assert deaths == [threading.current_thread().name]
+    assert deaths == [REAPER_THREAD_NAME]  # dropped there, before the block ended
     assert scope.released
     assert scope.wait_released(0) is True
     stats = scope.statistics()
-    assert (stats.release_mode, stats.objects_adopted, stats.reaper_dropped) == ("inline", 1, 0)
+    assert (stats.release_mode, stats.objects_adopted, stats.reaper_dropped) == (
+        "inline",
+        1,
+        2,
+    )  # the tracked + the adopted reference
+    assert stats.exit_budget_exceeded is False
 
 
 def test_a_full_reaper_queue_makes_the_caller_drop_and_says_so(small_reaper):
@@ -239,20 +264,18 @@ def test_a_full_reaper_queue_makes_the_caller_drop_and_says_so(small_reaper):
 
 
 def test_waiting_on_the_reaper_itself_is_refused():
-    scope = Scope(release="background")
-    closed = threading.Event()
+    scope = Scope(release="background")  # never released while the probe runs
     outcome: list[BaseException] = []
 
     def probe() -> None:
-        closed.wait(2)
         try:
             scope.wait_released(1)
         except RuntimeError as error:
             outcome.append(error)
 
-    assert get_reaper().submit("probe", probe)  # runs before the scope's job
+    assert get_reaper().submit("probe", probe)
+    assert get_reaper().wait_idle(5)
     scope.close()
-    closed.set()
     assert scope.wait_released(5)
     (error,) = outcome
     assert "wait for itself" in str(error)
@@ -367,7 +390,7 @@ def test_close_in_an_sdk_callback_defers_the_whole_release_to_the_reaper(speech_
     assert deaths == [REAPER_THREAD_NAME]
     stats = scope.statistics()
     assert stats.deferred is True
-    assert stats.release_steps_run == 1  # stop_continuous_recognition_async, on the reaper
+    assert stats.release_steps_run == 2  # no stop wait + stop_continuous_recognition_async
     assert stats.signals_disconnected == 1
     assert stats.survivors == 0
     assert stats.release_errors == 0

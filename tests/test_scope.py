@@ -72,7 +72,7 @@ def test_naive_pattern_leaks_a_native_handle_and_the_scope_does_not(
     stats = scope.statistics()
     assert stats.objects_tracked == 1
     assert stats.signals_disconnected == 2
-    assert stats.release_steps_run == 1  # stop_transcribing_async
+    assert stats.release_steps_run == 2  # no stop wait, stop_transcribing_async
     assert stats.release_errors == 0
     # The caller still held the transcriber while the scope closed.
     assert stats.survivors == 1
@@ -155,7 +155,7 @@ def test_every_step_runs_and_failures_are_raised_together():
     assert released == ["second step ran"]
     (error,) = caught.value.exceptions
     assert isinstance(error, OSError)
-    assert "while releasing" in error.__notes__[0]
+    assert any("while releasing" in note for note in error.__notes__)
     scope.close()  # idempotent: nothing raised the second time
     assert scope.closed
     with pytest.raises(ClosedResourceError, match="closed Scope"):
