@@ -12,6 +12,7 @@ import gc
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,3 +96,8 @@ def bad_teardown() -> Iterator[None]:
     """Setup whose teardown fails: the soak's samples still stand."""
     yield None
     raise OSError("teardown failed on purpose")
+
+
+def slow() -> None:
+    """20 ms per call: a soak long enough to interrupt."""
+    time.sleep(0.02)

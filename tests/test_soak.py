@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from nativeguard._soak import (
     run_soak,
     slope_band,
 )
+from nativeguard.testing import DEFAULT_KEY
 
 TESTS = Path(__file__).parent
 MIB = 1 << 20
@@ -157,6 +160,7 @@ def test_sdk_leak_and_guarded_twin_against_the_local_service(tmp_path: Path) -> 
     assert naive["report"] is not None
     assert "global kept in module soak_targets" in naive["report_text"]
     assert naive["report"]["native_handles"]["ISpxRecognitionResult"] == 1
+    assert DEFAULT_KEY not in leak_json.read_text()  # the setup's config never reaches the output
 
     clean_json = tmp_path / "guarded.json"
     done = soak(
@@ -335,3 +339,55 @@ def test_a_failing_teardown_is_a_warning_and_the_run_stands(tmp_path: Path) -> N
     data = json.loads(out.read_text())
     assert data["teardown_error"] == "--setup teardown raised OSError('teardown failed on purpose')"
     assert data["completed"] is True
+
+
+def test_sigint_stops_the_soak_judges_what_ran_and_exits_130(tmp_path: Path) -> None:
+    out = tmp_path / "interrupted.json"
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nativeguard", "soak", "soak_targets:slow", "-n", "300",
+         "--settle", "0", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        assert process.stderr is not None
+        while "(measured)" not in process.stderr.readline():
+            assert time.monotonic() < deadline, "no measured call within 60 s"
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "interrupted after" in stderr
+    assert "Traceback" not in stderr
+    data = json.loads(out.read_text())
+    assert data["completed"] is False
+    measured = [s for s in data["samples"] if s["phase"] == "measured"]
+    assert len(measured) >= 3
+    assert "verdict: no leak" in stdout
+
+
+def test_html_escapes_what_it_is_given(tmp_path: Path) -> None:
+    page = tmp_path / "escaped.html"
+    done = soak("soak_targets:plain_clean", "-n", "3", "--label", "<b>bold</b>", "--html",
+                str(page), "-q")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert "<b>bold</b>" not in text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in text
+    assert "<script" not in text
+
+
+def test_run_soak_refuses_wrong_types() -> None:
+    with pytest.raises(SoakUsageError, match="TARGET must be module:function, got 123"):
+        run_soak(123, iterations=3)  # type: ignore[arg-type]
+    with pytest.raises(SoakUsageError, match="iterations must be an int >= 3"):
+        run_soak("soak_targets:plain_clean", iterations=True)  # type: ignore[arg-type]
+    with pytest.raises(SoakUsageError, match="setup must be a module:function string"):
+        run_soak("soak_targets:plain_clean", iterations=3, setup=len)  # type: ignore[arg-type]
+    with pytest.raises(SoakUsageError, match="settle_s must be between 0 and 60"):
+        run_soak("soak_targets:plain_clean", iterations=3, settle_s=-1)
