@@ -215,3 +215,22 @@ def test_a_failing_reading_is_logged_and_the_thread_survives(
             time.sleep(0.01)
     assert len(monitor.history) >= 3
     assert any("a reading failed" in r.getMessage() for r in caplog.records)
+
+
+def test_request_hook_counts_exactly_under_concurrency() -> None:
+    monitor = Monitor(interval_s=None, every_requests=10, history=100, slope_limits=None)
+    barrier = threading.Barrier(8)
+
+    def requests() -> None:
+        barrier.wait()
+        for _ in range(50):
+            monitor.request_done()
+
+    threads = [threading.Thread(target=requests) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(monitor.history) == 8 * 50 // 10
+    monitor.close()
