@@ -77,6 +77,7 @@ DELTAS_SUFFIX = ".nativeguard"
 _SUPPORTED_POOLS = ("prefork",)
 _UNSUPPORTED_POOLS = ("solo", "threads", "gevent", "eventlet", "processes", "custom")
 _WRAPPED = "__nativeguard_run__"
+_EVENT_OWN = frozenset({"pid", "hostname", "timestamp", "clock", "utcoffset", "type", "uuid"})
 
 logger = logging.getLogger("nativeguard.celery")
 
@@ -344,6 +345,8 @@ def _publish(task: Any, child: _Child, deltas: UnitDeltas) -> None:
             logger.exception("nativeguard: could not store the deltas of task %s", task_id)
     if child.send_events:
         try:
-            task.send_event(EVENT_TYPE, **data)
+            # The dispatcher adds the sender's pid (this child's) itself.
+            fields = {key: value for key, value in data.items() if key not in _EVENT_OWN}
+            task.send_event(EVENT_TYPE, **fields)
         except Exception:
             logger.exception("nativeguard: could not send the %s event of %s", EVENT_TYPE, task_id)

@@ -2,7 +2,10 @@
 
 Configured from the environment the test sets: ``NG_REDIS_URL`` (broker and
 result backend, a redis-server the test started on 127.0.0.1) and
-``NG_POLICY`` (the JSON keyword arguments of ``nativeguard.celery.install``).
+``NG_POLICY`` (the JSON keyword arguments of ``nativeguard.celery.install``,
+or ``off`` for a worker without nativeguard); ``NG_CELERY_MAX_MEMORY_KB`` sets
+Celery's own ``worker_max_memory_per_child`` (benchmarks/celery_recycling.py
+compares the two).
 Tasks: real transcriptions through the bundled SpeechService, native memory
 leaked on purpose (malloc, never freed), freed heap glibc keeps (churn), and
 a slow task that records each of its starts in Redis (for the SIGKILL test).
@@ -33,7 +36,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
     result_expires=600,
 )
-guard = nativeguard.celery.install(app, **json.loads(os.environ.get("NG_POLICY", "{}")))
+if "NG_CELERY_MAX_MEMORY_KB" in os.environ:
+    app.conf.worker_max_memory_per_child = int(os.environ["NG_CELERY_MAX_MEMORY_KB"])
+_POLICY = os.environ.get("NG_POLICY", "{}")
+guard = None if _POLICY == "off" else nativeguard.celery.install(app, **json.loads(_POLICY))
 
 MB = 1 << 20
 
@@ -44,12 +50,18 @@ def echo(index: int) -> dict[str, Any]:
 
 
 @app.task
-def transcribe(url: str, wav: str, index: int) -> dict[str, Any]:
+def transcribe(url: str, wav: str, index: int, gc_off: bool = False) -> dict[str, Any]:
     """A real ConversationTranscriber session, left to the task guard to release.
 
-    The transcriber and its config are not closed here: the guard must do it
-    (the deltas say whether any native handle survived the task).
+    As in the field reports, a callback captures the transcriber and stays
+    connected: a reference cycle that keeps the native recognizer alive until
+    a garbage collection. The guard disconnects it when the task ends (the
+    deltas say whether any native handle survived the task). ``gc_off``
+    disables this child's collector for good (a control: without the guard,
+    the handles then stay).
     """
+    import gc
+
     import azure.cognitiveservices.speech as speechsdk
     from sdk_helpers import run_continuous
 
@@ -58,6 +70,10 @@ def transcribe(url: str, wav: str, index: int) -> dict[str, Any]:
     transcriber = speechsdk.transcription.ConversationTranscriber(
         speech_config=config, audio_config=audio
     )
+    if gc_off:
+        gc.disable()
+    started: list[str] = []
+    transcriber.session_started.connect(lambda evt: started.append(str(transcriber)))
     session = run_continuous(transcriber, timeout_s=30)
     return {
         "index": index,

@@ -163,6 +163,7 @@ def celery_worker(
     pool: str = "prefork",
     concurrency: int = 2,
     events: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """A real ``celery worker`` on tests/celery_tasks.py (not started)."""
     argv = [
@@ -186,8 +187,8 @@ def celery_worker(
     ]
     if events:
         argv.append("-E")
-    env = python_env(NG_REDIS_URL=redis_url, NG_POLICY=policy, C_FORCE_ROOT="1")
-    return Server("celery worker", argv, tmp / f"celery-{pool}.log", env)
+    environment = python_env(NG_REDIS_URL=redis_url, NG_POLICY=policy, **(env or {}))
+    return Server("celery worker", argv, tmp / f"celery-{pool}.log", environment)
 
 
 def gunicorn_server(

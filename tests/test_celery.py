@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -264,3 +268,90 @@ def test_sigkilled_child_loses_no_task(tmp_path: Path, client: Celery) -> None:
     assert values[3]["pid"] == starts[3][1]
     assert {i: len(s) for i, s in starts.items() if i != 3} == {i: 1 for i in range(20) if i != 3}
     assert "Process 'ForkPoolWorker" in worker.log() or "WorkerLostError" in worker.log()
+
+
+# -- the guard is what releases, and events carry the deltas ------------------
+
+
+@pytest.mark.parametrize("guard_tasks", [True, False])
+def test_guard_releases_what_a_task_leaves_in_a_cycle(
+    tmp_path: Path, client: Celery, tmp_wav: Any, guard_tasks: bool
+) -> None:
+    """Each task leaves its transcriber in a callback cycle with the collector off: with
+    the guard no Speech SDK handle survives the task; without it (the control) they do."""
+    wav = tmp_wav(1.0)
+    policy = json.dumps({"guard_tasks": guard_tasks})
+    worker = celery_worker(tmp_path, client.conf.broker_url, policy).start()
+    with SpeechService() as service:
+        try:
+            worker.wait_log("ready.")
+            results = [send(client, "transcribe", service.url, wav, i, True) for i in range(4)]
+            outcomes = collect(client, results)
+            worker.pids |= {d["pid"] for _, d in outcomes}
+        finally:
+            worker.stop()
+    for value, deltas in outcomes:
+        assert value["texts"] == PHRASES
+        if guard_tasks:
+            assert deltas["native_handles_delta"] == {}, deltas
+            assert deltas["objects_created"] >= 3
+            assert deltas["survivors"] == 0
+        else:
+            assert deltas["objects_created"] is None
+    if not guard_tasks:
+        left = [deltas["native_handles_delta"] for _, deltas in outcomes]
+        assert all(sum(delta.values()) > 0 for delta in left), left
+
+
+def test_worker_with_task_events_sends_the_deltas_as_events(tmp_path: Path, client: Celery) -> None:
+    received: list[dict[str, Any]] = []
+    worker = celery_worker(tmp_path, client.conf.broker_url, "{}", events=True).start()
+    try:
+        worker.wait_log("ready.")
+        with client.connection() as connection:
+            receiver = client.events.Receiver(
+                connection, handlers={ngc.EVENT_TYPE: received.append}
+            )
+            listener = threading.Thread(target=receiver.capture, kwargs={"limit": None})
+            listener.start()
+            try:
+                # The receiver's queue is bound once it consumes: probe until one arrives.
+                def probed() -> bool:
+                    send(client, "echo", -1).get(timeout=RESULT_S)
+                    return bool(received)
+
+                wait_for(probed, "a first task-nativeguard event", 30)
+                results = [send(client, "leak", 1, i) for i in range(5)]
+                outcomes = collect(client, results)
+                ids = {result.id for result in results}
+                wait_for(lambda: ids <= {e["uuid"] for e in received}, "the 5 events", 30)
+            finally:
+                receiver.should_stop = True
+                listener.join(30)
+            assert not listener.is_alive()
+        worker.pids |= {d["pid"] for _, d in outcomes}
+    finally:
+        worker.stop()
+    by_id = {event["uuid"]: event for event in received}
+    for result, (_, deltas) in zip(results, outcomes, strict=True):
+        event = by_id[result.id]
+        assert event["type"] == ngc.EVENT_TYPE
+        for key in ("pid", "unit", "rss_before", "rss_after", "retire", "task"):
+            assert event[key] == deltas[key], key
+        assert event["task"] == "celery_tasks.leak"
+
+
+def test_celery_example_runs() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "celery_app.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "20 transcriptions, 20 correct"
+    assert lines[1] == "native handles left behind per task: {}"
+    leaking = re.fullmatch(r"30 leaking tasks ran in (\d+) pool children; (\d+) retired", lines[2])
+    assert leaking is not None, lines
+    assert int(leaking[2]) >= 2
+    assert int(leaking[1]) >= 3
+    assert "still after gc + malloc_trim" in lines[3]  # trim was tried first
