@@ -47,7 +47,8 @@ from ._errors import NativeGuardError
 from ._leakcheck import DEFAULT_RSS_GROWTH_MB, judge, theil_sen_slope
 from ._malloc import heap_stats
 from ._memory import trim
-from ._snapshot import Snapshot, settle, snapshot
+from ._snapshot import settle  # private helper: poll until counts stop moving
+from .verify import Snapshot, snapshot
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -435,7 +436,7 @@ class _Sampler:
         """The leak report of the last call: what it left that is still alive, and its holders."""
         if self.before_last is None:
             return None, None
-        from ._check import check  # noqa: PLC0415 - verify.check, without the cycle
+        from .verify import check  # noqa: PLC0415
 
         report = check(self.before_last, settle_s=max(self.settle_s, 0.05))
         if report is None:

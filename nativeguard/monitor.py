@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import NativeGuardError
 from ._malloc import heap_stats
 from ._redact import redact_text
-from ._snapshot import snapshot
+from .verify import snapshot
 
 if TYPE_CHECKING:
     from .isolate import WorkerPool
