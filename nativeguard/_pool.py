@@ -46,7 +46,8 @@ from ._errors import (
 from ._plain import check_picklable, check_plain
 from ._recycle import MB, RecyclePolicy
 from ._redact import redact_text
-from ._worker import TaskReport, WorkerSettings, forget_fork_server, run_worker
+from ._messages import RunTask, StopWorker, TaskReport, WorkerReady
+from ._worker import WorkerSettings, forget_fork_server, run_worker
 
 __all__ = [
     "DEFAULT_PRELOAD",
@@ -758,7 +759,7 @@ class WorkerPool:
 
     def _send_stop(self, worker: _Worker, now: float) -> None:
         with contextlib.suppress(OSError):  # already gone: its sentinel will tell
-            worker.conn.send(("stop",))
+            worker.conn.send(StopWorker())
         worker.kill_at = now + _STOP_GRACE_S
 
     def _fill_locked(self, *, spare: bool) -> None:
@@ -879,7 +880,7 @@ class WorkerPool:
                 return
             task.future.attempts += 1
             try:
-                worker.conn.send(("run", task.info.id, task.payload))
+                worker.conn.send(RunTask(task.info.id, task.payload))
             except OSError:  # the worker just died; its sentinel will retire it
                 self._queue.appendleft(task)
                 worker.state = "exiting"
@@ -945,9 +946,8 @@ class WorkerPool:
             worker.conn.close()  # the sentinel tells how it ended
             return
         with self._lock:
-            if isinstance(message, tuple) and message[0] == "ready":
-                _, _pid, rss, peak = message
-                worker.rss, worker.peak = rss, peak
+            if isinstance(message, WorkerReady):
+                worker.rss, worker.peak = message.rss, message.peak_rss
                 worker.state = "exiting" if worker.stopping else "idle"
                 self._start_failures = 0
                 return

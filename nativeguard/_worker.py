@@ -1,11 +1,8 @@
 """The loop a pool's worker process runs: one task at a time, measured, then maybe retire.
 
-Runs in the child. Talks to the parent over one duplex pipe:
-
-* parent -> worker: ``("run", task_id, payload)`` (payload: pickled
-  ``(fn, args, kwargs)``) or ``("stop",)``;
-* worker -> parent: ``("ready", pid, rss, peak)`` once, then one
-  :class:`TaskReport` per task.
+Runs in the child. Talks to the parent over one duplex pipe with the
+message types of :mod:`nativeguard._messages`: ``WorkerReady`` once, then a
+``TaskReport`` per ``RunTask``, until ``StopWorker``, a retirement or EOF.
 
 The worker ends itself with ``os._exit`` after its last report: a process
 retired for leaking is thrown away, so running interpreter finalization
@@ -33,11 +30,12 @@ from multiprocessing.connection import Connection
 from ._errors import NotPlainDataError, RemoteTaskError, add_note
 from ._guardian import kill_descendants, start_guardian
 from ._malloc import malloc_trim, rss_bytes
+from ._messages import RunTask, TaskReport, WorkerReady
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
 from ._redact import redact_text
 
-__all__ = ["TaskReport", "WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker"]
+__all__ = ["WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker"]
 
 
 class _Role:
@@ -58,25 +56,6 @@ class WorkerSettings:
     policy: RecyclePolicy
     plain_types: tuple[type, ...] = ()
     pool_pid: int = 0  # the pool's process, watched by the worker's guardian (0: the parent)
-
-
-@dataclass(frozen=True)
-class TaskReport:
-    """One task's outcome and the worker's accounting, sent to the parent."""
-
-    task_id: int
-    ok: bool
-    payload: bytes  # the pickled result, or the pickled exception
-    traceback: str  # the worker's traceback text when not ok
-    rss_before: int
-    rss_after: int  # after the remedies, if they ran
-    peak_rss: int
-    duration_s: float
-    retire: str | None
-    detail: str
-    remedies: int
-    released: int
-    baseline: int | None  # RSS after the first task and its remedies, when memory is watched
 
 
 def peak_rss_bytes() -> int:
@@ -232,15 +211,15 @@ def _run_task(payload: bytes, settings: WorkerSettings) -> tuple[bool, bytes, st
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
     policy = RetirementPolicy(settings.policy, measure=rss_bytes, remedy=_remedy)
     pid = os.getpid()
-    conn.send(("ready", pid, rss_bytes(), peak_rss_bytes()))
+    conn.send(WorkerReady(pid, rss_bytes(), peak_rss_bytes()))
     while True:
         try:
             message = conn.recv()
         except (EOFError, ConnectionResetError):  # the pool is gone
             return
-        if message[0] == "stop":
-            return
-        _, task_id, payload = message
+        if not isinstance(message, RunTask):
+            return  # StopWorker
+        task_id, payload = message.task_id, message.payload
         before = rss_bytes()
         start = time.perf_counter()
         ok, blob, text = _run_task(payload, settings)

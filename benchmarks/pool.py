@@ -1,0 +1,295 @@
+"""WorkerPool's per-task overhead and recycle latency, side by side with loky, pebble and stdlib.
+
+Measured in one run, modes interleaved (each round runs every mode once, in a
+rotated order), median and spread (min..max) over the rounds; no pass/fail:
+
+1. Throughput of N CPU-bound tasks (a spin on ``time.perf_counter``) of 1 ms
+   and of 20 ms with 2 workers, as a ratio to the same tasks run one after
+   another in this process (2.0x is the ideal for 2 workers):
+   ``WorkerPool(2)``, ``WorkerPool(2, max_tasks=100)``, loky's
+   ``ProcessPoolExecutor(2)`` (it does not recycle), pebble's
+   ``ProcessPool(2)`` and ``ProcessPool(2, max_tasks=100)``, and the stdlib's
+   ``ProcessPoolExecutor(2, max_tasks_per_child=100)`` (forkserver context;
+   it can hang on 3.11, so it runs under a timeout and is reported as hung).
+   Pools are started and warmed up before the clock starts.
+2. The latency a recycle adds: 1-worker pools that recycle after every task
+   (``max_tasks=1``), tasks submitted one after another; "added" is the
+   caller's submit-to-result time minus the task's own run time, measured in
+   the task. p50 and p99 per pool.
+
+Peers come from the ``bench`` extra: ``pip install -e '.[bench]'``.
+
+Run: python benchmarks/pool.py [--quick] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nativeguard.isolate import WorkerPool
+
+WORKERS = 2
+HANG_S = 60.0
+
+
+def spin(ms: float) -> float:
+    """Busy-wait ``ms`` milliseconds; return the time it took, measured here."""
+    start = time.perf_counter()
+    end = start + ms / 1000
+    while time.perf_counter() < end:
+        pass
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------ the contenders
+
+
+class Contender:
+    """Start a pool, submit to it, shut it down: one interface over every library."""
+
+    name = ""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Nativeguard(Contender):
+    def __init__(self, workers: int, max_tasks: int | None) -> None:
+        self.workers, self.max_tasks = workers, max_tasks
+        self.name = "WorkerPool" + (f" max_tasks={max_tasks}" if max_tasks else "")
+
+    def start(self) -> None:
+        self.pool = WorkerPool(self.workers, max_tasks=self.max_tasks)
+
+    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+        return self.pool.submit(spin, ms)
+
+    def stop(self) -> None:
+        self.pool.shutdown()
+
+
+class Loky(Contender):
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.name = "loky (no recycling)"
+
+    def start(self) -> None:
+        import loky  # noqa: PLC0415 - from the bench extra
+
+        self.pool = loky.ProcessPoolExecutor(self.workers)
+
+    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+        return self.pool.submit(spin, ms)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.pool.shutdown()
+
+
+class Pebble(Contender):
+    def __init__(self, workers: int, max_tasks: int) -> None:
+        self.workers, self.max_tasks = workers, max_tasks
+        self.name = "pebble" + (f" max_tasks={max_tasks}" if max_tasks else "")
+
+    def start(self) -> None:
+        import pebble  # noqa: PLC0415 - from the bench extra
+
+        self.pool = pebble.ProcessPool(self.workers, max_tasks=self.max_tasks)
+
+    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+        return self.pool.schedule(spin, args=(ms,))  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class Stdlib(Contender):
+    def __init__(self, workers: int, max_tasks: int) -> None:
+        self.workers, self.max_tasks = workers, max_tasks
+        self.name = f"stdlib max_tasks_per_child={max_tasks}"
+
+    def start(self) -> None:
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            max_tasks_per_child=self.max_tasks,
+        )
+
+    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+        return self.pool.submit(spin, ms)
+
+    def stop(self) -> None:
+        processes = list(getattr(self.pool, "_processes", {}).values())
+        stopper = threading.Thread(target=self.pool.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(HANG_S / 4)
+        if stopper.is_alive():  # hung: kill its workers so the run can go on
+            for process in processes:
+                if process.pid:
+                    try:
+                        os.kill(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+class Hung(Exception):
+    pass
+
+
+def _results(futures: list[concurrent.futures.Future[float]]) -> list[float]:
+    done, pending = concurrent.futures.wait(futures, timeout=HANG_S)
+    if pending:
+        raise Hung(f"{len(pending)} of {len(futures)} tasks did not finish in {HANG_S} s")
+    return [future.result() for future in futures]
+
+
+# ------------------------------------------------------------- 1. throughput
+
+
+def in_process_rate(ms: float, tasks: int) -> float:
+    start = time.perf_counter()
+    for _ in range(tasks):
+        spin(ms)
+    return tasks / (time.perf_counter() - start)
+
+
+def pool_rate(contender: Contender, ms: float, tasks: int) -> float:
+    contender.start()
+    try:
+        _results([contender.submit(0.0) for _ in range(4 * WORKERS)])  # started and warm
+        time.sleep(0.3)  # spares and replacements are up
+        start = time.perf_counter()
+        _results([contender.submit(ms) for _ in range(tasks)])
+        return tasks / (time.perf_counter() - start)
+    finally:
+        contender.stop()
+
+
+# --------------------------------------------------- 2. latency of a recycle
+
+
+def recycle_latency(contender: Contender, tasks: int) -> list[float]:
+    contender.start()
+    added = []
+    try:
+        _results([contender.submit(0.0)])
+        time.sleep(0.3)
+        for _ in range(tasks):
+            start = time.perf_counter()
+            (ran,) = _results([contender.submit(1.0)])
+            added.append(time.perf_counter() - start - ran)
+    finally:
+        contender.stop()
+    return added
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def spread(values: list[float], fmt: str) -> str:
+    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid} ({low}..{high})"
+
+
+def contenders(recycle: int) -> list[Callable[[], Contender]]:
+    return [
+        lambda: Nativeguard(WORKERS, None),
+        lambda: Nativeguard(WORKERS, recycle),
+        lambda: Loky(WORKERS),
+        lambda: Pebble(WORKERS, 0),
+        lambda: Pebble(WORKERS, recycle),
+        lambda: Stdlib(WORKERS, recycle),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tasks and rounds")
+    parser.add_argument("--rounds", type=int, default=None)
+    options = parser.parse_args()
+    rounds = options.rounds or (3 if options.quick else 5)
+    sizes = {1.0: 200 if options.quick else 600, 20.0: 40 if options.quick else 100}
+    print(
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {WORKERS} workers, "
+        f"{rounds} rounds, tasks per round {sizes}"
+    )
+
+    makers = contenders(100)
+    for ms, tasks in sizes.items():
+        rates: dict[str, list[float]] = {}
+        hung: dict[str, str] = {}
+        for round_ in range(rounds):
+            order = list(range(len(makers) + 1))
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            for index in order:
+                if index == len(makers):
+                    rates.setdefault("in-process", []).append(in_process_rate(ms, tasks))
+                    continue
+                contender = makers[index]()
+                if contender.name in hung:
+                    continue
+                try:
+                    rates.setdefault(contender.name, []).append(pool_rate(contender, ms, tasks))
+                except Hung as error:
+                    hung[contender.name] = str(error)
+        base = statistics.median(rates["in-process"])
+        print(f"\n{ms:g} ms tasks x {tasks}: throughput / in-process ({base:.0f} tasks/s)")
+        print(f"  {'pool':34} {'ratio, median (min..max)':28} tasks/s")
+        for name, values in rates.items():
+            if not values:
+                continue
+            ratios = [value / base for value in values]
+            print(f"  {name:34} {spread(ratios, '{:.2f}x'):28} {statistics.median(values):.0f}")
+        for name, why in hung.items():
+            print(f"  {name:34} HUNG: {why}")
+
+    print("\nlatency a recycle adds (1 worker, max_tasks=1, 1 ms tasks one after another)")
+    recyclers: list[Callable[[], Contender]] = [
+        lambda: Nativeguard(1, 1),
+        lambda: Pebble(1, 1),
+        lambda: Stdlib(1, 1),
+    ]
+    latencies: dict[str, list[float]] = {}
+    per_round = 20 if options.quick else 40
+    stuck: set[str] = set()
+    for round_ in range(rounds):
+        order = recyclers[round_ % 3 :] + recyclers[: round_ % 3]
+        for make in order:
+            contender = make()
+            if contender.name in stuck:
+                continue
+            try:
+                latencies.setdefault(contender.name, []).extend(
+                    recycle_latency(contender, per_round)
+                )
+            except Hung as error:
+                latencies.setdefault(contender.name, [])
+                stuck.add(contender.name)
+                print(f"  {contender.name}: HUNG: {error}")
+    print(f"  {'pool':34} {'p50':>9} {'p99':>9}  tasks")
+    for name, values in latencies.items():
+        if values:
+            p50, p99 = quantile(values, 0.5) * 1000, quantile(values, 0.99) * 1000
+            print(f"  {name:34} {p50:7.2f}ms {p99:7.2f}ms  {len(values)}")
+
+
+if __name__ == "__main__":
+    main()

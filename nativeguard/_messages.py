@@ -1,0 +1,57 @@
+"""The messages a pool and its workers exchange over each worker's duplex pipe.
+
+Named types instead of tuples such as ``("run", id, payload)``, shared by both
+ends so neither guesses at the other's fields:
+
+* pool -> worker: :class:`RunTask` (the pool may send one ahead while the
+  previous task runs), :class:`StopWorker`;
+* worker -> pool: :class:`WorkerReady` once, then one :class:`TaskReport`
+  per task, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RunTask", "StopWorker", "TaskReport", "WorkerReady"]
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Run one task: ``payload`` is the pickled ``(fn, args, kwargs)``."""
+
+    task_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    """Exit after the current task (sent to an idle worker only)."""
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """The worker started and waits for tasks; its memory at that point."""
+
+    pid: int
+    rss: int
+    peak_rss: int
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """One task's outcome and the worker's accounting, sent to the parent."""
+
+    task_id: int
+    ok: bool
+    payload: bytes  # the pickled result, or the pickled exception
+    traceback: str  # the worker's traceback text when not ok (secrets masked)
+    rss_before: int
+    rss_after: int  # after the remedies, if they ran
+    peak_rss: int
+    duration_s: float
+    retire: str | None
+    detail: str
+    remedies: int
+    released: int
+    baseline: int | None  # RSS after the first task and its remedies, when memory is watched
