@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -34,7 +35,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from nativeguard.isolate import WorkerPool
 
@@ -142,10 +142,8 @@ class Stdlib(Contender):
         if stopper.is_alive():  # hung: kill its workers so the run can go on
             for process in processes:
                 if process.pid:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
 
 
 class Hung(Exception):
@@ -153,7 +151,7 @@ class Hung(Exception):
 
 
 def _results(futures: list[concurrent.futures.Future[float]]) -> list[float]:
-    done, pending = concurrent.futures.wait(futures, timeout=HANG_S)
+    _done, pending = concurrent.futures.wait(futures, timeout=HANG_S)
     if pending:
         raise Hung(f"{len(pending)} of {len(futures)} tasks did not finish in {HANG_S} s")
     return [future.result() for future in futures]

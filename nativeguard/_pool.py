@@ -43,10 +43,10 @@ from ._errors import (
     WorkerStartError,
     add_note,
 )
+from ._messages import RunTask, StopWorker, TaskReport, WorkerReady
 from ._plain import check_picklable, check_plain
 from ._recycle import MB, RecyclePolicy
 from ._redact import redact_text
-from ._messages import RunTask, StopWorker, TaskReport, WorkerReady
 from ._worker import WorkerSettings, forget_fork_server, run_worker
 
 __all__ = [
