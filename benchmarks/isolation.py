@@ -22,7 +22,7 @@ Measured side by side in one run (no pass/fail):
    dict of 100k str -> int, and 10k small dataclass records.
 
 Workers import this script to find the task functions; that import, like
-the worker's own ``nativeguard._worker``, brings in nativeguard and so the SDK
+the worker's own ``nativeguard.isolate._worker``, brings in nativeguard and so the SDK
 (``nativeguard`` imports it), whatever the preload.
 
 Run: python benchmarks/isolation.py [--quick]

@@ -40,7 +40,7 @@ from ._errors import NativeGuardError
 from ._malloc import heap_stats
 from ._managed import managed_transcriber
 from ._native import native_handles
-from ._pool import PoolStatistics, WorkerPool
+from .isolate._pool import PoolStatistics, WorkerPool
 from .testing import DEFAULT_KEY, Phrase, SpeechService, write_wav
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A Celery pool child or a gunicorn worker is not a :class:`~nativeguard.isolate.WorkerPool`
 worker, but the question after each task or request is the same, so the answer
-is the same code: :class:`~nativeguard._recycle.RetirementPolicy` (gc and
+is the same code: :class:`~nativeguard.isolate._recycle.RetirementPolicy` (gc and
 ``malloc_trim`` first, then current RSS against ``max_rss_mb``, growth since the
 first unit against ``max_growth_mb``, the fitted slope against
 ``growth_slope_mb_per_task``, and ``max_tasks``). The options are checked with
@@ -27,9 +27,9 @@ from nativeguard._errors import NativeGuardError
 from nativeguard._guarded import GuardStatistics
 from nativeguard._malloc import heap_stats, rss_bytes
 from nativeguard._native import native_handles
-from nativeguard._pool import _check_limit
-from nativeguard._recycle import MB, Decision, RecyclePolicy, RetirementPolicy
-from nativeguard._worker import _remedy
+from nativeguard.isolate._pool import _check_limit
+from nativeguard.isolate._recycle import MB, Decision, RecyclePolicy, RetirementPolicy
+from nativeguard.isolate._worker import _remedy
 
 __all__ = ["ProcessRecycler", "UnitDeltas", "check_options", "recycle_policy"]
 

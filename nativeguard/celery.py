@@ -55,8 +55,8 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
 
 from nativeguard._errors import NativeGuardError
 from nativeguard._guarded import GuardStatistics, guarded
-from nativeguard._recycle import RecyclePolicy
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
+from nativeguard.isolate._recycle import RecyclePolicy
 
 __all__ = [
     "DELTAS_SUFFIX",

@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from nativeguard._errors import NativeGuardError
-from nativeguard._recycle import RecyclePolicy
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
+from nativeguard.isolate._recycle import RecyclePolicy
 
 __all__ = ["GunicornGuard", "UnsupportedWorkerError", "install"]
 

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from isolate_support import HANG_S, assert_all_gone, pids_of, read_pid, wait_for
 
-import nativeguard._isolated
+import nativeguard.isolate._isolated
 from nativeguard import ClosedResourceError
 from nativeguard.isolate import (
     NotPlainDataError,
@@ -74,7 +74,7 @@ def default_pools() -> Iterator[None]:
     try:
         yield
     finally:
-        pools = list(nativeguard._isolated._default_pools.values())
+        pools = list(nativeguard.isolate._isolated._default_pools.values())
         pids = {pid for pool in pools for pid in pids_of(pool)}
         shutdown_isolated_pools()
         pids |= {pid for pool in pools for pid in pids_of(pool)}
@@ -208,7 +208,7 @@ def test_isolated_shares_one_default_pool_per_options(default_pools: None) -> No
     fresh = [isolate_tasks.iso_fresh_pid() for _ in range(3)]
     assert len(set(fresh)) == 3  # max_tasks=1 pool: a new worker per call
     assert first_pid not in fresh
-    pools = nativeguard._isolated._default_pools
+    pools = nativeguard.isolate._isolated._default_pools
     assert len(pools) == 2
     submitted = sorted(pool.statistics().tasks_submitted for pool in pools.values())
     assert submitted == [2, 3]  # iso_outer's inner call never reached the pool
@@ -232,7 +232,7 @@ def test_isolated_with_explicit_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     decorator at module level would), so pickle finds it by reference; the
     worker imports the module fresh and runs the undecorated body.
     """
-    shared_before = set(nativeguard._isolated._default_pools)
+    shared_before = set(nativeguard.isolate._isolated._default_pools)
     with WorkerPool(1) as pool:
         monkeypatch.setattr(
             isolate_tasks, "pooled_cube", isolated(pool=pool)(isolate_tasks.pooled_cube)
@@ -247,13 +247,13 @@ def test_isolated_with_explicit_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     assert inner == (pid, True, 16)
     assert pool.statistics().tasks_submitted == 2
     # The nested call ran inline in the worker: no shared pool started here.
-    assert set(nativeguard._isolated._default_pools) == shared_before
+    assert set(nativeguard.isolate._isolated._default_pools) == shared_before
     assert_all_gone(pids_of(pool))
 
 
 def test_isolated_refuses_bad_use() -> None:
     """Unknown or bad options, pool plus options, and lambdas are refused at decoration."""
-    shared_before = dict(nativeguard._isolated._default_pools)
+    shared_before = dict(nativeguard.isolate._isolated._default_pools)
     with pytest.raises(TypeError, match="unknown WorkerPool options for @isolated: bogus"):
         isolated(bogus=1)
     # Values too, by the pool's own checks, before any pool exists.
@@ -261,7 +261,7 @@ def test_isolated_refuses_bad_use() -> None:
         isolated(max_tasks=0)
     with pytest.raises(ValueError, match=r"preload module 'azure\.nope' cannot be found"):
         isolated(preload=["azure.nope"])
-    assert nativeguard._isolated._default_pools == shared_before
+    assert nativeguard.isolate._isolated._default_pools == shared_before
     with pytest.raises(TypeError, match="nested or a lambda"):
         isolated(lambda: None)
     with pytest.raises(TypeError, match="pool must be a WorkerPool"):

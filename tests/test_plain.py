@@ -18,8 +18,8 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 
 from nativeguard._extract import FrozenMap, Segment
-from nativeguard._plain import check_picklable, check_plain, describe_type
 from nativeguard.isolate import NotPlainDataError
+from nativeguard.isolate._plain import check_picklable, check_plain, describe_type
 
 GENERIC_HINT = "return builtin values, dataclasses or named tuples of them instead"
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from nativeguard._recycle import MB, Decision, RecyclePolicy, RetirementPolicy, theil_sen_slope
+from nativeguard.isolate._recycle import (
+    MB,
+    Decision,
+    RecyclePolicy,
+    RetirementPolicy,
+    theil_sen_slope,
+)
 
 
 class FakeWorker:

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection, wait
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
-from ._errors import (
+from .._errors import (
     ClosedResourceError,
     RemoteTaskError,
     TaskTimeout,
@@ -43,10 +43,10 @@ from ._errors import (
     WorkerStartError,
     add_note,
 )
+from .._redact import redact_text
 from ._messages import RunTask, StopWorker, TaskReport, WorkerReady
 from ._plain import check_picklable, check_plain
 from ._recycle import MB, RecyclePolicy
-from ._redact import redact_text
 from ._worker import WorkerSettings, forget_fork_server, run_worker
 
 __all__ = [
@@ -61,7 +61,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_PRELOAD: tuple[str, ...] = ("azure.cognitiveservices.speech", "nativeguard._worker")
+DEFAULT_PRELOAD: tuple[str, ...] = ("azure.cognitiveservices.speech", "nativeguard.isolate._worker")
 """Imported once in the fork server so each worker starts with them loaded.
 
 Measured safe for the Azure Speech SDK 1.53: importing it (and building a

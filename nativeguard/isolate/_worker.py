@@ -27,13 +27,13 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from ._errors import NotPlainDataError, RemoteTaskError, add_note
+from .._errors import NotPlainDataError, RemoteTaskError, add_note
+from .._malloc import malloc_trim, rss_bytes
+from .._redact import redact_text
 from ._guardian import kill_descendants, start_guardian
-from ._malloc import malloc_trim, rss_bytes
 from ._messages import RunTask, TaskReport, WorkerReady
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
-from ._redact import redact_text
 
 __all__ = ["WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker"]
 

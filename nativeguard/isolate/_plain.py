@@ -23,9 +23,9 @@ import uuid
 import weakref
 from collections.abc import Iterable
 
-from ._errors import NotPlainDataError
-from ._extract import FrozenMap
-from ._redact import redact_text
+from .._errors import NotPlainDataError
+from .._extract import FrozenMap
+from .._redact import redact_text
 
 __all__ = ["check_picklable", "check_plain", "describe_type"]
 
