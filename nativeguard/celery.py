@@ -59,6 +59,7 @@ from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, rec
 from nativeguard.isolate._recycle import RecyclePolicy
 
 __all__ = [
+    "DELTAS_STATE",
     "DELTAS_SUFFIX",
     "EVENT_TYPE",
     "CeleryGuard",
@@ -76,6 +77,9 @@ DELTAS_SUFFIX = ".nativeguard"
 
 _SUPPORTED_POOLS = ("prefork",)
 _UNSUPPORTED_POOLS = ("solo", "threads", "gevent", "eventlet", "processes", "custom")
+DELTAS_STATE = "NATIVEGUARD"
+"""The state the deltas are stored with: not a ready state, so a retried task's later run
+overwrites its earlier one (Celery keeps the first SUCCESS it stored under an id)."""
 _WRAPPED = "__nativeguard_run__"
 _EVENT_OWN = frozenset({"pid", "hostname", "timestamp", "clock", "utcoffset", "type", "uuid"})
 
@@ -202,7 +206,7 @@ def native_deltas(task: Any, *, app: Any | None = None) -> dict[str, Any] | None
     """The stored deltas of a finished task (an ``AsyncResult`` or a task id), or ``None``.
 
     ``None`` when none were stored: the task has not finished, ran without
-    :func:`install`, or the app has no result backend.
+    :func:`install`, ignores its result, or the app has no result backend.
     """
     task_id = task if isinstance(task, str) else getattr(task, "id", None)
     if not isinstance(task_id, str):
@@ -210,7 +214,7 @@ def native_deltas(task: Any, *, app: Any | None = None) -> dict[str, Any] | None
     if app is None:
         app = getattr(task, "app", None) or celery.current_app._get_current_object()
     meta = app.backend.get_task_meta(task_id + DELTAS_SUFFIX)
-    if meta.get("status") != "SUCCESS":
+    if meta.get("status") != DELTAS_STATE:
         return None
     value = meta.get("result")
     return value if isinstance(value, dict) else None
@@ -320,9 +324,15 @@ def _measured(task: Any, run: Callable[..., Any], guard_tasks: bool) -> Callable
             return body(*args, **kwargs)
         finally:
             child.depth -= 1
-            deltas = child.recycler.end(before, released[-1] if released else None)
+            guard = released[-1] if released else None
             released.clear()
-            _publish(task, child, deltas)
+            try:
+                deltas = child.recycler.end(before, guard)
+            except Exception:
+                # The task's own outcome stands: a failed measurement is logged, not raised.
+                logger.exception("nativeguard: could not measure task %s", task.name)
+            else:
+                _publish(task, child, deltas)
 
     measured_run.__name__ = getattr(run, "__name__", "run")
     measured_run.__doc__ = getattr(run, "__doc__", None)
@@ -338,9 +348,10 @@ def _publish(task: Any, child: _Child, deltas: UnitDeltas) -> None:
     if task_id is None:
         return
     backend = task.backend
-    if not isinstance(backend, DisabledBackend):
+    ignored = bool(task.ignore_result or getattr(request, "ignore_result", False))
+    if not ignored and not isinstance(backend, DisabledBackend):
         try:
-            backend.store_result(task_id + DELTAS_SUFFIX, data, "SUCCESS")
+            backend.store_result(task_id + DELTAS_SUFFIX, data, DELTAS_STATE)
         except Exception:
             logger.exception("nativeguard: could not store the deltas of task %s", task_id)
     if child.send_events:

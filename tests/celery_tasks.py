@@ -110,6 +110,25 @@ def slow(index: int, seconds: float) -> dict[str, Any]:
     return {"index": index, "pid": os.getpid()}
 
 
+@app.task(bind=True, max_retries=1)
+def outer(self: Any, index: int) -> dict[str, Any]:
+    """Calls another task directly (one task for the policy) and retries itself once."""
+    inner = echo(index)  # a direct call runs in this task, under this task's guard
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return {"index": index, "inner": inner, "retries": self.request.retries}
+
+
+@app.task(ignore_result=True)
+def quiet(index: int) -> None:
+    """Stores no result, so no deltas either."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.rpush("ng:quiet", index)
+    finally:
+        client.close()
+
+
 @app.task
 def fails(index: int) -> None:
     """Creates an SDK object, then raises: the guard still releases it."""

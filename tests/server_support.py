@@ -203,6 +203,8 @@ def gunicorn_server(
         f"bind = '127.0.0.1:{port}'\n"
         f"workers = {workers}\n"
         f"control_socket = {str(tmp / 'gunicorn.ctl')!r}\n"
+        "def post_request(worker, req, environ, resp):\n"  # the config's own hook: still runs
+        "    worker.log.info('config post_request hook ran for %s', req.path)\n"
         f"nativeguard.gunicorn.install(globals(), {options})\n"
     )
     app = "gunicorn_app:wsgi" if worker_class in ("sync", "gthread") else "gunicorn_app:asgi"

@@ -355,3 +355,36 @@ def test_celery_example_runs() -> None:
     assert int(leaking[2]) >= 2
     assert int(leaking[1]) >= 3
     assert "still after gc + malloc_trim" in lines[3]  # trim was tried first
+
+
+def test_nested_calls_retries_and_ignored_results(tmp_path: Path, client: Celery) -> None:
+    """A task that calls another directly is one unit for the policy; a retried task is
+    measured per run (its deltas are the last run's); a task that ignores its result
+    stores no deltas."""
+    store = redis.Redis.from_url(client.conf.broker_url)
+    worker = celery_worker(tmp_path, client.conf.broker_url, "{}", concurrency=1).start()
+    try:
+        worker.wait_log("ready.")
+        first = send(client, "echo", 0)
+        first_value, first_deltas = collect(client, [first])[0]
+        outer = send(client, "outer", 7)
+        outer_value, outer_deltas = collect(client, [outer])[0]
+        quiet = send(client, "quiet", 3)
+        wait_for(lambda: store.lrange("ng:quiet", 0, -1) == [b"3"], "the quiet task", RESULT_S)
+        last_value, last_deltas = collect(client, [send(client, "echo", 1)])[0]
+        worker.pids.add(first_deltas["pid"])
+    finally:
+        worker.stop()
+        store.close()
+    assert outer_value == {
+        "index": 7,
+        "inner": {"index": 7, "pid": first_value["pid"]},
+        "retries": 1,
+    }
+    # One child ran: echo (1), outer (2, retried: 3), quiet (4), echo (5).
+    assert first_deltas["unit"] == 1
+    assert outer_deltas["unit"] == 3
+    assert outer_deltas["task"] == "celery_tasks.outer"
+    assert last_deltas["unit"] == 5
+    assert last_value["pid"] == first_value["pid"]
+    assert ngc.native_deltas(quiet.id, app=client) is None
