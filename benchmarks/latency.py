@@ -16,7 +16,8 @@ the field write-ups and ``nativeguard demo``), 1.5 s WAV file:
   run time (the child reports the release mode the block actually used).
 - ``naive, audio after start``: ``naive`` with the WAV's PCM written to a
   ``PushAudioInputStream`` once ``start_transcribing_async()`` returned: the
-  workaround for the SDK's 0.5 s start stall (docs/core.md, "The 0.5 s stall").
+  workaround for the SDK's 0.5 s start stall (docs/core.md, "The 0.5 s start
+  stall"); ``inline`` and ``background`` again with that input, against it.
 
 One-call helpers against their ``managed_*`` equivalents doing the same work
 (sync and async, concurrency 1 and 4): ``transcribe`` / ``managed_transcriber``,
@@ -82,6 +83,8 @@ def _modes() -> list[Mode]:
         Mode("background", 'managed_transcriber(release="background")', t, 1, "naive"),
         Mode("default", "managed_transcriber() default", t, 1, "naive"),
         Mode("naive-push", "naive, audio pushed after start (stall workaround)", t, 1, "naive"),
+        Mode("inline-push", "inline, audio pushed after start", t, 1, "naive-push"),
+        Mode("background-push", "background, audio pushed after start", t, 1, "naive-push"),
     ]
     pairs = [
         ("transcribe", "managed_transcriber"),
@@ -167,16 +170,19 @@ class _Child:
         transcriber = self.sdk.transcription.ConversationTranscriber(self.config(), self.audio())
         return self.seed_session(transcriber)
 
-    def naive_push(self) -> int:
+    def pushed_audio(self) -> tuple[Any, Callable[[], None]]:
+        """A push stream for the WAV's PCM and the function that fills it after the start."""
         stream = self.sdk.audio.PushAudioInputStream()
-        transcriber = self.sdk.transcription.ConversationTranscriber(
-            self.config(), self.sdk.audio.AudioConfig(stream=stream)
-        )
 
         def feed() -> None:
             stream.write(self.pcm)
             stream.close()
 
+        return self.sdk.audio.AudioConfig(stream=stream), feed
+
+    def naive_push(self) -> int:
+        audio, feed = self.pushed_audio()
+        transcriber = self.sdk.transcription.ConversationTranscriber(self.config(), audio)
         return self.seed_session(transcriber, feed)
 
     def manual(self) -> int:
@@ -197,13 +203,15 @@ class _Child:
         gc.collect()
         return count
 
-    def managed(self, release: str | None) -> int:
+    def managed(self, release: str | None, push: bool = False) -> int:
         from nativeguard import managed_transcriber  # noqa: PLC0415
 
         kwargs: dict[str, Any] = {} if release is None else {"release": release}
-        block = managed_transcriber(self.config(), self.audio(), **kwargs)
+        audio, feed = self.pushed_audio() if push else (self.audio(), None)
+        block = managed_transcriber(self.config(), audio, **kwargs)
+        del audio
         with block as transcriber:
-            count = self.seed_session(transcriber)
+            count = self.seed_session(transcriber, feed)
         self.scopes.append(block.scope)  # its release mode is read after the timed part
         return count
 
@@ -320,6 +328,8 @@ class _Child:
             "inline": lambda: self.managed("inline"),
             "background": lambda: self.managed("background"),
             "default": lambda: self.managed(None),
+            "inline-push": lambda: self.managed("inline", push=True),
+            "background-push": lambda: self.managed("background", push=True),
         }
         if name in simple:
             return simple[name]
