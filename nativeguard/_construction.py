@@ -24,14 +24,17 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 __all__ = [
     "add_listener",
+    "dispatching_source",
     "ensure_installed",
     "handle_type",
     "holds_handle",
     "installed_classes",
+    "is_event_source",
     "is_installed",
     "uninstall",
 ]
@@ -250,3 +253,47 @@ def _construct_notifying(
     if holds_handle(obj):
         for listener in _listeners:  # the tuple read now: removal mid-loop is harmless
             listener(obj)
+
+
+# -- which object an SDK callback fires for -------------------------------------
+
+_EVENT_SOURCE_NAMES = ("Recognizer", "SpeechSynthesizer", "Connection", "KeywordRecognizer")
+
+
+_event_sources: dict[type, bool] = {}
+
+
+def is_event_source(obj: object) -> bool:
+    """Whether ``obj`` is an SDK object whose event signals call back on SDK threads."""
+    cls = type(obj)
+    known = _event_sources.get(cls)
+    if known is None:
+        known = _event_sources[cls] = any(
+            base.__name__ in _EVENT_SOURCE_NAMES and base.__module__.startswith(_SDK_PACKAGE)
+            for base in cls.__mro__
+        )
+    return known
+
+
+def _sdk_directory() -> str | None:
+    module = sys.modules.get(_SDK_PACKAGE)
+    path = getattr(module, "__file__", None)
+    return path.rsplit("/", 1)[0] + "/" if path else None
+
+
+def dispatching_source() -> object | None:
+    """The SDK object whose event the calling SDK callback thread is dispatching, or None.
+
+    Measured with SDK 1.53: every event reaches Python through a ctypes
+    trampoline in the SDK's modules (``__session_started_callback`` and the
+    like), the outermost frame of the callback thread, whose local ``obj`` is
+    the recognizer or synthesizer the event belongs to.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    outermost = sys._getframe(1)
+    while frame is not None:
+        outermost, frame = frame, frame.f_back
+    directory = _sdk_directory()
+    if directory is None or not outermost.f_code.co_filename.startswith(directory):
+        return None
+    return outermost.f_locals.get("obj")

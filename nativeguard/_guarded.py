@@ -492,9 +492,25 @@ def _ensure_installed() -> None:
     _construction.ensure_installed()
 
 
+_emitters: weakref.WeakKeyDictionary[Any, _Call] = weakref.WeakKeyDictionary()
+"""SDK objects that fire events (recognizers, synthesizers, ...) -> the guarded call that made
+them: what their callbacks construct on SDK threads belongs to that call."""
+
+
 def _on_constructed(obj: object) -> None:
-    # Outside guarded calls (and on SDK callback threads, whose context is
-    # empty) this is one ContextVar lookup.
+    # Outside guarded calls this is one ContextVar lookup and one truth test.
     call = _active.get()
     if call is not None:
         call.track(obj)
+        if _construction.is_event_source(obj):
+            _emitters[obj] = call
+        return
+    if _emitters:
+        # An SDK callback thread has an empty context. The results and events
+        # it builds (``evt.result`` kept by a callback connected on the raw
+        # object) belong to the call that made the object firing the event.
+        source = _construction.dispatching_source()
+        if source is not None:
+            owner = _emitters.get(source)
+            if owner is not None:
+                owner.track(obj)

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import inspect
 import threading
+import time
 import wave
 
 import azure.cognitiveservices.speech as speechsdk
@@ -93,7 +94,9 @@ def test_naive_pattern_leaks_unguarded_and_not_guarded(speech_service, wav_path,
     (stats,) = seen
     # SpeechConfig, AudioConfig, ConversationTranscriber and one
     # PropertyCollection each: every one holds a native handle.
-    assert stats.objects_created == 6
+    # Six made on this thread, plus the events and results the SDK built on
+    # its threads for this call's transcriber (how many depends on timing).
+    assert stats.objects_created > 6
     # Only the transcriber and its PropertyCollection were alive at exit (the
     # cycle); the configs, passed inline, had died already: nothing to release.
     assert stats.scope.objects_tracked == 2
@@ -322,7 +325,7 @@ def test_release_on_exception_mid_recognition(speech_service, wav_path, no_autom
         body()
     assert caught.value is error
     (stats,) = seen
-    assert stats.objects_created == LISTEN_TRACKED
+    assert stats.objects_created > LISTEN_TRACKED  # + events built on SDK threads
     # stop_transcribing_async; the push stream's wrapper died when listen() returned.
     assert stats.scope.release_steps_run == 2  # no stop wait + stop_transcribing_async
     assert stats.scope.release_errors == 0
@@ -413,7 +416,7 @@ def test_cancelling_a_guarded_coroutine_mid_recognition_releases(
 
     asyncio.run(main())
     (stats,) = seen
-    assert stats.objects_created == LISTEN_TRACKED
+    assert stats.objects_created > LISTEN_TRACKED  # + events built on SDK threads
     assert stats.scope.release_errors == 0
     assert native_handles() == baseline
 
@@ -705,27 +708,6 @@ def test_objects_made_outside_guarded_calls_are_not_tracked():
     assert seen[0].scope.survivors == 0
 
 
-def test_results_made_on_sdk_callback_threads_are_not_tracked(speech_service, wav_path):
-    """Documented limit: event args and their results are built on the SDK's threads."""
-    kept: list[speechsdk.SpeechRecognitionResult] = []
-    seen: list[GuardStatistics] = []
-    done = threading.Event()
-
-    @guarded(strict=True, on_release=seen.append)
-    def recognize() -> None:
-        speech = recognizer(speech_service, wav_path)
-        speech.recognized.connect(lambda evt: kept.append(evt.result))
-        speech.session_stopped.connect(lambda evt: done.set())
-        speech.start_continuous_recognition_async().get()
-        assert done.wait(10)
-
-    recognize()  # strict, yet no LeakError: the kept results were never tracked
-    assert len(kept) == 2
-    assert native_handles().get("ISpxRecognitionResult") == 2
-    kept.clear()
-    assert native_handles().get("ISpxRecognitionResult", 0) == 0
-
-
 def test_a_long_call_keeps_bounded_bookkeeping(no_automatic_gc):
     """Short-lived objects are forgotten as they die; only the live ones reach the scope."""
     seen: list[GuardStatistics] = []
@@ -784,3 +766,31 @@ def test_a_guarded_call_on_an_sdk_callback_thread_is_released_by_the_reaper(
     assert scope is not None
     assert scope.wait_released(5)
     assert scope.statistics().deferred
+
+
+def test_strict_sees_results_kept_by_callbacks_connected_on_raw_objects(speech_service, wav_path):
+    """Issue 9: results built on SDK threads belong to the call that made their recognizer."""
+    config = speech_service.speech_config()
+    baseline = native_handles()
+
+    @guarded(strict=True)
+    def transcribe_keeping_results():
+        results = []
+        transcriber = speechsdk.transcription.ConversationTranscriber(
+            speech_config=config, audio_config=speechsdk.audio.AudioConfig(filename=wav_path)
+        )
+        done = threading.Event()
+        transcriber.transcribed.connect(lambda evt: results.append(evt.result))
+        transcriber.session_stopped.connect(lambda evt: done.set())
+        transcriber.start_transcribing_async().get()
+        assert done.wait(10)
+        return results
+
+    with pytest.raises(LeakError) as caught:
+        transcribe_keeping_results()
+    assert "ConversationTranscriptionResult <- list <- return value" in str(caught.value)
+    del caught
+    deadline = time.monotonic() + 5
+    while native_handles() != baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert native_handles() == baseline
