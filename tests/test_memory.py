@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard import _malloc
+from nativeguard import _malloc, _registry
 from nativeguard._memory import MemoryBreakdown, memory_breakdown, trim
 from nativeguard._native import native_handle_count, native_handles
 
@@ -69,8 +69,14 @@ def test_sdk_handles_are_counted(speech_service, wav_path):
     recognizer = speechsdk.SpeechRecognizer(config, audio)  # ISpxRecognizer and properties
     assert memory_breakdown().sdk_native_handles == before + 6
     assert memory_breakdown().sdk_native_handles == sum(native_handles().values())
+    # Independently of the handle table: the Python objects holding those handles.
+    held = _registry.scan_heap()
+    assert held.get("SpeechRecognizer", 0) >= 1
+    assert held.get("SpeechConfig", 0) >= 1
+    recognizers = held["SpeechRecognizer"]
     del recognizer, audio, config
     assert memory_breakdown().sdk_native_handles == before
+    assert _registry.scan_heap().get("SpeechRecognizer", 0) == recognizers - 1
 
 
 @glibc_only
