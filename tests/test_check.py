@@ -427,3 +427,20 @@ def test_a_user_thread_named_like_the_reaper_is_checked():
         stop.set()
         impostor.join()
     assert check(before) is None
+
+
+def test_check_waits_for_releases_queued_on_the_reaper():
+    """A release handed to the reaper is "later", not "never": check() waits for it."""
+    from nativeguard._reaper import get_reaper
+
+    before = snapshot()
+    kept = [speechsdk.SpeechConfig(subscription="k", region="westus")]
+    alive = weakref.ref(kept[0])
+
+    def release_late() -> None:
+        time.sleep(0.6)  # longer than the whole settle below
+        kept.clear()
+
+    assert get_reaper().submit("test: a late release", release_late)
+    assert check(before, settle_s=0.1) is None
+    assert alive() is None  # independently: the object really is gone
