@@ -1,11 +1,14 @@
 """``check(before)`` and ``assert_no_leaks(before)``: what a block left behind, as a report.
 
 A check compares a :class:`~nativeguard._snapshot.Snapshot` taken before the
-code under test with the process now. It first settles (polls, bounded by
-``settle_s``, never collecting garbage): the SDK ends sessions and tears down
-native objects on its own threads after the call that triggered it returned.
-What still grew is a leak unless an :class:`Allow` entry, which always says
-why, excuses it.
+code under test with the process now. It first waits for releases queued on
+nativeguard's reaper, then settles (polls, bounded by ``settle_s``, never
+collecting garbage): the SDK ends sessions and tears down native objects on
+its own threads after the call that triggered it returned. What still grew is
+a leak unless an :class:`Allow` entry, which always says why, excuses it.
+Objects an automatic garbage collection freed since the baseline count as
+grown (they were left in reference cycles), so the verdict does not depend on
+when the collector happened to run; threads are compared by identity.
 
 Leaked objects are found in the live-object registry: for a type whose count
 grew by ``n``, the ``n`` youngest live instances. Objects alive before the
