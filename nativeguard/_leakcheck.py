@@ -53,7 +53,7 @@ from ._check import (
 )
 from ._memory import trim
 from ._report import LeakReport
-from ._snapshot import Snapshot, _settle_key, settle, snapshot
+from ._snapshot import Snapshot, _plus, _settle_key, settle, snapshot
 
 __all__ = [
     "DEFAULT_RSS_GROWTH_MB",
@@ -169,12 +169,16 @@ def series(
         raise ValueError("series() needs at least two snapshots")
     pairs = list(itertools.pairwise(snapshots))
     out: dict[str, tuple[int, ...]] = {}
-    for prefix, attr in ((INSTANCES, "instances"), (HANDLES, "native_handles")):
-        names = sorted({name for snap in snapshots for name in getattr(snap, attr)})
+    # Instances: live plus those automatic collections freed, so a reference
+    # cycle made in a run counts whether or not the collector ran meanwhile.
+    readings = {
+        INSTANCES: [_plus(snap.instances, snap.collected) for snap in snapshots],
+        HANDLES: [dict(snap.native_handles) for snap in snapshots],
+    }
+    for prefix, counted in readings.items():
+        names = sorted({name for reading in counted for name in reading})
         for name in names:
-            values = tuple(
-                getattr(b, attr).get(name, 0) - getattr(a, attr).get(name, 0) for a, b in pairs
-            )
+            values = tuple(b.get(name, 0) - a.get(name, 0) for a, b in itertools.pairwise(counted))
             if any(values):
                 out[prefix + name] = values
     out[PYTHON_THREADS] = tuple(
@@ -390,11 +394,16 @@ def _findings(
             for name in taken[0].diff(taken[-1]).new_threads
             if not name.startswith(tuple(prefixes))
         )
+    instances = {n[len(INSTANCES) :]: c for n, c in grown.items() if n.startswith(INSTANCES)}
+    freed = taken[0].diff(taken[-1]).collected
     return Findings(
-        instances={n[len(INSTANCES) :]: c for n, c in grown.items() if n.startswith(INSTANCES)},
+        instances=instances,
         native_handles={n[len(HANDLES) :]: c for n, c in grown.items() if n.startswith(HANDLES)},
         new_threads=new_threads,
         native_threads=grown.get(NATIVE_THREADS, 0),
         fds=grown.get(FDS, 0),
         allowed=used,
+        collected={
+            name: min(count, instances[name]) for name, count in freed.items() if name in instances
+        },
     )

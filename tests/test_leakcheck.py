@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 
 import azure.cognitiveservices.speech as speechsdk
 import pytest
@@ -339,3 +341,29 @@ def test_descriptors_closed_late_are_settled_before_they_are_called_a_leak():
     assert len(opened) == 8
     assert "fds" not in result.leaks, str(result)
     assert sum(result.deltas["fds"]) <= 0
+
+
+def test_a_cycle_per_run_is_a_leak_even_when_the_collector_frees_each_one():
+    """Issue 9 for leak_check: young cycles die in automatic collections between readings."""
+    made: list[weakref.ref] = []
+
+    def cycle_per_run() -> None:
+        config = speechsdk.SpeechConfig(subscription="k", region="westus")
+        box: list[object] = [config]
+        box.append(box)  # a reference cycle holding the config
+        made.append(weakref.ref(config))
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(1, 10, 10)  # generation 0 collected on (almost) every allocation
+    try:
+        result = leak_check(cycle_per_run, warmup=1, runs=4, rss_growth_mb=None)
+    finally:
+        gc.set_threshold(*thresholds)
+    assert len(made) == 5
+    assert all(ref() is None for ref in made)  # the collector did free every one
+    assert result.deltas["instances:SpeechConfig"] == (1, 1, 1, 1)
+    assert "instances:SpeechConfig" in result.leaks
+    assert result.report is not None
+    assert result.report.collected == {"SpeechConfig": 4, "PropertyCollection": 4}
+    assert not result.report.objects  # none alive: no other config is described instead
