@@ -10,7 +10,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast, overload
 
-from ._pool import WorkerPool, check_pool_options
+from ._options import check_pool_options
+from ._pool import WorkerPool
 from ._worker import in_worker
 
 __all__ = ["isolated", "shutdown_isolated_pools"]

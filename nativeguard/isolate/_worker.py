@@ -24,8 +24,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .._errors import NotPlainDataError, RemoteTaskError, add_note
 from .._malloc import malloc_trim, rss_bytes
@@ -56,6 +58,8 @@ class WorkerSettings:
     policy: RecyclePolicy
     plain_types: tuple[type, ...] = ()
     pool_pid: int = 0  # the pool's process, watched by the worker's guardian (0: the parent)
+    initializer: Callable[..., object] | None = None  # run once, before the worker is ready
+    initargs: tuple[Any, ...] = ()
 
 
 def peak_rss_bytes() -> int:
@@ -211,6 +215,10 @@ def _run_task(payload: bytes, settings: WorkerSettings) -> tuple[bool, bytes, st
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
     policy = RetirementPolicy(settings.policy, measure=rss_bytes, remedy=_remedy)
     pid = os.getpid()
+    if settings.initializer is not None:
+        # Raising here ends the worker before it is ready (exit code 1, the
+        # traceback on stderr): the pool counts a failed start.
+        settings.initializer(*settings.initargs)
     conn.send(WorkerReady(pid, rss_bytes(), peak_rss_bytes()))
     while True:
         try:

@@ -1,0 +1,718 @@
+"""The manager: one thread that owns a pool's worker processes, pipes and task queue.
+
+It waits on the workers' pipes, their process sentinels and a wake-up pipe at
+once (``multiprocessing.connection.wait``), so a worker that dies is noticed
+at the moment it dies, whichever way, and only the task it ran fails. It
+plans (promote spares, dispatch, stop, kill at deadlines), asks the
+:class:`~._launcher.Launcher` for new workers, and settles futures outside
+its lock. The facade (:class:`~._pool.WorkerPool`) only enqueues tasks, asks
+for a shutdown and reads statistics.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import os
+import pickle
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from types import MappingProxyType
+from typing import Any
+
+from .._errors import (
+    ClosedResourceError,
+    RemoteTaskError,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerStartError,
+    add_note,
+)
+from .._redact import redact_text
+from ._launcher import Launcher
+from ._messages import RunTask, StopWorker, TaskReport, WorkerReady
+from ._recycle import MB, RecyclePolicy
+from ._types import (
+    PoolStatistics,
+    Retirement,
+    TaskFuture,
+    TaskInfo,
+    WorkerStatistics,
+    format_mb,
+    signal_name,
+)
+
+__all__ = ["PoolConfig", "PoolManager", "Task", "Worker"]
+
+_STOP_GRACE_S = 5.0  # a retiring or stopped worker gets this long to exit before SIGKILL
+_MAX_WAIT_S = 3600.0  # the manager re-plans at least this often (poll() takes at most ~24 days)
+_MAX_START_FAILURES = 3  # consecutive failed starts (or deaths before "ready") break the pool
+_START_RETRY_DELAYS_S = (0.2, 1.0)  # after the 1st and 2nd failed start in a row
+_RETIREMENTS_KEPT = 64
+
+Settle = list[tuple[TaskFuture[Any], Callable[[], object]]]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A pool's checked options, as the manager and the launcher use them."""
+
+    workers: int
+    policy: RecyclePolicy
+    jitter: float
+    task_timeout: float | None
+    kill_grace: float
+    retries: int
+    warm_spare: bool
+    plain_types: tuple[type, ...]
+    start_method: str
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+
+
+@dataclass
+class Task:
+    info: TaskInfo
+    payload: bytes
+    future: TaskFuture[Any]
+    deadline: float | None = None
+    started: bool = False
+
+
+@dataclass
+class Worker:
+    process: Any  # multiprocessing.process.BaseProcess (its Popen varies by start method)
+    conn: Connection
+    role: str
+    policy: RecyclePolicy
+    state: str = "starting"
+    task: Task | None = None
+    tasks_run: int = 0
+    rss: int | None = None
+    peak: int | None = None
+    baseline: int | None = None
+    remedies: int = 0
+    released: int = 0
+    kill_at: float | None = None
+    timed_out: bool = False
+    stopping: bool = False
+    retire_reason: str | None = None
+    retire_detail: str = ""
+    pidfd: int | None = None  # fork/spawn: readable when the process ends (see Launcher.launch)
+    violation: str | None = None
+    """Why the manager killed it: it broke the protocol (see ``_receive``)."""
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel if self.pidfd is None else self.pidfd
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid  # type: ignore[no-any-return]
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            pid=self.pid,
+            role=self.role,
+            state=self.state,
+            tasks_run=self.tasks_run,
+            rss_mb=None if self.rss is None else self.rss / MB,
+            peak_rss_mb=None if self.peak is None else self.peak / MB,
+            baseline_rss_mb=None if self.baseline is None else self.baseline / MB,
+            remedies=self.remedies,
+            max_tasks=self.policy.max_tasks,
+        )
+
+
+@dataclass
+class Counters:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    crashes: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    started: int = 0
+    remedies: int = 0
+    released: int = 0
+    recycles: collections.Counter[str] = field(default_factory=collections.Counter)
+    retirements: collections.deque[Retirement] = field(
+        default_factory=lambda: collections.deque(maxlen=_RETIREMENTS_KEPT)
+    )
+
+
+class PoolManager:
+    """Owns the queue, the workers and their processes; runs the manager and launcher threads."""
+
+    def __init__(self, config: PoolConfig, *, name: str, on_finish: Callable[[], None]) -> None:
+        self.config = config
+        self._workers_wanted = config.workers
+        self._max_tasks = config.policy.max_tasks
+        self._jitter = config.jitter
+        self._policy = config.policy
+        self._task_timeout = config.task_timeout
+        self._kill_grace = config.kill_grace
+        self._retries = config.retries
+        self._warm_spare = config.warm_spare
+        self._on_finish = on_finish
+
+        self._lock = threading.Lock()
+        self._queue: collections.deque[Task] = collections.deque()
+        self._workers: list[Worker] = []
+        self._counters = Counters()
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._cancel_on_close = False
+        self._terminate_on_close = False
+        self._broken: BaseException | None = None
+        self._start_failures = 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_open = True
+        self._launching = 0  # processes asked of the launcher, not yet started
+        self._launcher_done = False
+        self._launch_wanted = threading.Condition(self._lock)
+        self._launcher = Launcher(
+            self,
+            start_method=config.start_method,
+            plain_types=config.plain_types,
+            initializer=config.initializer,
+            initargs=config.initargs,
+            name=f"nativeguard-launcher-{name}",
+        )
+        self.thread = threading.Thread(
+            target=self._run, name=f"nativeguard-pool-{name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._launcher.start()
+        self.thread.start()
+
+    # ------------------------------------------------- the facade's requests
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def enqueue(self, function: str, payload: bytes, owner: str) -> TaskFuture[Any]:
+        """Queue one pickled task; ``owner`` (the pool's repr) names it in refusals."""
+        with self._lock:
+            if self._broken is not None:
+                raise WorkerStartError(
+                    f"{owner} cannot start workers: {self._broken}"
+                ) from self._broken
+            if self._closing:
+                raise ClosedResourceError(f"{owner} is shut down; it takes no new tasks")
+            info = TaskInfo(next(self._ids), function)
+            future: TaskFuture[Any] = TaskFuture(info)
+            self._queue.append(Task(info, payload, future))
+            self._counters.submitted += 1
+            self._wake_locked()
+        return future
+
+    def close(self, *, cancel_futures: bool, terminate: bool) -> None:
+        """Take no new tasks; cancel queued ones and kill running ones as asked. Returns at once."""
+        with self._lock:
+            self._closing = True
+            self._cancel_on_close |= cancel_futures or terminate
+            self._terminate_on_close |= terminate
+            self._wake_locked()
+
+    def statistics(self) -> PoolStatistics:
+        """A consistent snapshot of the pool's counters and workers."""
+        with self._lock:
+            c = self._counters
+            return PoolStatistics(
+                workers=tuple(worker.statistics() for worker in self._workers),
+                tasks_submitted=c.submitted,
+                tasks_completed=c.completed,
+                tasks_failed=c.failed,
+                tasks_cancelled=c.cancelled,
+                crashes=c.crashes,
+                timeouts=c.timeouts,
+                retries=c.retries,
+                recycles=MappingProxyType(dict(c.recycles)),
+                retirements=tuple(c.retirements),
+                workers_started=c.started,
+                remedies=c.remedies,
+                remedy_released_mb=c.released / MB,
+            )
+
+    # ----------------------------------------------- the launcher's requests
+
+    def next_launch(self) -> RecyclePolicy | None:
+        """Block until a worker is wanted; its policy, or None once the manager is done."""
+        with self._lock:
+            while not self._launching and not self._launcher_done:
+                self._launch_wanted.wait()
+            if self._launcher_done:
+                return None
+            return self._worker_policy()
+
+    def launched(self, worker: Worker | None, error: WorkerStartError | None) -> None:
+        """Take a started worker (or count a failed start, waiting before the next try)."""
+        if error is not None:
+            with self._lock:
+                self._start_failures += 1
+                failures = self._start_failures
+                if failures < _MAX_START_FAILURES:
+                    # A transient cause (EMFILE, a fork server restarting) may
+                    # pass; a shutdown ends the wait (which releases the lock).
+                    self._launch_wanted.wait_for(
+                        lambda: self._launcher_done, _START_RETRY_DELAYS_S[failures - 1]
+                    )
+                elif self._broken is None:
+                    self._broken = WorkerStartError(
+                        f"{failures} worker starts in a row failed; the last: {error}"
+                    )
+                    self._broken.__cause__ = error
+        with self._lock:
+            self._launching -= 1
+            if worker is not None:
+                self._counters.started += 1
+                self._workers.append(worker)
+            self._wake_locked()
+
+    # ------------------------------------------------------ manager thread
+
+    def _worker_policy(self) -> RecyclePolicy:
+        limit = self._max_tasks
+        if limit is not None and self._jitter:
+            limit = max(1, limit - int(random.random() * self._jitter * limit))
+        return RecyclePolicy(
+            max_tasks=limit,
+            max_rss=self._policy.max_rss,
+            max_growth=self._policy.max_growth,
+            slope_per_task=self._policy.slope_per_task,
+            slope_window=self._policy.slope_window,
+        )
+
+    def _wake_locked(self) -> None:
+        if self._wake_open:
+            with contextlib.suppress(BlockingIOError):  # already pending: one byte is enough
+                os.write(self._wake_w, b"\0")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                settle: Settle = []
+                with self._lock:
+                    if self._finished_locked():
+                        break
+                    self._plan_locked(settle)
+                _resolve(settle)
+                self._wait_and_handle()
+        except BaseException as error:  # a bug here must not strand callers on futures
+            self._fail_everything(error)
+            raise
+        finally:
+            with self._lock:
+                self._launcher_done = True
+                self._launch_wanted.notify()
+            self._launcher.join()
+            self._reap_all()
+            self._on_finish()
+            with self._lock:
+                self._wake_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def _finished_locked(self) -> bool:
+        return self._closing and not self._queue and not self._workers and not self._launching
+
+    def _plan_locked(self, settle: Settle) -> None:
+        """Start, promote, dispatch, stop and kill as the state asks."""
+        now = time.monotonic()
+        if self._closing and self._cancel_on_close:
+            while self._queue:
+                task = self._queue.popleft()
+                if not task.started:
+                    # Off the queue, nothing else can start or settle it; cancel it
+                    # outside the lock: Future.cancel() runs the done-callbacks.
+                    self._counters.cancelled += 1
+                    settle.append((task.future, task.future.cancel))
+                else:
+                    self._counters.failed += 1
+                    settle.append((task.future, _failer(task.future, _closed_error(task))))
+        if self._closing and self._terminate_on_close:
+            for worker in self._workers:
+                if worker.task is not None and not worker.stopping:
+                    worker.stopping = True
+                    self._kill(worker, now)
+        if self._broken is not None:
+            while self._queue:
+                task = self._queue.popleft()
+                if not task.started and task.future.cancelled():
+                    self._counters.cancelled += 1
+                    continue
+                self._counters.failed += 1
+                settle.append((task.future, _failer(task.future, self._broken)))
+        if self._broken is None and (not self._closing or self._queue):
+            self._fill_locked(spare=False)
+        self._dispatch_locked(now, settle)
+        if self._broken is None and not self._closing:
+            # The spare after dispatch: starting a process takes milliseconds
+            # that a task waiting for a promoted spare should not wait for.
+            self._fill_locked(spare=True)
+        if self._closing and not self._queue:
+            for worker in self._workers:
+                if worker.task is None and not worker.stopping:
+                    worker.stopping = True
+                    worker.state = "exiting"
+                    self._send_stop(worker, now)
+        for worker in self._workers:
+            deadline = None if worker.task is None else worker.task.deadline
+            if deadline is not None and not worker.timed_out and now >= deadline:
+                worker.timed_out = True
+                self._kill(worker, now)
+            if worker.kill_at is not None and now >= worker.kill_at:
+                worker.kill_at = None
+                with contextlib.suppress(OSError, ValueError):
+                    worker.process.kill()
+
+    def _kill(self, worker: Worker, now: float) -> None:
+        """SIGTERM now, SIGKILL after the grace period."""
+        with contextlib.suppress(OSError, ValueError):
+            worker.process.terminate()
+        worker.kill_at = now + self._kill_grace
+
+    def _send_stop(self, worker: Worker, now: float) -> None:
+        with contextlib.suppress(OSError):  # already gone: its sentinel will tell
+            worker.conn.send(StopWorker())
+        worker.kill_at = now + _STOP_GRACE_S
+
+    def _fill_locked(self, *, spare: bool) -> None:
+        """Promote spares to active workers, and ask the launcher for what is still missing.
+
+        New processes join as spares and are promoted here on the next pass.
+        """
+        active = sum(1 for w in self._workers if w.role == "active")
+        spares = [w for w in self._workers if w.role == "spare"]
+        while active < self._workers_wanted and spares:
+            spares.pop(0).role = "active"
+            active += 1
+        missing = self._workers_wanted - active
+        if spare and self._warm_spare and not spares:
+            missing += 1
+        if missing > self._launching:
+            self._launching = missing
+            self._launch_wanted.notify()
+
+    def _dispatch_locked(self, now: float, settle: Settle) -> None:
+        for worker in self._workers:
+            if worker.role != "active" or worker.state != "idle" or worker.stopping:
+                continue
+            task = self._next_task_locked()
+            if task is None:
+                return
+            task.future.attempts += 1
+            try:
+                worker.conn.send(RunTask(task.info.id, task.payload))
+            except OSError:  # the worker just died; its sentinel will retire it
+                self._queue.appendleft(task)
+                worker.state = "exiting"
+                continue
+            worker.state = "busy"
+            worker.task = task
+            task.deadline = None if self._task_timeout is None else now + self._task_timeout
+
+    def _next_task_locked(self) -> Task | None:
+        """The first queued task that was not cancelled meanwhile, marked running."""
+        while self._queue:
+            task = self._queue.popleft()
+            if task.started:
+                return task  # a retry: already running as far as its future knows
+            if task.future.set_running_or_notify_cancel():
+                task.started = True
+                return task
+            self._counters.cancelled += 1
+        return None
+
+    def _wait_and_handle(self) -> None:
+        with self._lock:
+            conns = {w.conn: w for w in self._workers if not w.conn.closed}
+            sentinels = {w.sentinel: w for w in self._workers}
+            deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
+            deadlines += [
+                w.task.deadline
+                for w in self._workers
+                if w.task is not None and w.task.deadline is not None and not w.timed_out
+            ]
+        timeout = None
+        if deadlines:
+            timeout = min(_MAX_WAIT_S, max(0.0, min(deadlines) - time.monotonic()))
+        ready = wait([self._wake_r, *conns, *sentinels], timeout)
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        settle: Settle = []
+        # Messages before deaths: a worker's last report is in its pipe when it exits.
+        for conn, worker in conns.items():
+            if conn in ready:
+                self._receive(worker, settle)
+        for sentinel, worker in sentinels.items():
+            if sentinel in ready:
+                while not worker.conn.closed and self._poll(worker):
+                    self._receive(worker, settle)
+                self._exited(worker, settle)
+        _resolve(settle)
+
+    @staticmethod
+    def _poll(worker: Worker) -> bool:
+        try:
+            return worker.conn.poll()
+        except (OSError, EOFError):
+            return False
+
+    def _receive(self, worker: Worker, settle: Settle) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.conn.close()  # the sentinel tells how it ended
+            return
+        with self._lock:
+            if isinstance(message, WorkerReady):
+                worker.rss, worker.peak = message.rss, message.peak_rss
+                worker.state = "exiting" if worker.stopping else "idle"
+                self._start_failures = 0
+                return
+            if isinstance(message, TaskReport):
+                task = worker.task
+                if task is not None and task.info.id == message.task_id:
+                    self._report(worker, message, settle)
+                    return
+                violation = f"reported task {message.task_id} while running {task and task.info}"
+            else:
+                violation = f"sent an unexpected {type(message).__name__}"
+            # Only a process that is not the worker's own loop (a task's forked
+            # child, a task writing to the pipe) can do this: one worker broke,
+            # not the pool. Its task fails as a crash, naming why.
+            worker.violation = violation
+        with contextlib.suppress(OSError, ValueError):
+            worker.process.kill()
+
+    def _report(
+        self,
+        worker: Worker,
+        report: TaskReport,
+        settle: Settle,
+    ) -> None:
+        task = worker.task
+        worker.task = None
+        worker.tasks_run += 1
+        worker.rss, worker.peak = report.rss_after, report.peak_rss
+        worker.baseline = report.baseline
+        self._counters.remedies += report.remedies - worker.remedies
+        self._counters.released += report.released - worker.released
+        worker.remedies, worker.released = report.remedies, report.released
+        if report.retire is not None:
+            worker.role = "retiring"
+            worker.state = "exiting"
+            worker.retire_reason, worker.retire_detail = report.retire, report.detail
+            worker.kill_at = time.monotonic() + _STOP_GRACE_S
+        elif worker.timed_out:
+            worker.role, worker.state = "retiring", "exiting"  # SIGKILL is on its way
+        elif worker.state == "busy":
+            worker.state = "idle"
+        assert task is not None  # _receive checked that it reports its own task
+        # A report that beats the timeout's SIGKILL is a finished task: it counts.
+        future = task.future
+        future.pid = worker.pid
+        future.rss_before_mb = report.rss_before / MB
+        future.rss_after_mb = report.rss_after / MB
+        future.rss_delta_mb = (report.rss_after - report.rss_before) / MB
+        future.duration_s = report.duration_s
+        future.worker_retired = report.retire
+        if report.ok:
+            self._counters.completed += 1
+            settle.append((future, _result_setter(future, report.payload, worker.pid)))
+        else:
+            self._counters.failed += 1
+            settle.append((future, _error_setter(future, report, worker.pid)))
+
+    def _exited(self, worker: Worker, settle: Settle) -> None:
+        worker.process.join(0)
+        if worker.process.exitcode is None:
+            # fork/spawn: the sentinel pipe closes as the child exits, a moment
+            # before waitpid() can reap it; without this wait it stays a zombie.
+            worker.process.join(_STOP_GRACE_S)
+        exitcode = worker.process.exitcode
+        worker.close()
+        with self._lock:
+            self._workers.remove(worker)
+            stats = worker.statistics()
+            task = worker.task
+            how = _describe_exit(exitcode)
+            if worker.violation is not None:
+                how = f"{how}, killed by the pool because it {worker.violation}"
+            if worker.retire_reason is not None:
+                reason, detail = worker.retire_reason, worker.retire_detail
+                self._counters.recycles[reason] += 1
+            elif task is not None and worker.timed_out:
+                reason, detail = "timeout", f"killed after {self._task_timeout} s ({how})"
+                self._counters.timeouts += 1
+                self._counters.failed += 1
+                timeout = TaskTimeout(
+                    f"{task.info} ran longer than task_timeout_s={self._task_timeout}; "
+                    f"worker pid {worker.pid} {how}",
+                    task=task.info,
+                    worker=stats,
+                )
+                task.future.pid = worker.pid
+                settle.append((task.future, _failer(task.future, timeout)))
+            elif task is not None and worker.stopping and self._terminate_on_close:
+                reason, detail = "stopped", f"killed at shutdown ({how})"
+                self._counters.failed += 1
+                task.future.pid = worker.pid
+                settle.append((task.future, _failer(task.future, _closed_error(task))))
+            elif task is not None:
+                reason, detail = "crashed", how
+                self._counters.crashes += 1
+                if task.future.attempts <= self._retries:
+                    self._counters.retries += 1
+                    task.info = TaskInfo(task.info.id, task.info.function, task.info.attempt + 1)
+                    task.deadline = None
+                    self._queue.appendleft(task)  # next free (fresh) worker
+                else:
+                    self._counters.failed += 1
+                    error = WorkerCrashed(
+                        f"{task.info}: worker pid {worker.pid} {how} while running it "
+                        f"(after {worker.tasks_run} earlier tasks, RSS "
+                        f"{format_mb(stats.rss_mb)} after the last one)",
+                        exitcode=exitcode,
+                        task=task.info,
+                        worker=stats,
+                    )
+                    task.future.pid = worker.pid
+                    settle.append((task.future, _failer(task.future, error)))
+            elif worker.timed_out:
+                reason, detail = "timeout", f"its task finished as it was being killed ({how})"
+            elif worker.stopping:
+                reason, detail = "stopped", how
+            elif worker.state == "starting":
+                reason, detail = "start_failed", how
+                self._start_failures += 1
+                if self._start_failures >= _MAX_START_FAILURES:
+                    self._broken = WorkerStartError(
+                        f"{self._start_failures} worker processes in a row {how} before "
+                        "they were ready (see their stderr)"
+                    )
+            else:
+                reason, detail = "died_idle", how
+                self._counters.crashes += 1
+            self._counters.retirements.append(
+                Retirement(
+                    stats.pid, reason, detail, stats.tasks_run, stats.rss_mb, stats.peak_rss_mb
+                )
+            )
+
+    def _fail_everything(self, error: BaseException) -> None:
+        settle: Settle = []
+        with self._lock:
+            self._closing = True
+            broken = RuntimeError(f"the pool's manager thread failed: {error!r}")
+            broken.__cause__ = error
+            tasks = list(self._queue) + [w.task for w in self._workers if w.task is not None]
+            self._queue.clear()
+            for task in tasks:
+                settle.append((task.future, _failer(task.future, broken)))
+        _resolve(settle)
+
+    def _reap_all(self) -> None:
+        """Last resort on the way out: no process may outlive the manager thread."""
+        for worker in list(self._workers):
+            with contextlib.suppress(OSError, ValueError):
+                worker.process.kill()
+            worker.process.join(_STOP_GRACE_S)
+            worker.close()
+            self._workers.remove(worker)
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "exited (code unknown)"
+    if exitcode < 0:
+        return f"was killed by {signal_name(-exitcode)}"
+    return f"exited with code {exitcode}"
+
+
+def _closed_error(task: Task) -> ClosedResourceError:
+    return ClosedResourceError(f"{task.info} did not finish: the pool was shut down")
+
+
+def _failer(future: TaskFuture[Any], error: BaseException) -> Callable[[], None]:
+    return lambda: future.set_exception(error)
+
+
+def _result_setter(future: TaskFuture[Any], payload: bytes, pid: int | None) -> Callable[[], None]:
+    def settle() -> None:
+        try:
+            value = pickle.loads(payload)
+        except Exception as error:
+            failure = RemoteTaskError(
+                redact_text(
+                    f"{future.task}: the result from worker pid {pid} could not be unpickled "
+                    f"here: {error!r}"
+                ),
+                type_name=type(error).__qualname__,
+            )
+            failure.__cause__ = error
+            future.set_exception(failure)
+            return
+        future.set_result(value)
+
+    return settle
+
+
+def _error_setter(
+    future: TaskFuture[Any], report: TaskReport, pid: int | None
+) -> Callable[[], None]:
+    def settle() -> None:
+        try:
+            error = pickle.loads(report.payload)
+        except Exception as unpickling:
+            error = RemoteTaskError(
+                redact_text(
+                    f"{future.task} failed in worker pid {pid}; its exception could not be "
+                    f"unpickled here: {unpickling!r}"
+                ),
+                type_name="unknown",
+            )
+        if not isinstance(error, BaseException):
+            error = RemoteTaskError(
+                redact_text(f"{future.task} failed: {error!r}"), type_name="unknown"
+            )
+        if report.traceback:
+            # Masked in the worker already; again here, for a worker of another version.
+            add_note(error, f"in worker pid {pid}:\n{redact_text(report.traceback.rstrip())}")
+        future.set_exception(error)
+
+    return settle
+
+
+def _resolve(settle: Settle) -> None:
+    # Outside the pool's lock: done-callbacks may call back into the pool.
+    for future, action in settle:
+        if future.done():  # cancelled meanwhile (only queued futures can be)
+            continue
+        # A queued future may also be cancelled between that check and this call.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            action()
+
+
+_checked_fork_servers: set[int] = set()
