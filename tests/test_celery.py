@@ -388,3 +388,20 @@ def test_nested_calls_retries_and_ignored_results(tmp_path: Path, client: Celery
     assert last_deltas["unit"] == 5
     assert last_value["pid"] == first_value["pid"]
     assert ngc.native_deltas(quiet.id, app=client) is None
+
+
+def test_module_does_not_shadow_celery_and_says_what_is_missing() -> None:
+    import celery as real_celery
+
+    assert ngc.celery is real_celery
+    assert "nativeguard" not in (real_celery.__file__ or "")
+    without_celery = "import sys; sys.modules['celery'] = None; import nativeguard.celery"
+    done = subprocess.run(
+        [sys.executable, "-c", without_celery],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "nativeguard.celery needs Celery (pip install 'nativeguard[celery]')" in done.stderr
