@@ -222,6 +222,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tasks and rounds")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--only", default="", help="comma-separated name prefixes of the pools to run (all)"
+    )
+    parser.add_argument("--no-latency", action="store_true", help="skip the recycle latency part")
     options = parser.parse_args()
     rounds = options.rounds or (3 if options.quick else 5)
     sizes = {1.0: 200 if options.quick else 600, 20.0: 40 if options.quick else 100}
@@ -230,7 +234,12 @@ def main() -> None:
         f"{rounds} rounds, tasks per round {sizes}"
     )
 
-    makers = contenders(100)
+    wanted = [prefix for prefix in options.only.split(",") if prefix]
+
+    def chosen(make: Callable[[], Contender]) -> bool:
+        return not wanted or any(make().name.startswith(prefix) for prefix in wanted)
+
+    makers = [make for make in contenders(100) if chosen(make)]
     for ms, tasks in sizes.items():
         rates: dict[str, list[float]] = {}
         hung: dict[str, str] = {}
@@ -259,17 +268,24 @@ def main() -> None:
         for name, why in hung.items():
             print(f"  {name:34} HUNG: {why}")
 
+    if options.no_latency:
+        return
     print("\nlatency a recycle adds (1 worker, max_tasks=1, 1 ms tasks one after another)")
     recyclers: list[Callable[[], Contender]] = [
-        lambda: Nativeguard(1, 1),
-        lambda: Pebble(1, 1),
-        lambda: Stdlib(1, 1),
+        make
+        for make in (
+            lambda: Nativeguard(1, 1),
+            lambda: Pebble(1, 1),
+            lambda: Stdlib(1, 1),
+        )
+        if chosen(make)
     ]
     latencies: dict[str, list[float]] = {}
     per_round = 20 if options.quick else 40
     stuck: set[str] = set()
     for round_ in range(rounds):
-        order = recyclers[round_ % 3 :] + recyclers[: round_ % 3]
+        shift = round_ % len(recyclers)
+        order = recyclers[shift:] + recyclers[:shift]
         for make in order:
             contender = make()
             if contender.name in stuck:

@@ -184,6 +184,7 @@ class PoolManager:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_open = True
+        self._wake_pending = False
         self._launching = 0  # processes asked of the launcher, not yet started
         self._launcher_done = False
         self._launch_wanted = threading.Condition(self._lock)
@@ -303,8 +304,12 @@ class PoolManager:
         )
 
     def _wake_locked(self) -> None:
-        if self._wake_open:
-            with contextlib.suppress(BlockingIOError):  # already pending: one byte is enough
+        # One byte per planning pass is enough: a burst of submits costs one
+        # write and one manager wake-up, not one each. Cleared (under the lock)
+        # as the next pass starts, so a submit after that wakes the manager again.
+        if self._wake_open and not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(BlockingIOError):  # already in the pipe
                 os.write(self._wake_w, b"\0")
 
     def _run(self) -> None:
@@ -312,6 +317,7 @@ class PoolManager:
             while True:
                 settle: Settle = []
                 with self._lock:
+                    self._wake_pending = False
                     if self._finished_locked():
                         break
                     self._plan_locked(settle)
@@ -495,6 +501,11 @@ class PoolManager:
                 task = worker.task
                 if task is not None and task.info.id == message.task_id:
                     self._report(worker, message, settle)
+                    if worker.state == "idle" and self._queue:
+                        # The next task goes out now, before the futures are settled
+                        # (their callers wake and take the GIL): the worker's idle
+                        # gap is one message, not a whole manager pass.
+                        self._dispatch_locked(time.monotonic(), settle)
                     return
                 violation = f"reported task {message.task_id} while running {task and task.info}"
             else:
