@@ -7,10 +7,13 @@ opens its connection (docs/core.md, "The 0.5 s start stall"). This script:
 
 1. Runs the same ``ConversationTranscriber`` request with different audio
    inputs, interleaved, and counts the requests whose start took > 0.3 s:
-   a 1.5 s WAV file (what the demo and the field write-ups use), a 6 s WAV
-   file, a ``PushAudioInputStream`` filled and closed before the start, and the
+   a 1.5 s WAV file (what the demo and the field write-ups use), 4.5 s and 6 s
+   WAV files, a ``PullAudioInputStream`` answering every read at once, a
+   ``PushAudioInputStream`` filled and closed before the start, and the
    workaround: the same push stream written only after
-   ``start_transcribing_async().get()`` returned.
+   ``start_transcribing_async().get()`` returned. Then ``recognize_once`` with
+   the 1.5 s file and with a push stream written from the ``Connection``'s
+   ``connected`` event (it has no start future to wait for).
 2. With the SDK's own log on (``Speech_LogFilename``), pairs each 1.5 s-file
    request with what ``CSpxAudioPump::WaitForPumpStart`` saw: ``'Idle'`` (the
    pump already read the whole file) or ``'Processing'``, and when the client
@@ -50,6 +53,36 @@ class Timing:
     total_s: float
 
 
+class _PullPcm(speechsdk.audio.PullAudioInputStreamCallback):  # type: ignore[misc]
+    """Hands out a PCM buffer as fast as the SDK asks for it."""
+
+    def __init__(self, pcm: bytes) -> None:
+        super().__init__()
+        self._pcm = pcm
+        self._position = 0
+
+    def read(self, buffer: memoryview) -> int:
+        count = min(len(buffer), len(self._pcm) - self._position)
+        buffer[:count] = self._pcm[self._position : self._position + count]
+        self._position += count
+        return count
+
+    def close(self) -> None:
+        pass
+
+
+def _recognize_once(config: Any, audio: Any, on_connected: Callable[[], None] | None) -> float:
+    recognizer = speechsdk.SpeechRecognizer(config, audio)
+    connection = speechsdk.Connection.from_recognizer(recognizer)
+    if on_connected is not None:
+        connection.connected.connect(lambda _evt: on_connected())
+    begin = time.perf_counter()
+    recognizer.recognize_once_async().get()
+    elapsed = time.perf_counter() - begin
+    connection.connected.disconnect_all()
+    return elapsed
+
+
 def _request(config: Any, audio: Any, after_start: Callable[[], None] | None = None) -> Timing:
     transcriber = speechsdk.transcription.ConversationTranscriber(config, audio)
     connection = speechsdk.Connection.from_recognizer(transcriber)
@@ -79,7 +112,9 @@ def main() -> None:
     script = (Phrase("Thanks for calling.", speaker="Guest-1", offset_s=0.1, duration_s=0.5),)
     with tempfile.TemporaryDirectory() as tmp, SpeechService(script=script) as service:
         short = str(write_wav(Path(tmp) / "short.wav", 1.5))
+        medium = str(write_wav(Path(tmp) / "medium.wav", 4.5))
         long = str(write_wav(Path(tmp) / "long.wav", 6.0))
+        kept: list[Any] = []  # pull callbacks must outlive every SDK thread that may call them
         with wave.open(short, "rb") as reader:
             pcm = reader.readframes(reader.getnframes())
 
@@ -92,6 +127,12 @@ def main() -> None:
             stream.close()
             return _request(config, speechsdk.audio.AudioConfig(stream=stream))
 
+        def pulled(config: Any) -> Timing:
+            callback = _PullPcm(pcm)
+            stream = speechsdk.audio.PullAudioInputStream(callback)
+            kept.append((callback, stream))
+            return _request(config, speechsdk.audio.AudioConfig(stream=stream))
+
         def pushed_after(config: Any) -> Timing:
             stream = speechsdk.audio.PushAudioInputStream()
 
@@ -101,17 +142,42 @@ def main() -> None:
 
             return _request(config, speechsdk.audio.AudioConfig(stream=stream), feed)
 
+        def once_file(config: Any) -> float:
+            return _recognize_once(config, speechsdk.audio.AudioConfig(filename=short), None)
+
+        def once_pushed_on_connected(config: Any) -> float:
+            stream = speechsdk.audio.PushAudioInputStream()
+            fed = threading.Event()
+
+            def feed() -> None:
+                if not fed.is_set():  # connected fires again on a reconnect
+                    fed.set()
+                    stream.write(pcm)
+                    stream.close()
+
+            return _recognize_once(config, speechsdk.audio.AudioConfig(stream=stream), feed)
+
         variants: dict[str, Callable[[Any], Timing]] = {
             "1.5 s WAV file": file_input(short),
+            "4.5 s WAV file": file_input(medium),
             "6 s WAV file": file_input(long),
+            "pull stream (1.5 s), read as fast as asked": pulled,
             "push stream, filled before start": pushed_before,
             "push stream, written after start returned": pushed_after,
         }
         timings: dict[str, list[Timing]] = {name: [] for name in variants}
         pushed_after(service.speech_config())  # warm-up
+        once: dict[str, list[float]] = {
+            "recognize_once, 1.5 s WAV file": [],
+            "recognize_once, push stream written on Connection.connected": [],
+        }
         for _ in range(runs):  # interleaved
             for name, variant in variants.items():
                 timings[name].append(variant(service.speech_config()))
+            once["recognize_once, 1.5 s WAV file"].append(once_file(service.speech_config()))
+            once["recognize_once, push stream written on Connection.connected"].append(
+                once_pushed_on_connected(service.speech_config())
+            )
 
         sdk = metadata.version("azure-cognitiveservices-speech")
         print(f"azure-cognitiveservices-speech {sdk}, glibc {platform.libc_ver()[1]}")
@@ -124,6 +190,12 @@ def main() -> None:
                 f"start median {statistics.median(starts) * 1000:6.1f} ms  "
                 f"request median {statistics.median(t.total_s for t in values) * 1000:6.0f} ms"
                 f"  max {max(t.total_s for t in values) * 1000:6.0f} ms"
+            )
+        for name, seconds in once.items():
+            print(
+                f"  {name:60s} stalled {sum(v > STALL_S for v in seconds):2d}/{len(seconds)}  "
+                f"median {statistics.median(seconds) * 1000:6.1f} ms  "
+                f"max {max(seconds) * 1000:6.0f} ms"
             )
 
         log = Path(tmp) / "sdk.log"
