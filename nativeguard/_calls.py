@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -164,22 +165,32 @@ class _SdkWait:
     def __init__(self, future: Any, target: Any, scope: Scope, what: str) -> None:
         self.what = what
         self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._listeners: list[Callable[[], None]] = []
-        scope._hold_until(self.done)
+        """The outcome; an awaiting task that is cancelled may cancel it."""
+        finished: concurrent.futures.Future[None] = concurrent.futures.Future()
+        """Set once the thread has dropped the SDK object: what the release waits for."""
+        scope._hold_until(finished)
         thread = threading.Thread(
-            target=self._wait, args=(future, target), name=f"nativeguard-wait: {what}", daemon=True
+            target=self._wait,
+            args=(future, target, finished),
+            name=f"nativeguard-wait: {what}",
+            daemon=True,
         )
         thread.start()
 
-    def _wait(self, future: Any, target: Any) -> None:
+    def _wait(self, future: Any, target: Any, finished: concurrent.futures.Future[None]) -> None:
         try:
-            value = future.get()
-        except BaseException as exc:  # handed to the waiting caller
-            self.done.set_exception(detach_traceback(exc))
-        else:
-            self.done.set_result(value)
-            del value
-        del future, target  # the last reference, maybe: the teardown runs here
+            try:
+                value = future.get()
+            except BaseException as exc:  # handed to the waiting caller
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    self.done.set_exception(detach_traceback(exc))
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    self.done.set_result(value)  # a cancelled caller does not want it
+                del value
+            del future, target  # the last reference, maybe: the teardown runs here
+        finally:
+            finished.set_result(None)
 
     def result(self, timeout: float) -> Any:
         try:

@@ -34,17 +34,38 @@ class Snapshot:
     fds: int
 
 
-def snapshot() -> Snapshot:
+def _fds(server_port: int | None) -> int:
+    """Open fds; with ``server_port``, less the sockets a service in this process accepted
+    on that port (a stalled or delayed service notices a closed client only when it
+    next writes, seconds later: those are the service's, not the client's)."""
+    process = psutil.Process()
+    count = process.num_fds()
+    if server_port is not None:
+        count -= sum(
+            1
+            for c in process.net_connections("tcp")
+            if c.laddr and c.laddr.port == server_port and c.status != psutil.CONN_LISTEN
+        )
+    return count
+
+
+def snapshot(*, server_port: int | None = None) -> Snapshot:
     return Snapshot(
         handles=native_handles(),
         instances=live_sdk_instances(),
         # nativeguard's reaper workers come and go with the load; they are ours.
         threads=frozenset(t for t in threading.enumerate() if not is_reaper_thread(t)),
-        fds=psutil.Process().num_fds(),
+        fds=_fds(server_port),
     )
 
 
-def assert_back_to(before: Snapshot, *, settle_s: float = 3.0, collect: bool = False) -> None:
+def assert_back_to(
+    before: Snapshot,
+    *,
+    settle_s: float = 3.0,
+    collect: bool = False,
+    server_port: int | None = None,
+) -> None:
     """Assert handles, instances, threads and fds equal ``before`` exactly.
 
     Session-end events arrive on SDK threads after the call returns, so poll
@@ -55,7 +76,7 @@ def assert_back_to(before: Snapshot, *, settle_s: float = 3.0, collect: bool = F
     while True:
         if collect:
             gc.collect()
-        now = snapshot()
+        now = snapshot(server_port=server_port)
         same = (
             now.handles == before.handles
             and now.instances == before.instances
