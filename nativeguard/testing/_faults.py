@@ -33,6 +33,17 @@ class Faults:
     status: RecognitionStatus | None = None
 
     def __post_init__(self) -> None:
+        for name in ("refuse", "stall", "malformed"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"{name} must be True or False, got {type(getattr(self, name)).__name__}"
+                )
+        for name in ("refuse_status", "close_after", "delay_ms"):
+            value = getattr(self, name)
+            if (value is not None or name != "close_after") and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if not 400 <= self.refuse_status <= 599:
             raise ValueError(
                 f"refuse_status must be an HTTP error status, got {self.refuse_status}"
@@ -76,7 +87,7 @@ def check_plan(plan: object) -> FaultPlan:
     if isinstance(plan, Mapping):
         for key, value in plan.items():
             if not isinstance(key, int) or not isinstance(value, Faults):
-                raise TypeError("a fault mapping maps connection indexes (int) to Faults")
+                raise TypeError("faults: a fault mapping maps connection indexes (int) to Faults")
         return plan
     raise TypeError(
         f"faults must be Faults, a mapping of connection index to Faults, or a callable; "

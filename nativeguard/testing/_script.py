@@ -85,6 +85,14 @@ class Phrase:
             raise TypeError(
                 f"Phrase.speaker must be str or None, got {type(self.speaker).__name__}"
             )
+        for name in ("offset_s", "duration_s"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise TypeError(
+                    f"Phrase.{name} must be a number or None, got {type(value).__name__}"
+                )
         if self.offset_s is not None and not self.offset_s >= 0:
             raise ValueError(f"Phrase.offset_s must be >= 0, got {self.offset_s!r}")
         if self.duration_s is not None and not self.duration_s > 0:
@@ -92,13 +100,15 @@ class Phrase:
         if self.status not in _STATUSES:
             raise ValueError(f"Phrase.status must be one of {_STATUSES}, got {self.status!r}")
         if self.hypotheses is not None:
-            if isinstance(self.hypotheses, str) or not all(
-                isinstance(h, str) for h in self.hypotheses
+            if (
+                isinstance(self.hypotheses, str)
+                or not isinstance(self.hypotheses, Iterable)
+                or not all(isinstance(h, str) for h in self.hypotheses)
             ):
                 raise TypeError("Phrase.hypotheses must be a tuple of str")
             object.__setattr__(self, "hypotheses", tuple(self.hypotheses))
         if self.translations is not None:
-            if not all(
+            if not isinstance(self.translations, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.translations.items()
             ):
                 raise TypeError("Phrase.translations must map language (str) to text (str)")
@@ -113,8 +123,10 @@ class Phrase:
             and 0 <= self.confidence <= 1
         ):
             raise ValueError(f"Phrase.confidence must be within [0, 1], got {self.confidence!r}")
-        if isinstance(self.alternatives, str) or not all(
-            isinstance(a, str) for a in self.alternatives
+        if (
+            isinstance(self.alternatives, str)
+            or not isinstance(self.alternatives, Iterable)
+            or not all(isinstance(a, str) for a in self.alternatives)
         ):
             raise TypeError("Phrase.alternatives must be a tuple of str")
         object.__setattr__(self, "alternatives", tuple(self.alternatives))
@@ -201,6 +213,8 @@ def _layout(phrases: Sequence[Phrase]) -> tuple[TimedPhrase, ...]:
 def _coerce_turn(turn: Iterable[Phrase | str]) -> tuple[Phrase, ...]:
     if isinstance(turn, (str, Phrase)):
         raise TypeError("a turn is a sequence of phrases; wrap a single phrase in a list")
+    if not isinstance(turn, Iterable):
+        raise TypeError(f"phrases must be an iterable of Phrase or str, got {type(turn).__name__}")
     out: list[Phrase] = []
     for item in turn:
         if isinstance(item, str):
@@ -208,7 +222,9 @@ def _coerce_turn(turn: Iterable[Phrase | str]) -> tuple[Phrase, ...]:
         elif isinstance(item, Phrase):
             out.append(item)
         else:
-            raise TypeError(f"a script holds Phrase or str items, got {type(item).__name__}")
+            raise TypeError(
+                f"a script's phrases are Phrase or str items, got {type(item).__name__}"
+            )
     return tuple(out)
 
 

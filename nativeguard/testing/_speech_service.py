@@ -67,6 +67,7 @@ MAX_RECORD_ITEMS = 256
 _STOP_TIMEOUT_S = 1.0
 _CLOSE_TIMEOUT_S = 0.2
 _START_TIMEOUT_S = 5.0
+_MAX_BOUND = 1 << 31  # connection, record and message-size limits: beyond any test's use
 _TTS_CHUNK_S = 0.1
 _TOKEN_PREFIX = re.compile(r"^aad#[^#]*#")
 
@@ -380,16 +381,30 @@ class SpeechService:
             (isinstance(require_token, str) and require_token) or callable(require_token)
         ):
             raise TypeError("require_token must be a non-empty str or a callable(token) -> bool")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        if max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
-        if response_timeout_s <= 0:
-            raise ValueError(f"response_timeout_s must be > 0, got {response_timeout_s}")
-        if isinstance(max_records, bool) or not isinstance(max_records, int):
-            raise TypeError(f"max_records must be an int, got {type(max_records).__name__}")
-        if max_records < 1:
-            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_message_bytes", max_message_bytes),
+            ("max_records", max_records),
+            ("response_timeout_s", response_timeout_s),
+        ):
+            kinds = (int, float) if name == "response_timeout_s" else int
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not 1 <= max_connections <= _MAX_BOUND:
+            raise ValueError(f"max_connections must be within [1, 2**31], got {max_connections}")
+        if not 1024 <= max_message_bytes <= _MAX_BOUND:
+            raise ValueError(
+                f"max_message_bytes must be within [1024, 2**31], got {max_message_bytes}"
+            )
+        if not (math.isfinite(response_timeout_s) and response_timeout_s > 0):
+            raise ValueError(f"response_timeout_s must be finite and > 0, got {response_timeout_s}")
+        if not 1 <= max_records <= _MAX_BOUND:
+            raise ValueError(f"max_records must be within [1, 2**31], got {max_records}")
+        if script is not None and not isinstance(script, (Script, Phrase, str, Iterable)):
+            raise TypeError(
+                f"script must be a Script, or an iterable of Phrase or str, "
+                f"got {type(script).__name__}"
+            )
         self._script = Script.coerce(script)
         self._require_key = require_key
         self._require_token = require_token
