@@ -480,6 +480,13 @@ class SpeechService:
                 "SpeechService failed while serving:\n" + "\n".join(self._internal_errors)
             )
 
+    def _known_secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self._require_key, self._require_token) if isinstance(s, str))
+
+    def _internal_error(self, text: str) -> None:
+        """Record a failure of the service itself (raised by stop()), secrets masked."""
+        self._internal_errors.append(redact_text(text, self._known_secrets()))
+
     def _register_secrets(self, *, add: bool) -> None:
         """Tell the log filter the exact secrets this service knows (beyond header shapes)."""
         _, log_filter = service_logger()
@@ -667,7 +674,7 @@ class SpeechService:
                 self._startup_error = exc
                 ready.set()
             else:
-                self._internal_errors.append("".join(traceback.format_exception(exc)))
+                self._internal_error("".join(traceback.format_exception(exc)))
         finally:
             loop.close()
 
@@ -726,7 +733,13 @@ class SpeechService:
         with self._lock:
             index = self._connection_count
             self._connection_count += 1
-            faults = resolve_faults(self._faults, index, split.path)
+            try:
+                faults = resolve_faults(self._faults, index, split.path)
+            except Exception:  # the test's fault plan broke: fail stop(), refuse this one
+                self._internal_error(
+                    f"fault plan for connection {index} ({split.path}):\n{traceback.format_exc()}"
+                )
+                faults = Faults(refuse=True, refuse_status=http.HTTPStatus.INTERNAL_SERVER_ERROR)
             state = _ConnectionState(
                 index=index,
                 path=split.path,
@@ -787,13 +800,14 @@ class SpeechService:
                 except ProtocolError as error:
                     # The client broke the protocol (a bad frame, or a JSON body that
                     # is not JSON): that connection ends, the service is fine.
-                    state.keep(state.errors, f"protocol error: {redact_text(str(error))}")
+                    masked = redact_text(str(error), self._known_secrets())
+                    state.keep(state.errors, f"protocol error: {masked}")
                     await connection.close(1007, "invalid frame")
                     return
         except (ConnectionClosed, _Dropped):
             pass
         except Exception:
-            self._internal_errors.append(
+            self._internal_error(
                 f"connection {state.index} ({state.path}):\n{traceback.format_exc()}"
             )
             connection.transport.abort()
