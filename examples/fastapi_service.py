@@ -140,7 +140,7 @@ def create_app(
     def metrics(request: Request) -> Response:
         monitor: Monitor | None = request.app.state.monitor
         if monitor is not None:
-            monitor.sample()  # a fresh reading for each scrape (microseconds)
+            monitor.sample()  # a fresh reading for each scrape
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -27,9 +27,10 @@ and file descriptors.
   ``nativeguard_worker_retirements_total{reason}`` (of the pools given to
   :meth:`Monitor.watch_pool`).
 
-A reading costs a few hundred microseconds (a registry copy, the SDK's handle
-table, ``mallinfo2``, ``/proc``); the first one enables the live-object
-registry, which walks the heap once (~0.1 s per million objects).
+A reading is one :func:`nativeguard.verify.snapshot` (a registry copy, the
+SDK's handle table, ``/proc``; benchmarks/verify_cost.py measures it) plus one
+``mallinfo2``; the first one enables the live-object registry, which walks the
+heap once.
 """
 
 from __future__ import annotations
