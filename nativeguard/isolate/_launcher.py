@@ -82,8 +82,17 @@ class Launcher:
             failure = WorkerStartError(f"creating a worker's pipe failed: {error!r}")
             failure.__cause__ = error
             return None, failure
+        try:
+            claims, claim_writer = self._context.Pipe(duplex=False)
+        except OSError as error:
+            parent_end.close()
+            child_end.close()
+            failure = WorkerStartError(f"creating a worker's claim pipe failed: {error!r}")
+            failure.__cause__ = error
+            return None, failure
+        os.set_blocking(claims.fileno(), False)  # shared with the worker: both take, neither waits
         settings = WorkerSettings(
-            policy, self._plain_types, self._pool_pid, self._initializer, self._initargs
+            policy, self._plain_types, self._pool_pid, self._initializer, self._initargs, claims
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_worker, args=(child_end, settings), name="nativeguard-worker"
@@ -92,6 +101,8 @@ class Launcher:
             process.start()
         except Exception as error:
             parent_end.close()
+            claims.close()
+            claim_writer.close()
             failure = WorkerStartError(f"starting a worker process failed: {error!r}")
             failure.__cause__ = error
             return None, failure
@@ -101,7 +112,7 @@ class Launcher:
         # every Process.start(), from any thread) would race it for the exit status
         # (forkserver: one read of a pipe; the loser gets "255").
         multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
-        worker = Worker(process, parent_end, "spare", policy)
+        worker = Worker(process, parent_end, "spare", policy, claims, claim_writer)
         if self._start_method != "forkserver" and hasattr(os, "pidfd_open"):
             # Under fork/spawn the sentinel is a pipe the worker's own children
             # inherit: a task's long-lived child would hide the worker's exit.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import os
 import pickle
@@ -36,7 +37,7 @@ from .._errors import (
 )
 from .._redact import redact_text
 from ._launcher import Launcher
-from ._messages import RunTask, StopWorker, TaskReport, WorkerReady
+from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady
 from ._recycle import MB, RecyclePolicy
 from ._types import (
     PoolStatistics,
@@ -47,6 +48,7 @@ from ._types import (
     format_mb,
     signal_name,
 )
+from ._worker import take_claim
 
 __all__ = ["PoolConfig", "PoolManager", "Task", "Worker"]
 
@@ -83,6 +85,9 @@ class Task:
     future: TaskFuture[Any]
     deadline: float | None = None
     started: bool = False
+    ahead: bool = False  # sent to a busy worker, not known yet whether that worker claimed it
+    stolen: bool = False  # taken back from that worker (its token) for an idle one
+    cancelling: bool = False  # a shutdown cancelled it (and counted it) while it was ahead
 
 
 @dataclass
@@ -91,8 +96,17 @@ class Worker:
     conn: Connection
     role: str
     policy: RecyclePolicy
+    claims: Connection | None = None  # the claim pipe, both ends (see RunTask.ahead)
+    claim_writer: Connection | None = None
     state: str = "starting"
     task: Task | None = None
+    queued: Task | None = None
+    """Sent ahead while ``task`` runs, so the worker starts it without waiting for the manager.
+
+    It leaves this slot when the worker's report of ``task`` says whether the
+    worker claimed it; until then no other task is sent ahead to this worker
+    (its claim pipe holds one token at a time).
+    """
     tasks_run: int = 0
     rss: int | None = None
     peak: int | None = None
@@ -114,6 +128,9 @@ class Worker:
 
     def close(self) -> None:
         self.conn.close()
+        for end in (self.claims, self.claim_writer):
+            if end is not None:
+                end.close()
         if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
@@ -355,6 +372,21 @@ class PoolManager:
                 else:
                     self._counters.failed += 1
                     settle.append((task.future, _failer(task.future, _closed_error(task))))
+            for worker in self._workers:
+                for task in (worker.queued, worker.task):  # type: ignore[assignment]
+                    if (
+                        task is not None
+                        and task.ahead
+                        and not task.stolen
+                        and not task.cancelling
+                        and worker.claims is not None
+                        and take_claim(worker.claims.fileno())
+                    ):
+                        # Sent ahead and not claimed: the worker will skip it.
+                        task.cancelling = True
+                        task.future._claim = None
+                        self._counters.cancelled += 1
+                        settle.append((task.future, task.future.cancel))
         if self._closing and self._terminate_on_close:
             for worker in self._workers:
                 if worker.task is not None and not worker.stopping:
@@ -423,7 +455,10 @@ class PoolManager:
         for worker in self._workers:
             if worker.role != "active" or worker.state != "idle" or worker.stopping:
                 continue
-            task = self._next_task_locked()
+            # The queue first: stealing in steady state would cascade (the robbed
+            # worker idles and robs the next). A task sent ahead is stolen when the
+            # queue is empty, so none waits behind a long task while a worker idles.
+            task = self._next_task_locked() or self._steal_locked()
             if task is None:
                 return
             task.future.attempts += 1
@@ -436,6 +471,125 @@ class PoolManager:
             worker.state = "busy"
             worker.task = task
             task.deadline = None if self._task_timeout is None else now + self._task_timeout
+        if self._task_timeout is None and not (self._closing and self._cancel_on_close):
+            self._send_ahead_locked()
+
+    def _send_ahead_locked(self) -> None:
+        """One queued task ahead to each busy worker, so it starts it without a round trip.
+
+        The manager's round trip (the worker's report in, the next task out) is
+        ~0.1-0.2 ms, most of a 1 ms task's overhead. A task sent ahead stays
+        cancellable and movable: the worker runs it only if it takes its claim
+        token (one byte in the worker's claim pipe, written with the task), and
+        ``cancel()``, or an idle worker stealing it, takes the token first if it
+        can. Not with a task timeout (the clock starts when the task does), nor
+        for a retry (running already), nor to a worker whose next task is its last.
+        """
+        active = [w for w in self._workers if w.role == "active"]
+        if len(active) < self._workers_wanted or any(w.state != "busy" for w in active):
+            return  # a worker is idle or about to be: it takes the queue's head
+        for worker in self._workers:
+            if (
+                worker.role != "active"
+                or worker.state != "busy"
+                or worker.stopping
+                or worker.timed_out
+                or worker.queued is not None
+                or worker.task is None
+                or worker.task.ahead
+                or worker.claims is None
+                or worker.claim_writer is None
+            ):
+                continue
+            limit = worker.policy.max_tasks
+            if limit is not None and worker.tasks_run + 1 >= limit:
+                continue
+            while self._queue and not self._queue[0].started:
+                task = self._queue.popleft()
+                future = task.future
+                # The claim first: a cancel() from now on goes through the token.
+                future._claim = functools.partial(take_claim, worker.claims.fileno())
+                if future.cancelled():  # cancelled before: drop it
+                    future._claim = None
+                    self._counters.cancelled += 1
+                    continue
+                future.attempts += 1
+                task.ahead = True
+                worker.queued = task
+                try:
+                    os.write(worker.claim_writer.fileno(), b"\0")
+                    worker.conn.send(RunTask(task.info.id, task.payload, ahead=True))
+                except OSError:  # the worker just died; its sentinel will retire it
+                    worker.queued = None
+                    self._take_back_locked(task, worker)
+                    worker.state = "exiting"
+                break
+            if not self._queue:
+                return
+
+    def _stealable_locked(self) -> bool:
+        return any(w.queued is not None and not w.queued.stolen for w in self._workers)
+
+    def _steal_locked(self) -> Task | None:
+        """A task sent ahead to a busy worker that has not claimed it, for an idle worker.
+
+        Without this a task could wait behind a long one while other workers
+        idle. Its token is taken here; the busy worker skips it when it gets to it.
+        """
+        candidates = [w for w in self._workers if w.queued is not None and not w.queued.stolen]
+        candidates.sort(key=lambda w: w.queued.info.id if w.queued is not None else 0)
+        for other in candidates:
+            task = other.queued
+            if (
+                task is None
+                or task.stolen
+                or other.claims is None
+                or not take_claim(other.claims.fileno())
+            ):
+                continue
+            task.stolen = True
+            task.future._claim = None
+            if not task.future.set_running_or_notify_cancel():  # pragma: no cover - cancel()
+                self._counters.cancelled += 1  # would have taken the token first
+                continue
+            return Task(task.info, task.payload, task.future, started=True)
+        return None
+
+    def _take_back_locked(self, task: Task, worker: Worker) -> bool:
+        """Settle a task sent ahead to ``worker`` that the worker will not claim now.
+
+        Back to the queue's head if its token is still there; counted as
+        cancelled if a ``cancel()`` took it. Returns False if the worker took it:
+        then it ran (or runs) there.
+        """
+        if task.stolen:
+            return True
+        if task.cancelling:  # its token was taken (and it counted) at the shutdown
+            task.ahead = False
+            return True
+        took = worker.claims is not None and take_claim(worker.claims.fileno())
+        task.future._claim = None
+        task.ahead = False
+        if took:
+            task.future.attempts -= 1
+            self._queue.appendleft(task)
+            return True
+        if task.future.cancelled():
+            self._counters.cancelled += 1
+            return True
+        return False
+
+    def _skipped_locked(self, task: Task) -> None:
+        """The worker found a task's token gone: stolen, or cancelled, so it did not run it."""
+        task.future._claim = None
+        task.ahead = False
+        if task.stolen or task.cancelling:
+            return
+        if task.future.cancelled():
+            self._counters.cancelled += 1
+        else:  # pragma: no cover - a cancel() that took the token cancels the future
+            task.future.attempts -= 1
+            self._queue.appendleft(task)
 
     def _next_task_locked(self) -> Task | None:
         """The first queued task that was not cancelled meanwhile, marked running."""
@@ -497,11 +651,22 @@ class PoolManager:
                 worker.state = "exiting" if worker.stopping else "idle"
                 self._start_failures = 0
                 return
-            if isinstance(message, TaskReport):
+            if isinstance(message, TaskSkipped):
+                task = worker.task
+                if task is not None and task.ahead and task.info.id == message.task_id:
+                    worker.task = None
+                    self._skipped_locked(task)
+                    if worker.state == "busy":
+                        worker.state = "idle"
+                    if self._queue or any(w.queued for w in self._workers):
+                        self._dispatch_locked(time.monotonic(), settle)
+                    return
+                violation = f"skipped task {message.task_id} while running {task and task.info}"
+            elif isinstance(message, TaskReport):
                 task = worker.task
                 if task is not None and task.info.id == message.task_id:
                     self._report(worker, message, settle)
-                    if worker.state == "idle" and self._queue:
+                    if self._queue or (worker.state == "idle" and self._stealable_locked()):
                         # The next task goes out now, before the futures are settled
                         # (their callers wake and take the GIL): the worker's idle
                         # gap is one message, not a whole manager pass.
@@ -525,6 +690,27 @@ class PoolManager:
     ) -> None:
         task = worker.task
         worker.task = None
+        ahead = worker.queued
+        retiring = report.retire is not None or worker.timed_out
+        if ahead is not None and report.next_task == ahead.info.id:
+            worker.queued = None
+            if report.next_claimed:
+                # It runs now: as far as its future knows it starts now, as it would
+                # have had it been sent now.
+                ahead.ahead = False
+                ahead.future._claim = None
+                ahead.started = ahead.future.set_running_or_notify_cancel()
+                worker.task = ahead
+            else:
+                self._skipped_locked(ahead)
+        elif ahead is not None and retiring:
+            worker.queued = None
+            self._take_back_locked(ahead, worker)  # it exits without reading it
+        elif ahead is not None:
+            # Not read before the report: the worker claims (or skips) it next, and
+            # says so by its report (or a TaskSkipped).
+            worker.queued = None
+            worker.task = ahead
         worker.tasks_run += 1
         worker.rss, worker.peak = report.rss_after, report.peak_rss
         worker.baseline = report.baseline
@@ -538,9 +724,11 @@ class PoolManager:
             worker.kill_at = time.monotonic() + _STOP_GRACE_S
         elif worker.timed_out:
             worker.role, worker.state = "retiring", "exiting"  # SIGKILL is on its way
-        elif worker.state == "busy":
+        elif worker.state == "busy" and worker.task is None:
             worker.state = "idle"
         assert task is not None  # _receive checked that it reports its own task
+        task.future._claim = None
+        task.ahead = False
         # A report that beats the timeout's SIGKILL is a finished task: it counts.
         future = task.future
         future.pid = worker.pid
@@ -563,9 +751,20 @@ class PoolManager:
             # before waitpid() can reap it; without this wait it stays a zombie.
             worker.process.join(_STOP_GRACE_S)
         exitcode = worker.process.exitcode
-        worker.close()
         with self._lock:
             self._workers.remove(worker)
+            # Tasks sent ahead that it never claimed go back to the queue (or stay
+            # cancelled); one it claimed ran there, and shares its fate below.
+            if worker.queued is not None:
+                queued, worker.queued = worker.queued, None
+                if not self._take_back_locked(queued, worker):  # pragma: no cover - the
+                    # worker claims only after reporting its task, so not while it runs.
+                    settle.append((queued.future, _failer(queued.future, _lost_error(queued))))
+            ahead = worker.task
+            if ahead is not None and ahead.ahead and self._take_back_locked(ahead, worker):
+                worker.task = None
+        worker.close()
+        with self._lock:
             stats = worker.statistics()
             task = worker.task
             how = _describe_exit(exitcode)
@@ -639,6 +838,7 @@ class PoolManager:
             broken = RuntimeError(f"the pool's manager thread failed: {error!r}")
             broken.__cause__ = error
             tasks = list(self._queue) + [w.task for w in self._workers if w.task is not None]
+            tasks += [w.queued for w in self._workers if w.queued is not None]
             self._queue.clear()
             for task in tasks:
                 settle.append((task.future, _failer(task.future, broken)))
@@ -660,6 +860,10 @@ def _describe_exit(exitcode: int | None) -> str:
     if exitcode < 0:
         return f"was killed by {signal_name(-exitcode)}"
     return f"exited with code {exitcode}"
+
+
+def _lost_error(task: Task) -> WorkerCrashed:
+    return WorkerCrashed(f"{task.info} was lost with its worker", exitcode=None, task=task.info)
 
 
 def _closed_error(task: Task) -> ClosedResourceError:

@@ -6,22 +6,36 @@ ends so neither guesses at the other's fields:
 * pool -> worker: :class:`RunTask` (the pool may send one ahead while the
   previous task runs), :class:`StopWorker`;
 * worker -> pool: :class:`WorkerReady` once, then one :class:`TaskReport`
-  per task, in order.
+  per task, in order, or :class:`TaskSkipped` for a task sent ahead that was
+  cancelled before the worker could claim it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RunTask", "StopWorker", "TaskReport", "WorkerReady"]
+__all__ = ["RunTask", "StopWorker", "TaskReport", "TaskSkipped", "WorkerReady"]
 
 
 @dataclass(frozen=True)
 class RunTask:
-    """Run one task: ``payload`` is the pickled ``(fn, args, kwargs)``."""
+    """Run one task: ``payload`` is the pickled ``(fn, args, kwargs)``.
+
+    ``ahead``: sent while the worker still runs its previous task. The worker
+    runs it only if it can take the task's claim token (one byte on the
+    worker's claim pipe); a caller's ``cancel()`` takes it first otherwise.
+    """
 
     task_id: int
     payload: bytes
+    ahead: bool = False
+
+
+@dataclass(frozen=True)
+class TaskSkipped:
+    """A task sent ahead whose claim token was gone: cancelled, it did not run."""
+
+    task_id: int
 
 
 @dataclass(frozen=True)
@@ -55,3 +69,5 @@ class TaskReport:
     remedies: int
     released: int
     baseline: int | None  # RSS after the first task and its remedies, when memory is watched
+    next_task: int | None = None  # the task sent ahead, if the worker read it before reporting
+    next_claimed: bool = False  # ... and took its claim token: it runs now (else it is skipped)

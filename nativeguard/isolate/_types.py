@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -163,6 +163,18 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         self.duration_s: float | None = None
         self.attempts = 0
         self.worker_retired: str | None = None
+        # Set while the task was sent ahead to a busy worker: takes the task's
+        # claim token, True if the worker had not taken it (so it will not run).
+        self._claim: Callable[[], bool] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started (queued, or sent ahead and not yet claimed)."""
+        claim = self._claim
+        if claim is not None and not self.done() and not self.running():
+            if not claim():
+                return False  # the worker claimed it: it runs
+            self._claim = None
+        return super().cancel()
 
 
 def format_mb(value: float | None) -> str:

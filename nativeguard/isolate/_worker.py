@@ -33,11 +33,11 @@ from .._errors import NotPlainDataError, RemoteTaskError, add_note
 from .._malloc import malloc_trim, rss_bytes
 from .._redact import redact_text
 from ._guardian import kill_descendants, start_guardian
-from ._messages import RunTask, TaskReport, WorkerReady
+from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
 
-__all__ = ["WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker"]
+__all__ = ["WorkerSettings", "in_worker", "peak_rss_bytes", "run_worker", "take_claim"]
 
 
 class _Role:
@@ -60,6 +60,17 @@ class WorkerSettings:
     pool_pid: int = 0  # the pool's process, watched by the worker's guardian (0: the parent)
     initializer: Callable[..., object] | None = None  # run once, before the worker is ready
     initargs: tuple[Any, ...] = ()
+    claims: Connection | None = None  # the claim pipe's read end (see RunTask.ahead)
+
+
+def take_claim(claims: int | None) -> bool:
+    """Take one claim token from a (non-blocking) claim pipe's fd; False if there was none."""
+    if claims is None:
+        return False
+    try:
+        return len(os.read(claims, 1)) == 1
+    except (BlockingIOError, OSError):
+        return False
 
 
 def peak_rss_bytes() -> int:
@@ -214,17 +225,29 @@ def _run_task(payload: bytes, settings: WorkerSettings) -> tuple[bool, bytes, st
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
     policy = RetirementPolicy(settings.policy, measure=rss_bytes, remedy=_remedy)
+    claims: int | None = None
+    if settings.claims is not None:
+        # A bare fd: the worker's one Connection stays the pipe to the pool.
+        claims = os.dup(settings.claims.fileno())
+        settings.claims.close()
     pid = os.getpid()
     if settings.initializer is not None:
         # Raising here ends the worker before it is ready (exit code 1, the
         # traceback on stderr): the pool counts a failed start.
         settings.initializer(*settings.initargs)
     conn.send(WorkerReady(pid, rss_bytes(), peak_rss_bytes()))
+    early: RunTask | StopWorker | None = None  # the next message, read before the last report
     while True:
-        try:
-            message = conn.recv()
-        except (EOFError, ConnectionResetError):  # the pool is gone
-            return
+        if early is not None:
+            message, early = early, None
+        else:
+            try:
+                message = conn.recv()
+            except (EOFError, ConnectionResetError):  # the pool is gone
+                return
+            if isinstance(message, RunTask) and message.ahead and not take_claim(claims):
+                conn.send(TaskSkipped(message.task_id))  # cancelled (or taken back) meanwhile
+                continue
         if not isinstance(message, RunTask):
             return  # StopWorker
         task_id, payload = message.task_id, message.payload
@@ -236,6 +259,19 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
             os._exit(0)
         duration = time.perf_counter() - start
         decision = policy.after_task()
+        # A task sent ahead is claimed (or found cancelled) before this report, so
+        # the report tells the pool at once whether it runs next: the pool marks it
+        # running, and may send the one after it ahead, without another message.
+        next_task: int | None = None
+        next_claimed = False
+        if decision.reason is None and conn.poll():
+            following = conn.recv()
+            if isinstance(following, RunTask) and following.ahead:
+                next_task = following.task_id
+                next_claimed = take_claim(claims)
+                early = following if next_claimed else None
+            else:
+                early = following
         conn.send(
             TaskReport(
                 task_id=task_id,
@@ -251,6 +287,8 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
                 remedies=policy.remedies,
                 released=policy.released,
                 baseline=policy.baseline,
+                next_task=next_task,
+                next_claimed=next_claimed,
             )
         )
         if decision.reason is not None:

@@ -1,0 +1,61 @@
+"""Tasks sent ahead to busy workers: still cancellable, never stranded behind a long task.
+
+WorkerPool sends one queued task ahead to each busy worker so it starts it
+without waiting for the manager. These tests pin what that must not change:
+a task sent ahead and then cancelled never runs, and one sent ahead to a
+worker busy with a long task is taken back by a worker that goes idle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import isolate_adversarial_tasks as tasks
+import pytest
+from isolate_support import HANG_S, assert_all_gone, pids_of, wait_for
+
+from nativeguard.isolate import WorkerPool
+
+pytestmark = [pytest.mark.usefixtures("fork_server"), pytest.mark.timeout(60)]
+
+
+def sent_ahead(future: object) -> bool:
+    return getattr(future, "_claim", None) is not None
+
+
+def test_a_task_sent_ahead_and_cancelled_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with WorkerPool(1, warm_spare=False) as pool:
+        first = pool.submit(tasks.sleep_then, 0.5, "first")
+        wait_for(first.running, "the first task to start")
+        second = pool.submit(tasks.touch_after, 0.0, str(marker))
+        wait_for(lambda: sent_ahead(second), "the second task to be sent ahead")
+        assert not second.running()
+        assert second.cancel()
+        assert first.result(HANG_S) == "first"
+        third = pool.submit(tasks.add, 1, 2)
+        assert third.result(HANG_S) == 3
+    assert second.cancelled()
+    assert not marker.exists()
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.tasks_cancelled, stats.tasks_failed) == (2, 1, 0)
+    assert_all_gone(pids_of(pool, [first, third]))
+
+
+def test_a_task_sent_ahead_of_a_long_one_is_taken_by_an_idle_worker() -> None:
+    pool = WorkerPool(2, warm_spare=False)
+    try:
+        long = pool.submit(tasks.sleep_then, 40.0, "long")
+        short = pool.submit(tasks.sleep_then, 0.3, "short")
+        wait_for(lambda: long.running() and short.running(), "both to start")
+        behind = [pool.submit(tasks.add, n, n) for n in range(2)]
+        wait_for(lambda: all(sent_ahead(f) for f in behind), "both to be sent ahead")
+        # One of them waits behind the 40 s task; the worker of the short one
+        # runs its own and then takes the other back.
+        assert [f.result(HANG_S) for f in behind] == [0, 2]
+        assert short.result(HANG_S) == "short"
+        assert {f.pid for f in behind} == {short.pid}
+        assert long.running()
+    finally:
+        pool.shutdown(cancel_futures=True, terminate=True)
+    assert_all_gone(pids_of(pool, [long, short, *behind]))
