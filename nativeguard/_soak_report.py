@@ -285,7 +285,8 @@ def _counts_panel(ax: Any, run: SoakRun) -> None:
     _shade_warmup(ax, run)
     ax.set_ylabel("count")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.9)
+    # Beside the panel: up to ten lines would hide the data they name.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, framealpha=0.9)
     ax.grid(alpha=0.3)
 
 
@@ -300,8 +301,14 @@ def _calls_panel(ax: Any, run: SoakRun) -> None:
         ms=3,
         label="time per call (ms)",
     )
-    ax.set_ylabel("ms per call")
-    ax.set_ylim(bottom=0)
+    times = sorted(1000 * (s.call_s or 0.0) for s in calls)
+    if times and times[0] > 0 and times[-1] > 20 * times[len(times) // 2]:
+        # One slow call (a first use, a JIT) would flatten the others to zero.
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per call (log)")
+    else:
+        ax.set_ylabel("ms per call")
+        ax.set_ylim(bottom=0)
     twin = ax.twinx()
     twin.plot(
         [s.index for s in run.samples],
