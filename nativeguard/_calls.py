@@ -13,6 +13,7 @@ import contextlib
 import os
 import threading
 import time
+import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,65 @@ class _Session:
         transcriber.session_stopped.connect(self.on_stopped, plain=True)
 
 
+_PUSH_MAX_BYTES = 32 << 20
+"""Largest PCM payload a helper feeds through a push stream instead of ``filename=``."""
+
+
+class _Feed:
+    """Audio for a transcription: the file itself, or a push stream filled after the start.
+
+    Measured with SDK 1.53 (benchmarks/start_stall.py, docs/core.md "The 0.5 s
+    start stall"): given ``AudioConfig(filename=...)`` for a short file, the
+    SDK's audio pump can reach the end of the file before the starting thread
+    checks it runs, and the start then waits out a 500 ms timer (5-7 requests
+    in 12). Writing the PCM into a push stream only after
+    ``start_transcribing_async().get()`` returned stalled 0 of 180 requests.
+    Compressed or unusual WAVs, and SDK ``AudioConfig`` objects, go as given.
+    """
+
+    def __init__(self, audio: AudioSource) -> None:
+        self.stream: Any = None
+        self.pcm = b""
+        if isinstance(audio, (str, os.PathLike)):
+            path = os.fspath(audio)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"audio file not found: {path}")
+            pcm_format = _pcm_wav(path)
+            if pcm_format is not None:
+                (rate, bits, channels), self.pcm = pcm_format
+                stream_format = speechsdk.audio.AudioStreamFormat(
+                    samples_per_second=rate, bits_per_sample=bits, channels=channels
+                )
+                self.stream = speechsdk.audio.PushAudioInputStream(stream_format=stream_format)
+                self.config: Any = speechsdk.audio.AudioConfig(stream=self.stream)
+                return
+        self.config = _audio_config(audio)
+
+    def after_start(self, scope: Scope) -> None:
+        """Feed the audio and end the stream (a no-op for file or caller-made input)."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            scope.register(stream)  # closed by the release if writing fails
+            stream.write(self.pcm)
+            stream.close()
+        self.pcm = b""
+
+
+def _pcm_wav(path: str) -> tuple[tuple[int, int, int], bytes] | None:
+    """((rate, bits, channels), frames) of an uncompressed 8/16-bit WAV file, else None."""
+    try:
+        with wave.open(path, "rb") as reader:
+            width, frames = reader.getsampwidth(), reader.getnframes()
+            if reader.getcomptype() != "NONE" or width not in (1, 2):
+                return None
+            if frames * width * reader.getnchannels() > _PUSH_MAX_BYTES:
+                return None
+            shape = (reader.getframerate(), 8 * width, reader.getnchannels())
+            return shape, reader.readframes(frames)
+    except (wave.Error, EOFError):
+        return None  # not a WAV the standard library reads: the SDK reads it itself
+
+
 def transcribe(
     speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
 ) -> Transcript:
@@ -112,9 +172,13 @@ def transcribe(
     start = time.monotonic()
     ended = threading.Event()
     session = _Session(ended.set, [])
-    with managed_transcriber(speech_config, _audio_config(audio)) as transcriber:
+    feed = _Feed(audio)
+    block = managed_transcriber(speech_config, feed.config)
+    feed.config = None
+    with block as transcriber:
         session.connect(transcriber)
         transcriber.start_transcribing_async().get()
+        feed.after_start(block.scope)
         if not ended.wait(timeout):
             raise RequestTimeout(f"transcription did not end within {timeout:g} s")
         # No stop here: after a session that ended in an error the SDK's stop
@@ -134,9 +198,17 @@ async def atranscribe(
     start = time.monotonic()
     ended = asyncio.Event()
     session = _Session(lambda: _set_threadsafe(loop, ended), [])
-    async with managed_transcriber(speech_config, _audio_config(audio)) as transcriber:
+    feed = _Feed(audio)
+    block = managed_transcriber(speech_config, feed.config)
+    feed.config = None
+    async with block as transcriber:
         session.connect(transcriber)
-        await asyncio.to_thread(lambda: transcriber.start_transcribing_async().get())
+
+        def start_and_feed() -> None:
+            transcriber.start_transcribing_async().get()
+            feed.after_start(block.scope)
+
+        await asyncio.to_thread(start_and_feed)
         try:
             await asyncio.wait_for(ended.wait(), timeout)
         except asyncio.TimeoutError:
