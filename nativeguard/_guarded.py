@@ -286,8 +286,8 @@ class _Options:
 
     def new_call(self) -> _Call:
         if self.step_timeout_s is None:
-            return _Call(Scope())
-        return _Call(Scope(step_timeout_s=self.step_timeout_s))
+            return _Call(Scope(release="inline"))
+        return _Call(Scope(release="inline", step_timeout_s=self.step_timeout_s))
 
 
 def _decorate(wrapped: _F, *, options: _Options) -> _F:

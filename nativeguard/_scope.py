@@ -164,7 +164,7 @@ class _Release:
 
 @dataclass
 class _Settings:
-    release: ReleaseMode = "inline"
+    release: ReleaseMode = "background"
     exit_budget_s: float = _DEFAULT_EXIT_BUDGET_S
     step_timeout_s: float = _DEFAULT_STEP_TIMEOUT_S
 

@@ -223,7 +223,7 @@ def test_background_close_costs_the_caller_far_less_than_inline(speech_service, 
 
 def test_inline_release_is_done_when_the_block_ends(speech_service, wav_path):
     baseline = recognizers()
-    with Scope() as scope:
+    with Scope(release="inline") as scope:
         recognizer = scope.register(new_recognizer(speech_service, wav_path))
         deaths = died_on(recognizer)
         recognizer.recognize_once_async().get()

@@ -90,7 +90,7 @@ def test_a_raising_predicate_fails_that_object_and_the_others_are_released(scrat
     (error,) = caught.value.exceptions
     assert str(error) == "boom in predicate"
     assert any("predicate raised" in note for note in error.__notes__)
-    assert scope.released
+    assert scope.wait_released(5)
     assert scope.statistics().release_errors == 1
     scope.close()  # idempotent
     del odd
@@ -104,7 +104,7 @@ def test_a_hanging_custom_step_is_bounded_and_the_object_released_when_it_return
 
     release = threading.Event()
     register_adapter(Slow, [lambda o, t: release.wait(30)], name="slow")
-    scope = Scope(step_timeout_s=0.3, exit_budget_s=0.5)
+    scope = Scope(step_timeout_s=0.3, exit_budget_s=0.5, release="inline")
     slow = scope.register(Slow())
     died = threading.Event()
     weakref.finalize(slow, died.set)
@@ -202,6 +202,7 @@ def test_registering_the_same_object_twice_tracks_it_once(scratch_adapters):
         assert proxy.closed == 0
     scope.close()
     assert thing.closed == 1  # an independent measure: close() ran once
+    assert scope.wait_released(5)
     stats = scope.statistics()
     assert stats.objects_tracked == 1
     assert stats.release_steps_run == 1

@@ -18,12 +18,23 @@ from concurrent.futures import ThreadPoolExecutor
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
+import nativeguard
 from nativeguard import _malloc
 from nativeguard._adapters import register_adapter, run_bounded
 from nativeguard._errors import ClosedResourceError, NativeGuardError, ReleaseError, ReleaseTimeout
 from nativeguard._native import native_handles
 from nativeguard._scope import Scope, creation_tracebacks_enabled, set_creation_tracebacks
 from nativeguard.testing import TokenService
+
+
+@pytest.fixture(autouse=True)
+def inline_release():
+    """These tests read what close() itself did (statistics right after it, survivors
+    while the caller still holds an object): the inline semantics. The default
+    (background) is tested in test_reaper.py and test_fault_matrix.py."""
+    old = nativeguard.configure(release="inline")
+    yield
+    nativeguard.configure(**old)
 
 
 def recognizers() -> int:
