@@ -8,6 +8,7 @@ callback) against the bundled SpeechService, next to the same request through
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -34,6 +35,7 @@ from nativeguard._soak import (
     slope_band,
 )
 from nativeguard.testing import DEFAULT_KEY
+from nativeguard.verify import snapshot
 
 TESTS = Path(__file__).parent
 MIB = 1 << 20
@@ -391,3 +393,49 @@ def test_run_soak_refuses_wrong_types() -> None:
         run_soak("soak_targets:plain_clean", iterations=3, setup=len)  # type: ignore[arg-type]
     with pytest.raises(SoakUsageError, match="settle_s must be between 0 and 60"):
         run_soak("soak_targets:plain_clean", iterations=3, settle_s=-1)
+
+
+@pytest.mark.usefixtures("fork_server")
+def test_isolated_sdk_leak_is_judged_in_the_worker_and_this_process_stays_flat() -> None:
+    sys.path.insert(0, str(TESTS))
+    before = snapshot()
+    run = run_soak(
+        "soak_targets:sdk_leak", setup="soak_targets:service", warmup=1, iterations=3,
+        settle_s=0.4, isolated=True,
+    )  # fmt: skip
+    assert "native_handles:azure_speech:ISpxRecognitionResult" in run.leaks
+    assert "instances:SpeechRecognitionResult" in run.leaks
+    assert run.report_text is not None
+    assert "global kept in module soak_targets" in run.report_text
+    assert run.teardown_error is None
+    after = snapshot()
+    # The recognizers, results and the service lived in the worker, not here.
+    assert dict(before.diff(after).native_handles) == {}
+    assert dict(before.diff(after).instances) == {}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_a_rich_bar_and_elsewhere_plain_lines() -> None:
+    from nativeguard._soak_cli import _PlainProgress, _progress_printer, _RichProgress
+
+    terminal = _Terminal()
+    progress = _progress_printer(terminal, "soak_targets:plain_clean")
+    assert isinstance(progress, _RichProgress)
+    with progress:
+        run = run_soak("soak_targets:plain_clean", warmup=1, iterations=4, progress=progress)
+    assert "soak_targets:plain_clean" in terminal.getvalue()
+    assert "RSS" in terminal.getvalue()
+    assert len(run.samples) == 6
+
+    pipe = io.StringIO()
+    plain = _progress_printer(pipe, "soak_targets:plain_clean")
+    assert isinstance(plain, _PlainProgress)
+    run_soak("soak_targets:plain_clean", warmup=0, iterations=10, progress=plain)
+    lines = pipe.getvalue().splitlines()
+    assert lines[0].startswith("soak soak_targets:plain_clean: call 0/10 (baseline)")
+    assert lines[-1].startswith("soak soak_targets:plain_clean: call 10/10 (measured)")
+    assert lines[-1].endswith("no leak so far")
