@@ -13,7 +13,7 @@ rotated order), median and spread (min..max) over the rounds; no pass/fail:
    it can hang on 3.11, so it runs under a timeout and is reported as hung).
    Pools are started and warmed up before the clock starts.
 2. The latency a recycle adds: 1-worker pools that recycle after every task
-   (``max_tasks=1``), tasks submitted one after another; "added" is the
+   (``max_tasks=1``), 20 ms tasks submitted one after another; "added" is the
    caller's submit-to-result time minus the task's own run time, measured in
    the task. p50 and p99 per pool.
 
@@ -40,6 +40,7 @@ from nativeguard.isolate import WorkerPool
 
 WORKERS = 2
 HANG_S = 60.0
+LATENCY_TASK_MS = 20.0
 
 
 def spin(ms: float) -> float:
@@ -190,7 +191,7 @@ def recycle_latency(contender: Contender, tasks: int) -> list[float]:
         time.sleep(0.3)
         for _ in range(tasks):
             start = time.perf_counter()
-            (ran,) = _results([contender.submit(1.0)])
+            (ran,) = _results([contender.submit(LATENCY_TASK_MS)])
             added.append(time.perf_counter() - start - ran)
     finally:
         contender.stop()
@@ -270,7 +271,10 @@ def main() -> None:
 
     if options.no_latency:
         return
-    print("\nlatency a recycle adds (1 worker, max_tasks=1, 1 ms tasks one after another)")
+    print(
+        f"\nlatency a recycle adds (1 worker, max_tasks=1, {LATENCY_TASK_MS:g} ms tasks "
+        "one after another)"
+    )
     recyclers: list[Callable[[], Contender]] = [
         make
         for make in (
@@ -281,7 +285,7 @@ def main() -> None:
         if chosen(make)
     ]
     latencies: dict[str, list[float]] = {}
-    per_round = 20 if options.quick else 40
+    per_round = 10 if options.quick else 25
     stuck: set[str] = set()
     for round_ in range(rounds):
         shift = round_ % len(recyclers)
