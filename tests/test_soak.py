@@ -200,6 +200,7 @@ def test_isolated_leak_is_measured_in_the_worker_not_here(tmp_path: Path) -> Non
     assert "in a worker process" in done.stdout
 
 
+@pytest.mark.usefixtures("fork_server")
 def test_isolated_in_process_api_leaves_this_process_alone() -> None:
     import soak_targets
 
