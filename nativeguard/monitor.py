@@ -27,6 +27,9 @@ and file descriptors.
   ``nativeguard_worker_retirements_total{reason}`` (of the pools given to
   :meth:`Monitor.watch_pool`).
 
+After ``fork()`` a child's copy of a Monitor has no sampler thread (threads do
+not survive a fork): it can take readings, and ``start()`` its own thread.
+
 A reading is one :func:`nativeguard.verify.snapshot` (a registry copy, the
 SDK's handle table, ``/proc``; benchmarks/verify_cost.py measures it) plus one
 ``mallinfo2``; the first one enables the live-object registry, which walks the
@@ -38,6 +41,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import statistics
 import threading
 import time
@@ -244,6 +248,15 @@ class Monitor:
         self._registry: Any = None
         if prometheus:
             self._register(registry)
+        _live_monitors.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """The sampler thread did not survive fork(); a lock it held never would be released."""
+        self._lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._started = False  # the child may start() its own sampler
 
     # --------------------------------------------------------------- state
 
@@ -478,6 +491,18 @@ class Monitor:
     def _latest(self) -> MonitorSample | None:
         with self._lock:
             return self._history[-1] if self._history else None
+
+
+_live_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for monitor in list(_live_monitors):
+        monitor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _mb(value: int | None) -> str:

@@ -234,3 +234,32 @@ def test_request_hook_counts_exactly_under_concurrency() -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert len(monitor.history) == 8 * 50 // 10
     monitor.close()
+
+
+def test_after_fork_the_child_samples_and_starts_its_own_thread() -> None:
+    monitor = Monitor(interval_s=0.02, slope_limits=None)
+    monitor.start()
+    try:
+        with warnings.catch_warnings():
+            # 3.12+ warns on fork() of a process with threads (the sampler among them).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            code = 1
+            try:
+                if _monitor_threads() == [] and monitor.sample() is not None:
+                    monitor.start()
+                    deadline = time.monotonic() + 5
+                    count = len(monitor.history)
+                    while len(monitor.history) < count + 2 and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    if len(monitor.history) >= count + 2 and len(_monitor_threads()) == 1:
+                        code = 0
+                monitor.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(_monitor_threads()) == 1  # the parent's sampler is untouched
+    finally:
+        monitor.close()
