@@ -484,9 +484,17 @@ class Monitor:
                 "Monitor(prometheus=True) needs prometheus-client: "
                 f"pip install 'nativeguard[monitor]' ({error})"
             ) from None
-        self._registry = REGISTRY if registry is None else registry
-        self._collector = _Collector(self)
-        self._registry.register(self._collector)
+        target = REGISTRY if registry is None else registry
+        collector = _Collector(self)
+        try:
+            target.register(collector)
+        except ValueError as error:  # prometheus-client: "Duplicated timeseries ..."
+            raise ValueError(
+                "Monitor(prometheus=True): this registry already exports nativeguard's "
+                "metrics (another Monitor registered them: close it, or pass registry=...): "
+                f"{error}"
+            ) from None
+        self._registry, self._collector = target, collector
 
     def _latest(self) -> MonitorSample | None:
         with self._lock:
@@ -515,6 +523,19 @@ def _per_hour(metric: str, value: float) -> str:
     return f"{value:+.1f}"
 
 
+_METRIC_NAMES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("nativeguard_rss_bytes", "gauge", ()),
+    ("nativeguard_heap_in_use_bytes", "gauge", ()),
+    ("nativeguard_heap_retained_bytes", "gauge", ()),
+    ("nativeguard_native_resources", "gauge", ("integration", "type")),
+    ("nativeguard_live_objects", "gauge", ("type",)),
+    ("nativeguard_threads", "gauge", ()),
+    ("nativeguard_fds", "gauge", ()),
+    ("nativeguard_releases", "counter", ()),
+    ("nativeguard_worker_retirements", "counter", ("reason",)),
+)
+
+
 class _Collector:
     """prometheus-client custom collector: the latest reading, built at scrape time."""
 
@@ -522,7 +543,17 @@ class _Collector:
         self._monitor = weakref.ref(monitor)
 
     def describe(self) -> list[Any]:
-        return []  # dynamic label sets: no pre-declared descriptions
+        """The metric names, without values: lets the registry refuse a second Monitor."""
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        families: list[Any] = []
+        for name, kind, labels in _METRIC_NAMES:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            families.append(family(name, "", labels=labels))
+        return families
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (  # noqa: PLC0415

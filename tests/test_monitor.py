@@ -263,3 +263,15 @@ def test_after_fork_the_child_samples_and_starts_its_own_thread() -> None:
         assert len(_monitor_threads()) == 1  # the parent's sampler is untouched
     finally:
         monitor.close()
+
+
+def test_a_second_monitor_on_one_registry_is_refused_until_the_first_closes() -> None:
+    registry = CollectorRegistry()
+    first = Monitor(interval_s=None, prometheus=True, registry=registry)
+    with pytest.raises(ValueError, match="already exports nativeguard's metrics"):
+        Monitor(interval_s=None, prometheus=True, registry=registry)
+    first.close()
+    second = Monitor(interval_s=None, prometheus=True, registry=registry)
+    second.sample()
+    assert len(_metrics(registry)["nativeguard_rss_bytes"]) == 1
+    second.close()
