@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import threading
 import time
 import traceback
@@ -42,6 +43,7 @@ from nativeguard.isolate import (
     TaskTimeout,
     WorkerCrashed,
     WorkerPool,
+    WorkerStartError,
 )
 from nativeguard.testing import Faults, SpeechService, write_wav
 
@@ -495,6 +497,20 @@ def test_worker_failures_with_credentials_in_arguments(
     assert_no_secret(every_text(caught.value))
     del future
     gc.collect()
+
+
+def test_worker_start_error_with_credentials_in_the_queued_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every fresh worker dies at start-up (tests/isolate_broken_type.py)."""
+    monkeypatch.setenv("ISOLATE_BROKEN_TYPE_PARENT", str(os.getpid()))
+    import isolate_broken_type
+
+    with WorkerPool(1, warm_spare=False, plain_types=[isolate_broken_type.Payload]) as broken:
+        queued = broken.submit(tasks.echo, SECRET_TEXT)
+        with pytest.raises(WorkerStartError) as caught:
+            queued.result(60)
+    assert_no_secret(every_text(caught.value))
 
 
 # -- the whole module's log ----------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_sigalrm_closing_the_scope_while_registering_and_closing() -> None:
         )
         """
     )
-    assert result["scopes"] > 50
+    assert result["scopes"] >= 10
     assert result["refused"] > 0, "the handler never interrupted a register() loop"
     assert result["released"] == result["scopes"]
     assert result["closes"] == result["tracked"]  # every tracked object closed, exactly once
@@ -263,10 +263,11 @@ def test_keyboard_interrupt_in_a_release_step_fails_only_that_step(kind: str) ->
         fresh = ng.Scope()
         again = fresh.register(Counted())
         fresh.close()
+        waited = scope.wait_released(10)  # background mode: drops finish on the reaper
         report(
             failures=failures,
             released=scope.released,
-            waited=scope.wait_released(10),
+            waited=waited,
             closes=[o.closes for o in before + after],
             release_errors=scope.statistics().release_errors,
             fresh_closes=again.closes,
