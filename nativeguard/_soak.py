@@ -702,6 +702,10 @@ def run_soak(
     _check_counts(warmup, iterations, settle_s, growth_limit_mb)
     if setup is not None and not isinstance(setup, str):
         raise SoakUsageError(f"setup must be a module:function string, got {setup!r}")
+    if task_timeout_s is not None and (
+        not isinstance(task_timeout_s, (int, float)) or not task_timeout_s > 0
+    ):
+        raise SoakUsageError(f"task_timeout_s must be > 0 or None, got {task_timeout_s!r}")
     settings = _Settings(
         target=target,
         setup=setup,

@@ -59,6 +59,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
 def _megabytes(text: str) -> float:
     try:
         value = float(text)
@@ -135,6 +145,12 @@ def add_soak_parser(commands: Any) -> None:
         action="store_true",
         help="run the calls (and the sampling) in a WorkerPool worker process",
     )
+    soak.add_argument(
+        "--call-timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="with --isolated: kill a call (or the setup) that runs longer than S seconds",
+    )
     soak.add_argument("--json", metavar="PATH", help="write every sample and the verdicts")
     soak.add_argument(
         "--plot", metavar="PATH", help="write the chart, PNG or SVG by suffix (needs [plot])"
@@ -165,6 +181,10 @@ def soak_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         return _usage("give TARGET (module:function) or --compare A.json B.json", stderr)
     if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".svg"):
         return _usage(f"--plot must end in .png or .svg, got {args.plot!r}", stderr)
+    if args.call_timeout is not None and not args.isolated:
+        return _usage(
+            "--call-timeout needs --isolated (a call in this process cannot be killed)", stderr
+        )
     if args.compare and args.json:
         return _usage("--json writes a soak's samples; --compare reads two, it writes none", stderr)
     if args.plot or args.html:
@@ -215,6 +235,7 @@ def _soak(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 isolated=args.isolated,
                 progress=progress,
                 label=args.label,
+                task_timeout_s=args.call_timeout,
             )
     except SoakUsageError as error:
         return _usage(str(error), stderr)

@@ -101,3 +101,8 @@ def bad_teardown() -> Iterator[None]:
 def slow() -> None:
     """20 ms per call: a soak long enough to interrupt."""
     time.sleep(0.02)
+
+
+def hang() -> None:
+    """Never returns in time: for --call-timeout."""
+    time.sleep(60)

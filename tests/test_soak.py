@@ -440,3 +440,15 @@ def test_progress_on_a_terminal_is_a_rich_bar_and_elsewhere_plain_lines() -> Non
     assert lines[0].startswith("soak soak_targets:plain_clean: call 0/10 (baseline)")
     assert lines[-1].startswith("soak soak_targets:plain_clean: call 10/10 (measured)")
     assert lines[-1].endswith("no leak so far")
+
+
+@pytest.mark.timeout(60)
+def test_isolated_call_timeout_kills_a_hanging_call_and_exits_2() -> None:
+    started = time.monotonic()
+    done = soak("soak_targets:hang", "-n", "3", "--isolated", "--call-timeout", "1", "-q")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "call 1 in the worker" in done.stderr
+    assert time.monotonic() - started < 30
+    refused = soak("soak_targets:hang", "--call-timeout", "1")
+    assert refused.returncode == 2
+    assert "--call-timeout needs --isolated" in refused.stderr
