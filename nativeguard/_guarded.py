@@ -299,7 +299,12 @@ def _decorate(wrapped: _F, *, options: _Options) -> _F:
             "@guarded does not support generator functions: the scope would close when "
             "the generator is created, before its body runs"
         )
-    is_async = inspect.iscoroutinefunction(function)
+    is_async = inspect.iscoroutinefunction(function) or (
+        # An object whose __call__ is ``async def`` (an ASGI app, say): guarding it
+        # as sync would release before its coroutine even ran.
+        not inspect.isroutine(function)
+        and inspect.iscoroutinefunction(getattr(function, "__call__", None))
+    )
     name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
 
     def wrapper(

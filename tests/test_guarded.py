@@ -794,3 +794,20 @@ def test_strict_sees_results_kept_by_callbacks_connected_on_raw_objects(speech_s
     while native_handles() != baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert native_handles() == baseline
+
+
+def test_an_object_with_an_async_call_is_guarded_as_a_coroutine():
+    """An ASGI-style app object: its release must wait for the coroutine, not the call."""
+    seen: list[GuardStatistics] = []
+
+    class App:
+        async def __call__(self, made: list) -> None:
+            made.append(config())
+            await asyncio.sleep(0)
+
+    made: list = []
+    app = guarded(on_release=seen.append)(App())
+    asyncio.run(app(made))
+    (stats,) = seen
+    # A SpeechConfig and its PropertyCollection, made inside the coroutine (0 before the fix).
+    assert stats.objects_created == 2
