@@ -303,7 +303,7 @@ def _decorate(wrapped: _F, *, options: _Options) -> _F:
         # An object whose __call__ is ``async def`` (an ASGI app, say): guarding it
         # as sync would release before its coroutine even ran.
         not inspect.isroutine(function)
-        and inspect.iscoroutinefunction(getattr(function, "__call__", None))
+        and inspect.iscoroutinefunction(type(function).__call__)
     )
     name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
 
