@@ -5,7 +5,10 @@ rotated order), median and spread (min..max) over the rounds; no pass/fail:
 
 1. Throughput of N CPU-bound tasks (a spin on ``time.perf_counter``) of 1 ms
    and of 20 ms with 2 workers, as a ratio to the same tasks run one after
-   another in this process (2.0x is the ideal for 2 workers):
+   another in this process (2.0x is the ideal for 2 workers), and the CPU
+   each task costs beyond its own (in this process, and in the workers and
+   helper processes): unlike the ratio, that does not depend on what else the
+   machine is running. Pools:
    ``WorkerPool(2)``, ``WorkerPool(2, max_tasks=100)``, loky's
    ``ProcessPoolExecutor(2)`` (it does not recycle), pebble's
    ``ProcessPool(2)`` and ``ProcessPool(2, max_tasks=100)``, and the stdlib's
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -36,6 +40,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import psutil
+
 from nativeguard.isolate import WorkerPool
 
 WORKERS = 2
@@ -43,13 +49,14 @@ HANG_S = 60.0
 LATENCY_TASK_MS = 20.0
 
 
-def spin(ms: float) -> float:
-    """Busy-wait ``ms`` milliseconds; return the time it took, measured here."""
+def spin(ms: float) -> tuple[float, float]:
+    """Busy-wait ``ms`` milliseconds; return the wall and CPU time it took, measured here."""
+    cpu = time.thread_time()
     start = time.perf_counter()
     end = start + ms / 1000
     while time.perf_counter() < end:
         pass
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.thread_time() - cpu
 
 
 # ------------------------------------------------------------ the contenders
@@ -63,7 +70,7 @@ class Contender:
     def start(self) -> None:
         raise NotImplementedError
 
-    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+    def submit(self, ms: float) -> concurrent.futures.Future[tuple[float, float]]:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -78,7 +85,7 @@ class Nativeguard(Contender):
     def start(self) -> None:
         self.pool = WorkerPool(self.workers, max_tasks=self.max_tasks)
 
-    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+    def submit(self, ms: float) -> concurrent.futures.Future[tuple[float, float]]:
         return self.pool.submit(spin, ms)
 
     def stop(self) -> None:
@@ -95,7 +102,7 @@ class Loky(Contender):
 
         self.pool = loky.ProcessPoolExecutor(self.workers)
 
-    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+    def submit(self, ms: float) -> concurrent.futures.Future[tuple[float, float]]:
         return self.pool.submit(spin, ms)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
@@ -112,7 +119,7 @@ class Pebble(Contender):
 
         self.pool = pebble.ProcessPool(self.workers, max_tasks=self.max_tasks)
 
-    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+    def submit(self, ms: float) -> concurrent.futures.Future[tuple[float, float]]:
         return self.pool.schedule(spin, args=(ms,))  # type: ignore[no-any-return]
 
     def stop(self) -> None:
@@ -132,7 +139,7 @@ class Stdlib(Contender):
             max_tasks_per_child=self.max_tasks,
         )
 
-    def submit(self, ms: float) -> concurrent.futures.Future[float]:
+    def submit(self, ms: float) -> concurrent.futures.Future[tuple[float, float]]:
         return self.pool.submit(spin, ms)
 
     def stop(self) -> None:
@@ -151,7 +158,9 @@ class Hung(Exception):
     pass
 
 
-def _results(futures: list[concurrent.futures.Future[float]]) -> list[float]:
+def _results(
+    futures: list[concurrent.futures.Future[tuple[float, float]]],
+) -> list[tuple[float, float]]:
     _done, pending = concurrent.futures.wait(futures, timeout=HANG_S)
     if pending:
         raise Hung(f"{len(pending)} of {len(futures)} tasks did not finish in {HANG_S} s")
@@ -161,21 +170,49 @@ def _results(futures: list[concurrent.futures.Future[float]]) -> list[float]:
 # ------------------------------------------------------------- 1. throughput
 
 
-def in_process_rate(ms: float, tasks: int) -> float:
+def tree_cpu() -> tuple[float, float]:
+    """CPU seconds used so far by this process, and by its descendants (live or reaped).
+
+    A descendant that exits between two readings moves from the live sum into
+    its reaper's ``children_*`` times (the fork server, this process), so the
+    difference of two readings is the CPU used in between. Unlike wall time
+    it does not depend on what else the machine runs.
+    """
+    me = psutil.Process()
+    own = me.cpu_times()
+    others = own.children_user + own.children_system
+    for process in me.children(recursive=True):
+        try:
+            t = process.cpu_times()
+        except psutil.Error:
+            continue
+        others += t.user + t.system + t.children_user + t.children_system
+    return own.user + own.system, others
+
+
+def in_process_rate(ms: float, tasks: int) -> tuple[float, float, float]:
     start = time.perf_counter()
     for _ in range(tasks):
         spin(ms)
-    return tasks / (time.perf_counter() - start)
+    return tasks / (time.perf_counter() - start), 0.0, 0.0
 
 
-def pool_rate(contender: Contender, ms: float, tasks: int) -> float:
+def pool_rate(contender: Contender, ms: float, tasks: int) -> tuple[float, float, float]:
+    """Tasks/s, and the CPU seconds per task of overhead: in this process, in the workers.
+
+    The workers' overhead is their CPU minus the tasks' own (measured in each task).
+    """
     contender.start()
     try:
         _results([contender.submit(0.0) for _ in range(4 * WORKERS)])  # started and warm
         time.sleep(0.3)  # spares and replacements are up
+        parent, workers = tree_cpu()
         start = time.perf_counter()
-        _results([contender.submit(ms) for _ in range(tasks)])
-        return tasks / (time.perf_counter() - start)
+        ran = _results([contender.submit(ms) for _ in range(tasks)])
+        rate = tasks / (time.perf_counter() - start)
+        parent_after, workers_after = tree_cpu()
+        own = sum(cpu for _, cpu in ran)
+        return rate, (parent_after - parent) / tasks, (workers_after - workers - own) / tasks
     finally:
         contender.stop()
 
@@ -191,7 +228,7 @@ def recycle_latency(contender: Contender, tasks: int) -> list[float]:
         time.sleep(0.3)
         for _ in range(tasks):
             start = time.perf_counter()
-            (ran,) = _results([contender.submit(LATENCY_TASK_MS)])
+            ((ran, _cpu),) = _results([contender.submit(LATENCY_TASK_MS)])
             added.append(time.perf_counter() - start - ran)
     finally:
         contender.stop()
@@ -229,7 +266,7 @@ def main() -> None:
     parser.add_argument("--no-latency", action="store_true", help="skip the recycle latency part")
     options = parser.parse_args()
     rounds = options.rounds or (3 if options.quick else 5)
-    sizes = {1.0: 200 if options.quick else 600, 20.0: 40 if options.quick else 100}
+    sizes = {1.0: 300 if options.quick else 1000, 20.0: 40 if options.quick else 100}
     print(
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {WORKERS} workers, "
         f"{rounds} rounds, tasks per round {sizes}"
@@ -243,29 +280,42 @@ def main() -> None:
     makers = [make for make in contenders(100) if chosen(make)]
     for ms, tasks in sizes.items():
         rates: dict[str, list[float]] = {}
+        cpus: dict[str, list[tuple[float, float]]] = {}
         hung: dict[str, str] = {}
         for round_ in range(rounds):
             order = list(range(len(makers) + 1))
             order = order[round_ % len(order) :] + order[: round_ % len(order)]
             for index in order:
                 if index == len(makers):
-                    rates.setdefault("in-process", []).append(in_process_rate(ms, tasks))
-                    continue
-                contender = makers[index]()
-                if contender.name in hung:
+                    name, run = "in-process", functools.partial(in_process_rate, ms, tasks)
+                else:
+                    contender = makers[index]()
+                    name, run = contender.name, functools.partial(pool_rate, contender, ms, tasks)
+                if name in hung:
                     continue
                 try:
-                    rates.setdefault(contender.name, []).append(pool_rate(contender, ms, tasks))
+                    rate, parent, workers = run()
                 except Hung as error:
-                    hung[contender.name] = str(error)
+                    hung[name] = str(error)
+                    continue
+                rates.setdefault(name, []).append(rate)
+                cpus.setdefault(name, []).append((parent, workers))
         base = statistics.median(rates["in-process"])
         print(f"\n{ms:g} ms tasks x {tasks}: throughput / in-process ({base:.0f} tasks/s)")
-        print(f"  {'pool':34} {'ratio, median (min..max)':28} tasks/s")
+        print(
+            f"  {'pool':34} {'ratio, median (min..max)':28} {'tasks/s':>7}   "
+            "CPU per task beyond the task's own: parent + workers"
+        )
         for name, values in rates.items():
             if not values:
                 continue
             ratios = [value / base for value in values]
-            print(f"  {name:34} {spread(ratios, '{:.2f}x'):28} {statistics.median(values):.0f}")
+            parent = statistics.median(p for p, _ in cpus[name]) * 1e6
+            workers = statistics.median(w for _, w in cpus[name]) * 1e6
+            print(
+                f"  {name:34} {spread(ratios, '{:.2f}x'):28} {statistics.median(values):7.0f}   "
+                f"{parent + workers:6.0f} us = {parent:5.0f} + {workers:5.0f}"
+            )
         for name, why in hung.items():
             print(f"  {name:34} HUNG: {why}")
 
