@@ -310,9 +310,14 @@ def _decorate(wrapped: _F, *, options: _Options) -> _F:
     def wrapper(
         target: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if is_async:
-            return _call_async(options, name, target, args, kwargs)
-        return _call_sync(options, name, target, args, kwargs)
+        try:
+            if is_async:
+                return _call_async(options, name, target, args, kwargs)
+            return _call_sync(options, name, target, args, kwargs)
+        finally:
+            # A LeakError (or the body's error) keeps this frame in its traceback:
+            # it must not keep the guarded function's closure or arguments alive.
+            del target, instance, args, kwargs
 
     return cast(_F, wrapt.decorator(wrapper)(wrapped))
 
@@ -333,13 +338,14 @@ def _call_sync(
         finally:
             _active.reset(token)
     except BaseException as exc:  # KeyboardInterrupt too: release, then re-raise
+        del target, args, kwargs  # the traceback keeps this frame: not what it called
         call.hand_over()
         _after_failure(options, exc, *_closed(call, name))
         raise
     # Pass the result in a box so that, if strict raises, no frame of ours
     # keeps the value (and the leaked objects in it) alive in the traceback.
     box = [result]
-    del result
+    del result, target, args, kwargs
     call.hand_over()
     return _after_success(call, options, box, *_closed(call, name))
 
@@ -364,11 +370,12 @@ async def _call_async(
         finally:
             _active.reset(token)
     except BaseException as exc:  # CancelledError too
+        del target, args, kwargs  # the traceback keeps this frame: not what it called
         call.hand_over()
         _after_failure(options, exc, *await _aclosed(call, name))
         raise
     box = [result]
-    del result
+    del result, target, args, kwargs
     call.hand_over()
     return _after_success(call, options, box, *await _aclosed(call, name))
 
