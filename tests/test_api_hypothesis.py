@@ -925,6 +925,21 @@ def test_bool_parameters_refuse_everything_but_bool(case: Case, world: World) ->
         check_rejected(case, world, value)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Scope.connect() accepts any object with a callable connect(), but the release "
+    "then calls signal.is_connected(): close() raises ReleaseError([AttributeError(\"'Half' "
+    "object has no attribute 'is_connected'\")]) instead of connect() refusing it by name",
+)
+def test_scope_connect_refuses_a_signal_it_cannot_release(world: World) -> None:
+    class Half:
+        def connect(self, callback: object) -> None:
+            pass
+
+    case = Case("Scope.connect", "signal", _scope_method("connect", (_a_function,)))
+    check_call(case, world, Half())
+
+
 # -- the property itself can fail -----------------------------------------------------------
 
 

@@ -94,8 +94,7 @@ def test_sigalrm_closing_the_scope_while_registering_and_closing() -> None:
                 scope.close()
         signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
-        scopes, objects = [], []
-        refused = 0
+        scopes, registered, refused = [], [], []
         end = time.monotonic() + 3
         while time.monotonic() < end:
             scope = ng.Scope()
@@ -104,32 +103,83 @@ def test_sigalrm_closing_the_scope_while_registering_and_closing() -> None:
             try:
                 for _ in range(20):
                     obj = Counted()
-                    objects.append(obj)
                     scope.register(obj)
+                    registered.append(obj)
             except ng.ClosedResourceError:
-                refused += 1
+                refused.append(obj)
             scope.close()  # the handler may run inside this close() too
         signal.setitimer(signal.ITIMER_REAL, 0)
         current[0] = None
         released = sum(scope.wait_released(10) for scope in scopes)
-        stats = [scope.statistics() for scope in scopes]
         report(
             scopes=len(scopes),
             released=released,
-            refused=refused,
-            tracked=sum(s.objects_tracked for s in stats),
-            closes=sum(o.closes for o in objects),
-            closed_twice=sum(o.closes > 1 for o in objects),
-            release_errors=sum(s.release_errors for s in stats),
+            refused=len(refused),
+            registered_closes=sorted({o.closes for o in registered}),
+            refused_closes=sorted({o.closes for o in refused}),
+            release_errors=sum(scope.statistics().release_errors for scope in scopes),
         )
         """
     )
     assert result["scopes"] >= 10
     assert result["refused"] > 0, "the handler never interrupted a register() loop"
     assert result["released"] == result["scopes"]
-    assert result["closes"] == result["tracked"]  # every tracked object closed, exactly once
-    assert result["closed_twice"] == 0
+    # register() returned: closed exactly once; register() refused: never closed.
+    assert result["registered_closes"] == [1]
+    assert result["refused_closes"] == [0]
     assert result["release_errors"] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a signal handler's close() that runs inside the main thread's close(), after "
+    "_begin checked _closed_at under the re-entrant lock, does the whole release; the outer "
+    "_begin then takes the now empty tracked list and replaces scope._release with an empty "
+    "release: statistics() says objects_tracked=0 (and that release's errors and survivors "
+    "are the ones reported) although 5 objects were closed (seen ~1 in 6 three-second "
+    "SIGALRM runs; made deterministic here by raising SIGALRM from a trace function)",
+)
+def test_a_handler_close_inside_close_reports_the_release_that_ran() -> None:
+    result = run_script(
+        """
+        import linecache
+        scope = ng.Scope()
+        objects = [scope.register(Counted()) for _ in range(5)]
+        signal.signal(signal.SIGALRM, lambda signum, frame: scope.close())
+        fired = []
+
+        def in_begin(frame, event, arg):
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+            if event == "line" and not fired and "_closed_at = " in line:
+                fired.append(frame.f_lineno)
+                signal.raise_signal(signal.SIGALRM)  # handled before this line runs
+            return in_begin
+
+        def tracer(frame, event, arg):
+            if frame.f_code.co_name == "_begin" and "nativeguard" in frame.f_code.co_filename:
+                return in_begin
+            return None
+
+        sys.settrace(tracer)
+        try:
+            scope.close()
+        finally:
+            sys.settrace(None)
+        released = scope.wait_released(10)
+        stats = scope.statistics()
+        report(
+            fired=len(fired),
+            released=released,
+            closes=[o.closes for o in objects],
+            tracked=stats.objects_tracked,
+            steps=stats.release_steps_run,
+        )
+        """
+    )
+    assert result["fired"] == 1
+    assert result["released"] is True
+    assert result["closes"] == [1] * 5
+    assert result["tracked"] == 5
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +275,16 @@ RUDE_KINDS = {
             raise KeyboardInterrupt("from a finalizer")
         scope.add_finalizer(finalizer)
         """,
+    "signal-disconnect": """
+        class RudeSignal:  # the SDK's EventSignal interface
+            def connect(self, callback):
+                pass
+            def is_connected(self):
+                return True
+            def disconnect_all(self):
+                raise KeyboardInterrupt("from disconnect_all()")
+        scope.connect(keep(RudeSignal()), lambda evt: None)
+        """,
     "async-close": """
         class Rude:
             async def close(self):
@@ -234,7 +294,21 @@ RUDE_KINDS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(RUDE_KINDS))
+_KIND_XFAIL = {
+    "signal-disconnect": "KeyboardInterrupt from disconnect_all() of a signal connected "
+    "through Scope.connect escapes the release (_scope._release_steps catches Exception "
+    "only there): the reaper job dies, finalizers are skipped, wait_released() never "
+    "succeeds, statistics() raises, and exit prints '1 release job(s) were still running'",
+}
+
+
+def _kind(kind: str) -> Any:
+    reason = _KIND_XFAIL.get(kind)
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(kind, id=kind, marks=marks)
+
+
+@pytest.mark.parametrize("kind", [_kind(kind) for kind in sorted(RUDE_KINDS)])
 def test_keyboard_interrupt_in_a_release_step_fails_only_that_step(kind: str) -> None:
     use_async = kind == "async-close"
     body = (
@@ -281,6 +355,39 @@ def test_keyboard_interrupt_in_a_release_step_fails_only_that_step(kind: str) ->
     assert (result["released"], result["waited"]) == (True, True)
     assert result["release_errors"] == 1
     assert result["fresh_closes"] == 1  # the process is still fine afterwards
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="outside pytest, a reaper job that raises kills its worker thread: _reaper._report "
+    "passes a SimpleNamespace to sys.unraisablehook, and CPython's default hook raises "
+    "TypeError('sys.unraisablehook argument type must be UnraisableHookArgs'); the job stays "
+    "counted busy, so pending() never returns to 0, wait_idle() times out and exit waits 2 s",
+)
+def test_a_reaper_job_that_raises_is_reported_and_the_reaper_recovers() -> None:
+    result = run_script(
+        """
+        from nativeguard._reaper import get_reaper
+        reaper = get_reaper()
+        def failing():
+            raise RuntimeError("job failed")
+        reaper.submit("a failing job", failing)
+        idle = reaper.wait_idle(5)
+        ran = []
+        reaper.submit("a good job", lambda: ran.append(1))
+        report(idle=idle, idle_after=reaper.wait_idle(5), ran=ran, pending=reaper.pending())
+        """
+    )
+    assert (result["idle"], result["idle_after"], result["ran"], result["pending"]) == (
+        True,
+        True,
+        [1],
+        0,
+    )
+    assert "Exception in nativeguard-reaper while running a failing job" in result["stderr"]
+    assert "RuntimeError: job failed" in result["stderr"]
+    assert "TypeError" not in result["stderr"]
+    assert "still running" not in result["stderr"]
 
 
 def test_sigint_while_close_waits_propagates_and_the_release_completes() -> None:
