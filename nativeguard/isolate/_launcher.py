@@ -74,7 +74,7 @@ class Launcher:
 
     def launch(self, policy: RecyclePolicy) -> tuple[Worker | None, WorkerStartError | None]:
         """Start one worker process (a spare until the manager promotes it)."""
-        from ._manager import Worker  # noqa: PLC0415 - the manager imports this module
+        from ._manager import ClaimPipe, Worker  # noqa: PLC0415 - the manager imports this
 
         try:
             parent_end, child_end = self._context.Pipe(duplex=True)
@@ -112,7 +112,7 @@ class Launcher:
         # every Process.start(), from any thread) would race it for the exit status
         # (forkserver: one read of a pipe; the loser gets "255").
         multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
-        worker = Worker(process, parent_end, "spare", policy, claims, claim_writer)
+        worker = Worker(process, parent_end, "spare", policy, ClaimPipe(claims, claim_writer))
         if self._start_method != "forkserver" and hasattr(os, "pidfd_open"):
             # Under fork/spawn the sentinel is a pipe the worker's own children
             # inherit: a task's long-lived child would hide the worker's exit.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import functools
 import itertools
 import os
 import pickle
@@ -51,7 +50,7 @@ from ._types import (
 )
 from ._worker import take_claim
 
-__all__ = ["PoolConfig", "PoolManager", "Task", "Worker"]
+__all__ = ["ClaimPipe", "PoolConfig", "PoolManager", "Task", "Worker"]
 
 _STOP_GRACE_S = 5.0  # a retiring or stopped worker gets this long to exit before SIGKILL
 _MAX_WAIT_S = 3600.0  # the manager re-plans at least this often (poll() takes at most ~24 days)
@@ -79,6 +78,36 @@ class PoolConfig:
     initargs: tuple[Any, ...] = ()
 
 
+class ClaimPipe:
+    """The pool's ends of a worker's claim pipe: one token per task sent ahead.
+
+    The worker runs a task sent ahead only if it takes the token; ``take()``
+    (from a caller's ``cancel()``, or the manager) takes it first if it can.
+    Locked, so a ``cancel()`` racing the worker's end never reads an fd that
+    was closed and reused meanwhile.
+    """
+
+    def __init__(self, reader: Connection, writer: Connection) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._lock = threading.Lock()
+
+    def put(self) -> None:
+        with self._lock:
+            os.write(self._writer.fileno(), b"\0")  # OSError if closed: the caller handles it
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._reader.closed:
+                return False
+            return take_claim(self._reader.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            self._reader.close()
+            self._writer.close()
+
+
 @dataclass
 class Task:
     info: TaskInfo
@@ -97,8 +126,7 @@ class Worker:
     conn: Connection
     role: str
     policy: RecyclePolicy
-    claims: Connection | None = None  # the claim pipe, both ends (see RunTask.ahead)
-    claim_writer: Connection | None = None
+    claims: ClaimPipe | None = None  # see RunTask.ahead
     state: str = "starting"
     task: Task | None = None
     queued: Task | None = None
@@ -129,9 +157,8 @@ class Worker:
 
     def close(self) -> None:
         self.conn.close()
-        for end in (self.claims, self.claim_writer):
-            if end is not None:
-                end.close()
+        if self.claims is not None:
+            self.claims.close()
         if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
@@ -387,7 +414,7 @@ class PoolManager:
                         and not task.stolen
                         and not task.cancelling
                         and worker.claims is not None
-                        and take_claim(worker.claims.fileno())
+                        and worker.claims.take()
                     ):
                         # Sent ahead and not claimed: the worker will skip it.
                         task.cancelling = True
@@ -505,7 +532,6 @@ class PoolManager:
                 or worker.task is None
                 or worker.task.ahead
                 or worker.claims is None
-                or worker.claim_writer is None
             ):
                 continue
             limit = worker.policy.max_tasks
@@ -515,7 +541,7 @@ class PoolManager:
                 task = self._queue.popleft()
                 future = task.future
                 # The claim first: a cancel() from now on goes through the token.
-                future._claim = functools.partial(take_claim, worker.claims.fileno())
+                future._claim = worker.claims.take
                 if future.cancelled():  # cancelled before: drop it
                     future._claim = None
                     self._counters.cancelled += 1
@@ -524,7 +550,7 @@ class PoolManager:
                 task.ahead = True
                 worker.queued = task
                 try:
-                    os.write(worker.claim_writer.fileno(), b"\0")
+                    worker.claims.put()
                     worker.conn.send(RunTask(task.info.id, task.payload, ahead=True))
                 except OSError:  # the worker just died; its sentinel will retire it
                     worker.queued = None
@@ -547,12 +573,7 @@ class PoolManager:
         candidates.sort(key=lambda w: w.queued.info.id if w.queued is not None else 0)
         for other in candidates:
             task = other.queued
-            if (
-                task is None
-                or task.stolen
-                or other.claims is None
-                or not take_claim(other.claims.fileno())
-            ):
+            if task is None or task.stolen or other.claims is None or not other.claims.take():
                 continue
             task.stolen = True
             task.future._claim = None
@@ -574,7 +595,7 @@ class PoolManager:
         if task.cancelling:  # its token was taken (and it counted) at the shutdown
             task.ahead = False
             return True
-        took = worker.claims is not None and take_claim(worker.claims.fileno())
+        took = worker.claims is not None and worker.claims.take()
         task.future._claim = None
         task.ahead = False
         if took:
