@@ -23,7 +23,7 @@ import azure.cognitiveservices.speech as speechsdk
 from ._errors import RequestTimeout, detach_traceback
 from ._extract import Cancellation, Segment, SynthesisResult, extract
 from ._managed import Managed, managed_recognizer, managed_synthesizer, managed_transcriber
-from ._scope import Scope
+from ._scope import Scope, _seconds
 
 __all__ = [
     "Transcript",
@@ -71,8 +71,7 @@ def _audio_config(audio: AudioSource) -> Any:
 
 
 def _check_timeout(timeout: float) -> None:
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    _seconds("timeout", timeout, zero_ok=False)
 
 
 @dataclass

@@ -94,6 +94,10 @@ def coerce_allow(allow: Iterable[Allow]) -> tuple[Allow, ...]:
     """``allow`` as a tuple, each entry checked to be an :class:`Allow`."""
     if isinstance(allow, Allow):
         return (allow,)
+    if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
+        raise TypeError(
+            f"allow= takes Allow(what, reason) entries (an iterable), got {type(allow).__name__}"
+        )
     entries = tuple(allow)
     for entry in entries:
         if not isinstance(entry, Allow):
@@ -114,6 +118,10 @@ def type_names(types: Iterable[str | type] | None) -> frozenset[str] | None:
         return None
     if isinstance(types, (str, type)):
         types = (types,)
+    if not isinstance(types, Iterable):
+        raise TypeError(
+            f"types= takes type names or classes (an iterable), got {type(types).__name__}"
+        )
     names: set[str] = set()
     tracked: tuple[type, ...] | None = None
     for entry in types:
@@ -280,6 +288,15 @@ def _check_snapshot(value: object, function: str, name: str) -> None:
         )
 
 
+def check_switches(function: str, **switches: object) -> None:
+    """Each switch (``native_handles=``, ``threads=``, ``fds=``) must be a bool, not truthy."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{function}() argument {name!r} must be True or False, got {type(value).__name__}"
+            )
+
+
 def _check_settle(value: object, function: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
@@ -313,6 +330,7 @@ def check(
     """
     _check_snapshot(before, "check", "before")
     _check_settle(settle_s, "check")
+    check_switches("check", native_handles=native_handles, threads=threads, fds=fds)
     entries = coerce_allow(allow)
     names = type_names(types)
     wait_for_releases()

@@ -6,6 +6,7 @@ Each one also subclasses the builtin that fits, so callers that already catch
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 from collections.abc import Sequence
@@ -60,6 +61,14 @@ def detach_traceback(exc: BaseException) -> BaseException:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if current.args and all(isinstance(arg, str) for arg in current.args):
+            # The message too: a kept exception is printed, logged and re-raised far
+            # from where it was made (credential-shaped text only).
+            with contextlib.suppress(Exception):
+                current.args = tuple(redact_text(arg) for arg in current.args)
+        notes = getattr(current, "__notes__", None)
+        if isinstance(notes, list):
+            notes[:] = [redact_text(note) if isinstance(note, str) else note for note in notes]
         tb = current.__traceback__
         if tb is not None:
             lines = "".join(traceback.format_tb(tb)).rstrip()

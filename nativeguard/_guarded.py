@@ -36,7 +36,7 @@ import wrapt
 from . import _construction
 from ._errors import ClosedResourceError, LeakError, ReleaseError, add_note
 from ._holders import holder_chains
-from ._scope import Scope, ScopeStatistics
+from ._scope import Scope, ScopeStatistics, _seconds
 
 __all__ = [
     "GuardStatistics",
@@ -268,8 +268,10 @@ def guarded(
     overwrite. Its own exception propagates (a note, when the body raised).
     ``step_timeout_s`` bounds each release step (the Scope default otherwise).
     """
-    if step_timeout_s is not None and not step_timeout_s > 0:
-        raise ValueError(f"step_timeout_s must be > 0, got {step_timeout_s!r}")
+    if step_timeout_s is not None:
+        step_timeout_s = _seconds("step_timeout_s", step_timeout_s, zero_ok=False)
+    if not isinstance(strict, bool):
+        raise TypeError(f"guarded's strict must be True or False, got {type(strict).__name__}")
     if on_release is not None and not callable(on_release):
         raise TypeError(f"on_release must be callable, got {type(on_release).__name__}")
     options = _Options(strict, on_release, step_timeout_s)
@@ -302,8 +304,7 @@ def _decorate(wrapped: _F, *, options: _Options) -> _F:
     is_async = inspect.iscoroutinefunction(function) or (
         # An object whose __call__ is ``async def`` (an ASGI app, say): guarding it
         # as sync would release before its coroutine even ran.
-        not inspect.isroutine(function)
-        and inspect.iscoroutinefunction(type(function).__call__)
+        not inspect.isroutine(function) and inspect.iscoroutinefunction(type(function).__call__)
     )
     name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
 

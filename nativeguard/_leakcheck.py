@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ from ._check import (
     NATIVE_THREADS,
     Allow,
     Findings,
+    check_switches,
     coerce_allow,
     report_for,
     type_names,
@@ -302,11 +304,19 @@ def leak_check(
             f"runs must be an int >= 2 (a leak is growth in every run; one run cannot "
             f"tell it from noise), got {runs!r}"
         )
-    if rss_growth_mb is not None and not rss_growth_mb > 0:
-        raise ValueError(f"rss_growth_mb must be > 0 or None, got {rss_growth_mb!r}")
+    if rss_growth_mb is not None:
+        if isinstance(rss_growth_mb, bool) or not isinstance(rss_growth_mb, (int, float)):
+            raise TypeError(
+                f"rss_growth_mb must be a number of MB or None, got {type(rss_growth_mb).__name__}"
+            )
+        if not (rss_growth_mb > 0 and math.isfinite(rss_growth_mb)):
+            raise ValueError(
+                f"rss_growth_mb must be finite and > 0, or None, got {rss_growth_mb!r}"
+            )
     entries = coerce_allow(allow)
     names = type_names(types)
     switches = {"native_handles": native_handles, "threads": threads, "fds": fds}
+    check_switches("leak_check", **switches)
     prefixes = [e.thread_prefix for e in entries if e.thread_prefix is not None]
     limit = None if rss_growth_mb is None else int(rss_growth_mb * _MB)
 

@@ -388,6 +388,12 @@ def managed_executor(
     Tasks run in the submitting context: SDK objects they create inside a
     ``@guarded`` call belong to that call.
     """
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
+        raise (ValueError if isinstance(max_workers, int) else TypeError)(
+            f"managed_executor's max_workers must be None or an int >= 1, got {max_workers!r}"
+        )
     return Managed(
         lambda: _ContextExecutor(max_workers=max_workers, **kwargs),
         scope=scope,

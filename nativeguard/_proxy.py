@@ -10,7 +10,6 @@ a result kept past its callback no longer pins a native handle.
 from __future__ import annotations
 
 import threading
-import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 import wrapt
 
-from ._errors import ClosedResourceError, add_note
+from ._errors import ClosedResourceError, add_note, detach_traceback
 from ._extract import Cancellation, extract
 from ._scope import Scope
 
@@ -155,14 +154,8 @@ def _record_failure(events: _ScopeEvents, exc: Exception) -> None:
     Keeping those would pin exactly what the scope is about to release, so the
     traceback is kept as text in a note instead.
     """
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    seen: set[int] = set()
-    chained: BaseException | None = exc
-    while chained is not None and id(chained) not in seen:
-        seen.add(id(chained))
-        chained.__traceback__ = None
-        chained = chained.__cause__ or chained.__context__
-    add_note(exc, f"raised in a callback called by the SDK:\n{text}")
+    add_note(exc, "raised in a callback called by the SDK")
+    detach_traceback(exc)  # the stack as a (redacted) note; the message redacted too
     with events.lock:
         events.errors.append(exc)
 

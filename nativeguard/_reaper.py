@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import os
 import sys
 import threading
 import time
+import traceback
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,16 +56,29 @@ _parked: list[object] = []
 
 
 def _report(what: str, exc: BaseException) -> None:
-    """Hand an exception nobody can catch to ``sys.unraisablehook`` (pytest reports those)."""
-    sys.unraisablehook(
-        types.SimpleNamespace(
-            exc_type=type(exc),
-            exc_value=exc,
-            exc_traceback=exc.__traceback__,
-            err_msg=f"Exception in {REAPER_THREAD_NAME} while running {what}",
-            object=None,
+    """Hand an exception nobody can catch to ``sys.unraisablehook`` (pytest reports those).
+
+    CPython's own default hook accepts only its ``UnraisableHookArgs`` type, so
+    with that hook in place the traceback is printed to stderr directly; a
+    failing hook never kills the worker.
+    """
+    message = f"Exception in {REAPER_THREAD_NAME} while running {what}"
+    try:
+        if sys.unraisablehook is sys.__unraisablehook__:
+            raise TypeError("the default hook takes only UnraisableHookArgs")
+        sys.unraisablehook(
+            types.SimpleNamespace(
+                exc_type=type(exc),
+                exc_value=exc,
+                exc_traceback=exc.__traceback__,
+                err_msg=message,
+                object=None,
+            )
         )
-    )
+    except Exception:
+        with contextlib.suppress(Exception):
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            sys.stderr.write(f"{message}:\n{text}")
 
 
 class Reaper:
@@ -97,6 +112,7 @@ class Reaper:
         self._idle = 0
         self._busy = 0
         self._exit_hook_registered = False
+        self._pid = os.getpid()
 
     def submit(self, what: str, job: Callable[[], None], *, bounded: bool = True) -> bool:
         """Queue ``job`` for a worker thread; False, and nothing queued, if the queue is full.
@@ -112,6 +128,12 @@ class Reaper:
             self._start_locked()
             self._cond.notify()
         return True
+
+    def held_by_caller(self) -> bool:
+        """Whether the calling thread holds this reaper's lock: a signal handler that
+        interrupted ``submit`` on this very thread. Its workers cannot take a job
+        until the handler returns, so waiting for one would only wait out a timeout."""
+        return bool(self._cond._is_owned())  # type: ignore[attr-defined]
 
     def pending(self) -> int:
         """Jobs queued or running."""
@@ -161,6 +183,8 @@ class Reaper:
             self._exit_hook_registered = True
 
     def _drain_at_exit(self) -> None:
+        if self._pid != os.getpid():
+            return  # a forked child: the workers, and their jobs, are the parent's
         if self._workers and not self.is_current() and not self.wait_idle(_DRAIN_AT_EXIT_S):
             sys.stderr.write(
                 f"nativeguard: {self.pending()} release job(s) were still running on the "
@@ -186,13 +210,14 @@ class Reaper:
                 job()
             except BaseException as exc:  # the reaper must survive any job
                 _report(what, exc)
-            # The job (and anything its closure still holds) goes here, not
-            # when the next job overwrites the variable.
-            del job, what
-            with self._cond:
-                self._busy -= 1
-                self._idle += 1
-                self._cond.notify_all()
+            finally:
+                # The job (and anything its closure still holds) goes here, not
+                # when the next job overwrites the variable.
+                del job, what
+                with self._cond:
+                    self._busy -= 1
+                    self._idle += 1
+                    self._cond.notify_all()
 
 
 _reaper = Reaper(max_workers=_DEFAULT_MAX_WORKERS)

@@ -41,6 +41,7 @@ from ._reaper import (
     get_step_runner,
     park,
 )
+from ._redact import redact_text
 
 __all__ = [
     "ReleaseMode",
@@ -157,7 +158,7 @@ class _Release:
         """Keep ``exc`` as a failure of this release, without the frames that pin objects."""
         detach_traceback(exc)
         if context is not None:
-            add_note(exc, context)
+            add_note(exc, redact_text(context))  # an adapter's name is the user's text
         with self.lock:
             self.errors.append(exc)
 
@@ -309,6 +310,7 @@ class Scope:
         self._adopted: list[Any] = []
         self._pending: list[concurrent.futures.Future[Any]] = []
         self._state = _OPEN
+        self._close_token = [True]
         self._closed_at: str | None = None
         self._entered = False
         self._statistics: ScopeStatistics | None = None
@@ -378,8 +380,16 @@ class Scope:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         connect = getattr(signal, "connect", None)
-        if not callable(connect):
-            raise TypeError(f"{type(signal).__name__} is not an event signal (no connect())")
+        missing = [
+            name
+            for name in ("connect", "disconnect_all", "is_connected")
+            if not callable(getattr(signal, name, None))
+        ]
+        if missing or not callable(connect):
+            raise TypeError(
+                f"{type(signal).__name__} is not an event signal the scope can release "
+                f"(no {', '.join(f'{name}()' for name in missing)})"
+            )
         connect(callback)
         with self._lock:
             self._callbacks.append((weakref.ref(signal), callback))
@@ -578,9 +588,14 @@ class Scope:
 
     def _begin(self) -> _Release | None:
         """Mark the scope closed and take everything it holds; None if already closed."""
+        try:
+            # One C call: atomic even against a signal handler's close() on this
+            # thread, which would otherwise find the scope open, release it, and
+            # have its release replaced by this one's empty lists.
+            self._close_token.pop()
+        except IndexError:
+            return None
         with self._lock:
-            if self._closed_at is not None:
-                return None
             self._closed_at = _caller_location()
             self._state = _RELEASING
             tracked, self._tracked = self._tracked, []
@@ -595,9 +610,16 @@ class Scope:
         return release
 
     def _wait_within_budget(self, release: _Release, start: float) -> None:
-        """Wait for the release (inline) or its steps (background), at most the exit budget."""
+        """Wait for the release (inline) or its steps (background), at most the exit budget.
+
+        Not at all when this thread holds a lock the release needs (close() in a
+        signal handler that interrupted register() or a reaper submit on this
+        thread): the job cannot finish before the handler returns.
+        """
         waited = release.done if self._release_mode == "inline" else release.steps_done
         remaining = max(0.0, self._exit_budget_s - (time.perf_counter() - start))
+        if self._lock._is_owned() or get_reaper().held_by_caller():  # type: ignore[attr-defined]
+            remaining = 0.0
         if not waited.wait(remaining):
             release.budget_exceeded = True
 
@@ -715,6 +737,8 @@ class Scope:
                     signal.disconnect_all()
                 except Exception as exc:
                     release.record(exc, f"while disconnecting a signal of {entry.type_name}")
+                except BaseException as exc:  # KeyboardInterrupt raised by the SDK's code
+                    release.record(_interrupted_step(exc, f"disconnecting {entry.type_name}"))
             del signals
             if release.hold_tracked:
                 release.keep.append(obj)
@@ -727,6 +751,8 @@ class Scope:
                     signal.disconnect_all()
             except Exception as exc:
                 release.record(exc, "while disconnecting a signal connected through the scope")
+            except BaseException as exc:  # KeyboardInterrupt raised by a signal's own code
+                release.record(_interrupted_step(exc, "disconnecting a signal"))
             del signal
         release.callbacks_dropped = len(release.callbacks)
         release.callbacks.clear()  # drops closures whose cells may reach SDK objects

@@ -271,6 +271,10 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
     ``full_heap=True`` instead counts the tracked types by walking
     ``gc.get_objects()`` every time: the independent cross-check.
     """
+    if not isinstance(full_heap, bool):
+        raise TypeError(
+            f"snapshot() argument 'full_heap' must be True or False, got {full_heap!r:.40}"
+        )
     if full_heap:
         instances = Counts(_registry.scan_heap())
     else:

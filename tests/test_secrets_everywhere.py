@@ -175,7 +175,6 @@ _MEMBERS_VERBATIM = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=_MEMBERS_VERBATIM.format(group="ReleaseError"))
 def test_release_error_from_a_close_that_raises_with_credentials() -> None:
     scope = ng.Scope()
     client = scope.register(Client())
@@ -212,16 +211,7 @@ def test_release_error_from_a_custom_step_with_credentials_in_args_and_notes(
     "name",
     [
         pytest.param("slow", id="plain-name"),
-        pytest.param(
-            f"slow password={PASSWORD}",
-            id="secret-in-adapter-name",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the note 'while releasing <type> (<adapter name>)' keeps the adapter's "
-                "name verbatim: register_adapter(T, steps, name='slow password=<pw>') shows the "
-                "password in the failed step's notes and in format_exception of the ReleaseError",
-            ),
-        ),
+        pytest.param(f"slow password={PASSWORD}", id="secret-in-adapter-name"),
     ],
 )
 def test_release_timeout_of_a_step_on_an_object_with_credentials(
@@ -299,7 +289,6 @@ def test_closed_resource_error_for_an_object_with_credentials() -> None:
 # -- the SDK: CallbackError, RequestTimeout --------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=_MEMBERS_VERBATIM.format(group="CallbackError"))
 def test_callback_error_with_credentials_from_sdk_threads(service: SpeechService, wav: str) -> None:
     def on_recognized(evt: object) -> None:
         raise RuntimeError(SECRET_TEXT)

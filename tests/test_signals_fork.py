@@ -130,15 +130,6 @@ def test_sigalrm_closing_the_scope_while_registering_and_closing() -> None:
     assert result["release_errors"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a signal handler's close() that runs inside the main thread's close(), after "
-    "_begin checked _closed_at under the re-entrant lock, does the whole release; the outer "
-    "_begin then takes the now empty tracked list and replaces scope._release with an empty "
-    "release: statistics() says objects_tracked=0 (and that release's errors and survivors "
-    "are the ones reported) although 5 objects were closed (seen ~1 in 6 three-second "
-    "SIGALRM runs; made deterministic here by raising SIGALRM from a trace function)",
-)
 def test_a_handler_close_inside_close_reports_the_release_that_ran() -> None:
     result = run_script(
         """
@@ -239,14 +230,6 @@ def test_sigalrm_closing_every_open_scope_from_the_handler(
     assert result["closed_twice"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="close() called from a signal handler waits its whole exit budget (1 s by "
-    "default) although every close() is instantaneous: the reaper workers block on "
-    "Reaper._cond (an RLock) that the interrupted frame of the same thread holds, so the "
-    "handler waits for itself (stack dump: workers in _reaper._run 'with self._cond'; "
-    "measured max ~1.1 s per handler close)",
-)
 def test_a_handler_close_of_trivial_objects_does_not_wait_out_the_exit_budget(
     handler_closes: dict[str, Any],
 ) -> None:
@@ -294,12 +277,7 @@ RUDE_KINDS = {
 }
 
 
-_KIND_XFAIL = {
-    "signal-disconnect": "KeyboardInterrupt from disconnect_all() of a signal connected "
-    "through Scope.connect escapes the release (_scope._release_steps catches Exception "
-    "only there): the reaper job dies, finalizers are skipped, wait_released() never "
-    "succeeds, statistics() raises, and exit prints '1 release job(s) were still running'",
-}
+_KIND_XFAIL: dict[str, str] = {}
 
 
 def _kind(kind: str) -> Any:
@@ -357,13 +335,6 @@ def test_keyboard_interrupt_in_a_release_step_fails_only_that_step(kind: str) ->
     assert result["fresh_closes"] == 1  # the process is still fine afterwards
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outside pytest, a reaper job that raises kills its worker thread: _reaper._report "
-    "passes a SimpleNamespace to sys.unraisablehook, and CPython's default hook raises "
-    "TypeError('sys.unraisablehook argument type must be UnraisableHookArgs'); the job stays "
-    "counted busy, so pending() never returns to 0, wait_idle() times out and exit waits 2 s",
-)
 def test_a_reaper_job_that_raises_is_reported_and_the_reaper_recovers() -> None:
     result = run_script(
         """
@@ -602,13 +573,6 @@ def test_fork_with_live_scopes_and_a_release_in_progress(forked: dict[str, Any])
     assert (result["busy_released"], result["open_released"]) == (True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a child forked while a release runs on the reaper exits 4 s late and prints "
-    "'1 release job(s) were still running on the nativeguard-reaper threads' twice: "
-    "the parent's reaper and step runner, parked by _reset_after_fork, keep their "
-    "atexit drain, which waits 2 s each for parent jobs that never run in the child",
-)
 def test_a_forked_child_exits_promptly_and_silently(forked: dict[str, Any]) -> None:
     assert forked["child_s"] < 1.5, forked["child_s"]
     assert "still running" not in forked["stderr"], forked["stderr"]
