@@ -27,6 +27,7 @@ from nativeguard._errors import NativeGuardError
 from nativeguard._guarded import GuardStatistics
 from nativeguard._malloc import heap_stats, rss_bytes
 from nativeguard._native import native_handles
+from nativeguard._reaper import get_reaper
 from nativeguard.isolate._options import check_limit as _check_limit
 from nativeguard.isolate._recycle import MB, Decision, RecyclePolicy, RetirementPolicy
 from nativeguard.isolate._worker import _remedy
@@ -110,6 +111,10 @@ class UnitDeltas:
         return asdict(self)
 
 
+_RELEASE_WAIT_S = 10.0
+"""Longest wait after a unit for releases still running on the reaper."""
+
+
 def _handles() -> dict[str, int] | None:
     if _SDK_MODULE not in sys.modules:
         return None  # reading the table would load the SDK core into a process without it
@@ -159,6 +164,11 @@ class ProcessRecycler:
 
     def end(self, before: _Before, guard: GuardStatistics | None) -> UnitDeltas:
         duration = time.perf_counter() - before.start
+        reaper = get_reaper()
+        if reaper.pending() and not reaper.is_current():
+            # Releases the unit handed to the reaper (background mode, the
+            # default) belong to it: measure after them, as verify.check() does.
+            reaper.wait_idle(_RELEASE_WAIT_S)
         rss = rss_bytes()
         heap = heap_stats()
         handles = _handles()
