@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import psutil
 
 from nativeguard._native import native_handles
+from nativeguard._reaper import get_reaper
 from nativeguard._snapshot import is_reaper_thread
 
 SDK_MODULE = "azure.cognitiveservices.speech"
@@ -50,6 +51,11 @@ def _fds(server_port: int | None) -> int:
 
 
 def snapshot(*, server_port: int | None = None) -> Snapshot:
+    # Releases still finishing on the reaper (background mode, the default)
+    # belong to the code that handed them over: count after them.
+    reaper = get_reaper()
+    if reaper.pending() and not reaper.is_current():
+        reaper.wait_idle(10)
     return Snapshot(
         handles=native_handles(),
         instances=live_sdk_instances(),
