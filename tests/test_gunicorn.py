@@ -33,11 +33,25 @@ def get(url: str) -> dict[str, object]:
         return json.load(response)
 
 
+RESETS: list[int] = []
+"""Connections reset by a uvicorn worker that was leaving (see drive())."""
+
+
 def drive(base: str, path: str, pause_s: float) -> Counter[int]:
-    """A bounded loop of requests, one at a time; which worker pid answered each."""
+    """A bounded loop of requests, one at a time; which worker pid answered each.
+
+    A uvicorn worker that leaves (SIGTERM, its graceful path) can reset a
+    connection the kernel had already queued for it; a client or load balancer
+    retries such a request, and so does this loop, once, counting it in RESETS.
+    """
     served: Counter[int] = Counter()
+    RESETS.clear()
     for _ in range(REQUESTS):
-        answer = get(base + path)
+        try:
+            answer = get(base + path)
+        except ConnectionResetError:
+            RESETS.append(1)
+            answer = get(base + path)
         served[int(answer["pid"])] += 1  # type: ignore[call-overload]
         time.sleep(pause_s)
     return served
@@ -60,6 +74,8 @@ def test_leaking_workers_retire_by_growth_and_are_replaced(
     log = server.log()
     retirements = log.count("retires after")
     assert sum(served.values()) == REQUESTS
+    # At most one reset per retirement, and only from uvicorn's shutdown.
+    assert len(RESETS) <= (retirements if "uvicorn" in worker_class else 0), RESETS
     # Each worker takes its first request as baseline, then leaves once past 10 MB of
     # growth (6 leaks of 2 MB); uvicorn may serve a few more before its loop notices.
     assert retirements >= 3, log[-3000:]
