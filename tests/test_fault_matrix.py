@@ -190,3 +190,24 @@ def test_async_helper_returns_within_budget_and_releases_everything(
     late_s = asyncio.run(main())
     assert late_s <= BUDGET_S + MARGIN_S, f"{fault}/{helper}/{way}: returned {late_s:.2f} s late"
     _assert_back_to(faulty_service, before)
+
+
+@pytest.mark.parametrize("helper", ["transcribe", "recognize_once", "synthesize"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_sync_helper_returns_within_budget_of_its_timeout_and_releases_everything(
+    faulty_service, wav_path, fault, helper
+):
+    """The one-call helpers (recognize_once is the once-recognizer kind) under every fault."""
+    faulty_service.state["faults"] = FAULTS[fault]
+    config = faulty_service.speech_config()
+    before = snapshot(server_port=faulty_service.port)
+    timeout = 0.3
+    start = time.perf_counter()
+    with contextlib.suppress(nativeguard.RequestTimeout):
+        if helper == "synthesize":
+            nativeguard.synthesize(config, "hello there", timeout=timeout)
+        else:
+            getattr(nativeguard, helper)(config, wav_path, timeout=timeout)
+    late_s = time.perf_counter() - start - timeout
+    assert late_s <= BUDGET_S + MARGIN_S, f"{fault}/{helper}: returned {late_s:.2f} s late"
+    _assert_back_to(faulty_service, before)
