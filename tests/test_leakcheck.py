@@ -138,7 +138,7 @@ def test_switches_types_and_allowlist():
     [
         ({"runs": 1}, "runs must be an int >= 2"),
         ({"warmup": -1}, "warmup must be an int >= 0"),
-        ({"rss_growth_mb": 0}, "rss_growth_mb must be > 0"),
+        ({"rss_growth_mb": 0}, "rss_growth_mb must be finite and > 0"),
     ],
 )
 def test_bad_arguments(kwargs, error):
