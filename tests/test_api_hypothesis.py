@@ -194,7 +194,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         result = recognizer.recognize_once()  # a real SDK result for extract(secrets=...)
         del recognizer
-        yield World(
+        world = World(
             result=result,
             service=service,
             wav=wav,
@@ -205,6 +205,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             pool=pool,
             snapshot=verify.snapshot(),
         )
+        del result, config
+        yield world
+        # Drop the SDK objects here, not in some later module's test.
+        world.result = world.speech_config = world.translation_config = None
+        world.audio_config = world.output_config = None
+        del world
+        gc.collect()
 
 
 # -- the property -----------------------------------------------------------------
