@@ -320,7 +320,7 @@ def test_map_edge_cases() -> None:
         assert list(pool.map(tasks.add, (n for n in range(3)), [10, 20, 30, 40])) == [10, 21, 32]
         with pytest.raises(NotPlainDataError) as bad:  # at the call, not at the first next()
             pool.map(tasks.type_name, [threading.Lock()])
-        assert bad.value.path == "args[0]"
+        assert bad.value.path == "iterables[0][0]"  # the map() argument, item 0
 
         results = pool.map(tasks.sleep_or_fail, [0.0, 0.0, -1.0, 0.3, 0.3, 0.3])
         assert next(results) == 0.0
@@ -353,7 +353,7 @@ def test_map_refusing_an_item_cancels_the_items_before_it(tmp_path: Path) -> Non
         with pytest.raises(NotPlainDataError) as refused:
             pool.map(functools.partial(tasks.wait_for_file, str(go)), values())
         go.touch()
-    assert refused.value.path == "args[0]"
+    assert refused.value.path == "iterables[0][2]"  # the third item map() took
     stats = pool.statistics()
     # The running one finishes (its result is dropped); the queued one never runs.
     assert (stats.tasks_submitted, stats.tasks_completed, stats.tasks_cancelled) == (2, 1, 1)

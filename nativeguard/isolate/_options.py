@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from ._plain import check_picklable, check_plain
@@ -91,6 +91,10 @@ def check_pool_options(options: Mapping[str, Any]) -> tuple[tuple[str, ...], tup
         )
     if isinstance(preload, str):
         raise TypeError("preload must be an iterable of module names, not one str")
+    if not isinstance(preload, Iterable):
+        raise TypeError(
+            f"preload must be an iterable of module names, got {type(preload).__name__}"
+        )
     preload = tuple(preload)
     if not all(isinstance(name, str) and name for name in preload):
         raise TypeError(f"preload must hold module names, got {preload!r}")
@@ -104,6 +108,10 @@ def check_pool_options(options: Mapping[str, Any]) -> tuple[tuple[str, ...], tup
     if isinstance(plain_types, type):
         raise TypeError(
             f"plain_types must be an iterable of types: plain_types=[{plain_types.__name__}]"
+        )
+    if not isinstance(plain_types, Iterable):
+        raise TypeError(
+            f"plain_types must be an iterable of types, got {type(plain_types).__name__}"
         )
     plain = tuple(plain_types)
     if not all(isinstance(kind, type) for kind in plain):

@@ -15,10 +15,12 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
+import math
 import multiprocessing
 import multiprocessing.util  # its exit hook must be registered before ours (see below)
 import os
 import pickle
+import re
 import threading
 import time
 import weakref
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from .._errors import ClosedResourceError
+from .._errors import ClosedResourceError, NotPlainDataError
 from ._manager import PoolConfig, PoolManager
 from ._options import DEFAULT_PRELOAD, StartMethod, check_pool_options, function_name
 from ._plain import check_picklable, check_plain
@@ -214,10 +216,26 @@ class WorkerPool(concurrent.futures.Executor):
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (timeout >= 0 and math.isfinite(timeout))
+        ):
+            raise (ValueError if isinstance(timeout, (int, float)) else TypeError)(
+                f"map()'s timeout must be None or a finite number of seconds >= 0, got {timeout!r}"
+            )
+        for index, iterable in enumerate(iterables):
+            if not isinstance(iterable, Iterable):
+                raise TypeError(
+                    f"map()'s iterables[{index}] must be iterable, got {type(iterable).__name__}"
+                )
         futures: list[TaskFuture[T]] = []
         try:
-            for args in zip(*iterables, strict=False):
-                futures.append(self.submit(fn, *args))
+            for index, args in enumerate(zip(*iterables, strict=False)):
+                try:
+                    futures.append(self.submit(fn, *args))
+                except NotPlainDataError as error:
+                    raise _map_item_error(error, index) from None
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -296,3 +314,13 @@ class WorkerPool(concurrent.futures.Executor):
         # Waiting for workers to finish must not block the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self._manager.thread.join)
         self.shutdown(wait=True)
+
+
+def _map_item_error(error: NotPlainDataError, index: int) -> NotPlainDataError:
+    """``submit``'s error for ``args[k]...`` restated for map(): ``iterables[k][index]...``."""
+    path = re.sub(r"^args\[(\d+)\]", lambda m: f"iterables[{m.group(1)}][{index}]", error.path)
+    return NotPlainDataError(
+        f"map(): item {index} of the iterables is not plain data: {error}",
+        path=path,
+        type_name=error.type_name,
+    )
