@@ -240,10 +240,8 @@ def guarded(
 ) -> Callable[[_F], _F]: ...
 
 
-def guarded(
-    wrapped: _F | None = None,
-    /,
-    *,
+def guarded(  # *args: guarded(None) must be told from guarded()
+    *wrapped_args: Any,
     strict: bool = False,
     on_release: OnRelease | None = None,
     step_timeout_s: float | None = None,
@@ -268,6 +266,11 @@ def guarded(
     overwrite. Its own exception propagates (a note, when the body raised).
     ``step_timeout_s`` bounds each release step (the Scope default otherwise).
     """
+    if len(wrapped_args) > 1:
+        raise TypeError(f"guarded() takes one function to decorate, got {len(wrapped_args)}")
+    wrapped: _F | None = wrapped_args[0] if wrapped_args else None
+    if wrapped_args and wrapped is None:
+        raise TypeError("guarded(None): pass the function to decorate, or use @guarded()")
     if step_timeout_s is not None:
         step_timeout_s = _seconds("step_timeout_s", step_timeout_s, zero_ok=False)
     if not isinstance(strict, bool):

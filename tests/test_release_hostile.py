@@ -343,3 +343,14 @@ def test_keyboard_interrupt_in_a_block_propagates_within_the_budget(speech_servi
             signal.signal(signal.SIGINT, previous)
         assert block.scope.wait_released(10)
         assert block.scope.statistics().survivors == 0
+
+
+def test_guarded_none_is_refused_but_guarded_with_no_argument_is_a_decorator():
+    with pytest.raises(TypeError, match="guarded\\(None\\)"):
+        ng.guarded(None)
+
+    @ng.guarded()
+    def f() -> int:
+        return 1
+
+    assert f() == 1
