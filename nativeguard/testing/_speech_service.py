@@ -143,6 +143,9 @@ class _ConnectionState:
     items_dropped: int = 0
     synthesis_contexts: dict[str, Any] = field(default_factory=dict)
     recognition: RecognitionRequest | None = None
+    outbox: asyncio.Queue[str | bytes] | None = None
+    """Frames a ``delay_ms`` connection still has to send (see ``_send_delayed``)."""
+    sender: asyncio.Task[None] | None = None
 
     def log(self) -> ConnectionLog:
         return ConnectionLog(
@@ -815,6 +818,8 @@ class SpeechService:
             self._tasks.discard(task)
             with self._lock:
                 self._live.pop(connection, None)
+            if state.sender is not None:
+                state.sender.cancel()  # the connection is over: waiting frames go nowhere
 
     async def _dispatch(
         self,
@@ -861,11 +866,38 @@ class SpeechService:
             connection.transport.abort()
             raise _Dropped
         if faults.delay_ms:
-            await asyncio.sleep(faults.delay_ms / 1000)
+            if state.outbox is None:
+                state.outbox = asyncio.Queue()
+                state.sender = sender = asyncio.ensure_future(self._send_delayed(connection, state))
+                self._tasks.add(sender)
+                sender.add_done_callback(self._tasks.discard)
+            state.outbox.put_nowait(frame)
+            return
         if faults.malformed:
             frame = _MALFORMED_FRAMES[state.sent % len(_MALFORMED_FRAMES)]
         await connection.send(frame)
         state.sent += 1
+
+    async def _send_delayed(self, connection: ServerConnection, state: _ConnectionState) -> None:
+        """Send a slow connection's frames, each ``delay_ms`` late, in order.
+
+        A real service that is slow to answer still reads what the client sends:
+        its close frame included. Sleeping in the reading task instead stopped
+        reading once websockets' queue filled with audio, and the SDK then waited
+        1 s for the close handshake of every stop (SDK 1.53 log: ``PerformTeardown:
+        start the close handshake``).
+        """
+        assert state.outbox is not None
+        try:
+            while True:
+                frame = await state.outbox.get()
+                await asyncio.sleep(state.faults.delay_ms / 1000)
+                if state.faults.malformed:
+                    frame = _MALFORMED_FRAMES[state.sent % len(_MALFORMED_FRAMES)]
+                await connection.send(frame)
+                state.sent += 1
+        except ConnectionClosed:
+            pass
 
     # -- recognition -----------------------------------------------------
 
