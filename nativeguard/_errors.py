@@ -46,7 +46,7 @@ def add_note(exc: BaseException, note: str) -> None:
     notes.append(note)
 
 
-def detach_traceback(exc: BaseException) -> BaseException:
+def detach_traceback(exc: BaseException, secrets: Sequence[str] = ()) -> BaseException:
     """Replace the tracebacks of ``exc`` and its causes/contexts with text notes; returns ``exc``.
 
     A traceback holds frames, and a frame holds its locals: the release step's
@@ -61,22 +61,35 @@ def detach_traceback(exc: BaseException) -> BaseException:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if current.args and all(isinstance(arg, str) for arg in current.args):
+        if current.args:
             # The message too: a kept exception is printed, logged and re-raised far
-            # from where it was made (credential-shaped text only).
+            # from where it was made. A non-str argument whose repr shows a secret is
+            # replaced by its masked repr (the text is what leaks).
             with contextlib.suppress(Exception):
-                current.args = tuple(redact_text(arg) for arg in current.args)
+                current.args = tuple(_masked_arg(arg, secrets) for arg in current.args)
         notes = getattr(current, "__notes__", None)
         if isinstance(notes, list):
-            notes[:] = [redact_text(note) if isinstance(note, str) else note for note in notes]
+            notes[:] = [
+                redact_text(note, secrets) if isinstance(note, str) else note for note in notes
+            ]
         tb = current.__traceback__
         if tb is not None:
             lines = "".join(traceback.format_tb(tb)).rstrip()
-            add_note(current, redact_text("Traceback (most recent call last):\n" + lines))
+            add_note(current, redact_text("Traceback (most recent call last):\n" + lines, secrets))
             current.__traceback__ = None
             del tb
         current = current.__cause__ or current.__context__
     return exc
+
+
+def _masked_arg(arg: object, secrets: Sequence[str]) -> object:
+    from ._redact import redact_text  # noqa: PLC0415
+
+    if isinstance(arg, str):
+        return redact_text(arg, secrets)
+    text = repr(arg)
+    masked = redact_text(text, secrets)
+    return arg if masked == text else masked
 
 
 class NativeGuardError(Exception):

@@ -19,7 +19,7 @@ import azure.cognitiveservices.speech as speechsdk
 from ._adapters import _has_async_close
 from ._errors import CallbackError, ReleaseError, add_note
 from ._guarded import bind
-from ._proxy import ManagedProxy, callback_errors
+from ._proxy import ManagedProxy, _events_of, callback_errors
 from ._scope import ReleaseMode, Scope
 
 __all__ = [
@@ -75,6 +75,7 @@ class Managed(Generic[T]):
         self._scope: Scope | None = None
         self._async_target = False
         self._state = "new"
+        self._secrets: tuple[str, ...] = ()
 
     @property
     def scope(self) -> Scope:
@@ -95,6 +96,9 @@ class Managed(Generic[T]):
         self._factory = _spent  # drop the factory's closure: it may reference the object
         self._async_target = _has_async_close(target)
         scope.register(target)
+        if self._secrets:
+            scope._add_secrets(self._secrets)
+            _events_of(scope).secrets.extend(self._secrets)
         proxy = ManagedProxy(target, scope, plain=self._plain)
         del target  # from here on, the proxy holds the only reference we own
 
@@ -238,13 +242,31 @@ def _sdk_block(
     )
     raw_config = _checked_config(config_name, config, expected)
     raw_audio = _checked_audio(audio_config, output=sdk_class is speechsdk.SpeechSynthesizer)
-    return Managed(
+    block = Managed(
         lambda: sdk_class(**{config_name: raw_config}, audio_config=raw_audio, **kwargs),
         scope=scope,
         release=release,
         plain=plain,
         description=getattr(sdk_class, "__name__", "object"),
     )
+    block._secrets = _config_secrets(raw_config)
+    return block
+
+
+def _config_secrets(config: Any) -> tuple[str, ...]:
+    """The config's subscription key and authorization token: masked in the block's errors."""
+    found: list[str] = []
+    for prop in (
+        speechsdk.PropertyId.SpeechServiceConnection_Key,
+        speechsdk.PropertyId.SpeechServiceAuthorization_Token,
+    ):
+        try:
+            value = config.get_property(prop)
+        except Exception:
+            continue
+        if isinstance(value, str) and len(value) >= 8:
+            found.append(value)
+    return tuple(found)
 
 
 def managed_recognizer(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import wrapt
@@ -116,6 +116,8 @@ class _ScopeEvents:
     proxies: weakref.WeakSet[EventProxy | ResultProxy]
     errors: list[Exception]
     lock: threading.Lock
+    secrets: list[str] = field(default_factory=list)
+    """Known secrets of the scope's SDK objects (a config's key): masked in kept errors."""
 
 
 _scope_events: weakref.WeakKeyDictionary[Scope, _ScopeEvents] = weakref.WeakKeyDictionary()
@@ -155,7 +157,9 @@ def _record_failure(events: _ScopeEvents, exc: Exception) -> None:
     traceback is kept as text in a note instead.
     """
     add_note(exc, "raised in a callback called by the SDK")
-    detach_traceback(exc)  # the stack as a (redacted) note; the message redacted too
+    detach_traceback(
+        exc, events.secrets
+    )  # the stack as a (redacted) note; the message redacted too
     with events.lock:
         events.errors.append(exc)
 

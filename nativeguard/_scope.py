@@ -17,7 +17,7 @@ import traceback
 import tracemalloc
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
@@ -153,12 +153,14 @@ class _Release:
     reaper_dropped: int = 0
     caller_seconds: float = 0.0
     budget_exceeded: bool = False
+    secrets: tuple[str, ...] = ()
+    """Known secrets of the released objects (a config's key): masked in kept errors."""
 
     def record(self, exc: Exception, context: str | None = None) -> None:
         """Keep ``exc`` as a failure of this release, without the frames that pin objects."""
-        detach_traceback(exc)
+        detach_traceback(exc, self.secrets)
         if context is not None:
-            add_note(exc, redact_text(context))  # an adapter's name is the user's text
+            add_note(exc, redact_text(context, self.secrets))  # an adapter's name is user text
         with self.lock:
             self.errors.append(exc)
 
@@ -309,6 +311,7 @@ class Scope:
         self._finalizers: list[Callable[[], None]] = []
         self._adopted: list[Any] = []
         self._pending: list[concurrent.futures.Future[Any]] = []
+        self._secrets: list[str] = []
         self._state = _OPEN
         self._close_token = [True]
         self._closed_at: str | None = None
@@ -393,6 +396,11 @@ class Scope:
         connect(callback)
         with self._lock:
             self._callbacks.append((weakref.ref(signal), callback))
+
+    def _add_secrets(self, secrets: Iterable[str]) -> None:
+        """Values (a config's subscription key, a token) to mask in every error kept."""
+        with self._lock:
+            self._secrets.extend(secret for secret in secrets if secret)
 
     def _hold_until(self, future: concurrent.futures.Future[Any]) -> None:
         """Judge the release only once ``future`` is done (bounded): it still uses an object.
@@ -602,7 +610,7 @@ class Scope:
             self._index = {}
             callbacks, self._callbacks = self._callbacks, []
             finalizers, self._finalizers = self._finalizers, []
-            release = _Release(tracked, callbacks, finalizers)
+            release = _Release(tracked, callbacks, finalizers, secrets=tuple(self._secrets))
             self._release = release
         for entry in tracked:
             # From here on the scope is releasing them: dying now is no leak.

@@ -177,12 +177,6 @@ def test_release_error_from_a_close_that_raises_with_credentials() -> None:
     assert_masked(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a ReleaseError member whose args are not str is kept verbatim: "
-    "ConnectionError({'password': <pw>, 'headers': 'Authorization: Bearer <token>'}) shows "
-    "the bearer token in str/repr/format_exception (str args and notes are masked)",
-)
 def test_release_error_from_a_custom_step_with_credentials_in_args_and_notes(
     scratch_adapters: None,
 ) -> None:
@@ -302,11 +296,6 @@ def test_callback_error_with_credentials_from_sdk_threads(service: SpeechService
     assert_masked(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CallbackError keeps a callback's KeyError(<subscription key>) verbatim: the key of "
-    "the recognizer's own SpeechConfig (a known secret) is not masked in str/notes/traceback",
-)
 def test_callback_error_with_the_configs_own_key_as_a_dict_key(
     service: SpeechService, wav: str
 ) -> None:
