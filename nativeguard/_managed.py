@@ -42,9 +42,11 @@ class Managed(Generic[T]):
 
     ``scope=`` joins an existing Scope (the object is then released when that
     scope closes, not at this block's exit); otherwise the block owns a fresh
-    one, created with ``release`` (``"inline"``: native handles are freed when
-    the block ends; ``"background"``: the native teardown runs on nativeguard's
-    reaper thread, see :meth:`Scope.wait_released`). ``plain=True`` makes every
+    one, created with ``release`` (default ``"background"``, see
+    ``nativeguard.configure``: the session is stopped and callbacks dropped
+    before the block ends, the native teardown runs on nativeguard's reaper,
+    see :meth:`Scope.wait_released`; ``"inline"``: native handles are freed
+    when the block ends). ``plain=True`` makes every
     callback connected through the proxy receive ``extract(evt)``.
     """
 

@@ -259,12 +259,13 @@ class Scope:
     object is released when the step returns (dropping a recognizer while
     its stop still runs can hang the native core for good).
 
-    ``release="inline"`` (default): close() waits for everything, so native
-    handles are back to baseline when the with-block ends (within the budget).
-    ``release="background"``: close() waits only for the steps (no callback
-    fires after it); the native teardown (~30-57 ms for a recognizer that
-    ran) finishes on the reaper. ``statistics()`` raises until the release
-    has completed, because survivors can only be judged then.
+    ``release="background"`` (the default; ``configure()`` changes it):
+    close() waits only for the steps (no callback fires after it); the native
+    teardown (~30-57 ms for a recognizer that ran) finishes on the reaper.
+    ``release="inline"``: close() waits for everything, so native handles
+    are back to baseline when the with-block ends (within the budget).
+    ``statistics()`` raises until the release has completed, because
+    survivors can only be judged then.
 
     Whatever the mode, a close() on a thread Python did not start (an SDK
     callback) releases nothing there: it warns and defers everything to the
