@@ -134,6 +134,25 @@ class Integration:
                     f"Integration {self.name!r}: release[{index}] must be a tuple "
                     f"(name, type or predicate, steps), got {entry!r:.80}"
                 )
+            _, matcher, steps = entry
+            if not (
+                isinstance(matcher, type)
+                or (isinstance(matcher, tuple) and all(isinstance(t, type) for t in matcher))
+                or callable(matcher)
+            ):
+                raise IntegrationError(
+                    f"Integration {self.name!r}: release[{index}] must match with a type, a "
+                    f"tuple of types or a predicate, got {type(matcher).__name__}"
+                )
+            if (
+                isinstance(steps, (str, bytes))
+                or not isinstance(steps, Iterable)
+                or not all(callable(step) for step in steps)
+            ):
+                raise IntegrationError(
+                    f"Integration {self.name!r}: release[{index}]'s steps must be a sequence "
+                    f"of callables step(obj, timeout_s), got {steps!r:.80}"
+                )
 
 
 _integrations: tuple[Integration, ...] = ()
@@ -185,23 +204,29 @@ def _load_entry_points() -> None:
             return
         _entry_points_loaded = True
         found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    # Every entry point is tried; the broken ones are raised together, once,
+    # after the others are registered (the first need reports them).
+    failures: list[str] = []
+    first: Exception | None = None
     for entry_point in found:
+        where = f"entry point {entry_point.name!r} ({entry_point.value})"
         try:
             value = entry_point.load()
             integration = value if isinstance(value, Integration) else value()
+            if not isinstance(integration, Integration):
+                raise TypeError(
+                    f"it gave a {type(integration).__name__}, not a nativeguard.Integration"
+                )
+            if not any(known is integration for known in _integrations):
+                register_integration(integration)
         except Exception as error:
-            raise IntegrationError(
-                f"entry point {entry_point.name!r} ({entry_point.value}) of group "
-                f"{ENTRY_POINT_GROUP!r} failed to load: {error!r}"
-            ) from error
-        if not isinstance(integration, Integration):
-            raise IntegrationError(
-                f"entry point {entry_point.name!r} ({entry_point.value}) gave a "
-                f"{type(integration).__name__}, not a nativeguard.Integration"
-            )
-        if any(known is integration for known in _integrations):
-            continue
-        register_integration(integration)
+            first = first or error
+            failures.append(f"{where}: {error!r}")
+    if failures:
+        raise IntegrationError(
+            f"{len(failures)} of the {ENTRY_POINT_GROUP!r} entry points failed to load: "
+            + "; ".join(failures)
+        ) from first
 
 
 def integrations() -> tuple[Integration, ...]:

@@ -32,7 +32,7 @@ from ._errors import (
     add_note,
     detach_traceback,
 )
-from ._integration import callbacks_of
+from ._integration import callbacks_of, integrations
 from ._reaper import (
     REAPER_THREAD_NAME,
     ForeignOrigin,
@@ -337,6 +337,7 @@ class Scope:
         where it was registered (created, with tracemalloc on).
         """
         self._check_open("register an object in")
+        integrations()  # the first registration loads the entry points' release steps
         try:
             ref = weakref.ref(obj)
         except TypeError:

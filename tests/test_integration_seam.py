@@ -265,6 +265,8 @@ def test_a_second_integration_with_the_same_name_is_refused(toy_api: ModuleType)
         ({"name": "x", "counters": {"a": 1}}, "counters must be callable or None, got dict"),
         ({"name": "x", "release": "close"}, "release must be a sequence"),
         ({"name": "x", "release": [("a", object)]}, r"release\[0\] must be a tuple"),
+        ({"name": "x", "release": [("a", 3, ())]}, r"release\[0\] must match with a type"),
+        ({"name": "x", "release": [("a", object, ("close",))]}, "steps must be a sequence"),
     ],
 )
 def test_malformed_integrations_are_refused_by_field(
@@ -319,6 +321,50 @@ def test_an_installed_distributions_entry_point_is_loaded_on_first_need(toy: Toy
         "{'toy_ep.blocks': 1} {'ToyEpBlock': 2}",
         "0",
     ]
+
+
+BROKEN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from nativeguard import IntegrationError, verify
+
+    try:
+        verify.snapshot()
+    except IntegrationError as error:
+        print(type(error.__cause__).__name__, str(error))
+    print("toy_ep" in sys.modules, verify.snapshot().native_handles.get("toy_ep.blocks", 0))
+    """
+)
+
+
+def test_a_broken_entry_point_is_reported_once_by_name_and_the_others_still_load(
+    toy: Toy, tmp_path: Path
+) -> None:
+    broken = tmp_path / "toy_broken-1.0.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-broken\nVersion: 1.0\n")
+    (broken / "entry_points.txt").write_text(
+        "[nativeguard.integrations]\ntoy_broken = toy_missing_module:INTEGRATION\n"
+    )
+    env = fresh_env(toy)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first.startswith(
+        "ModuleNotFoundError 1 of the 'nativeguard.integrations' entry points failed to "
+        "load: entry point 'toy_broken' (toy_missing_module:INTEGRATION): "
+        "ModuleNotFoundError(\"No module named 'toy_missing_module'\""
+    ), first
+    assert second == "True 0"
 
 
 LEAKY_TESTS = textwrap.dedent(
