@@ -34,8 +34,8 @@ from typing import Any
 import psutil
 
 import nativeguard
-from nativeguard._native import native_handles
 from nativeguard._snapshot import is_reaper_thread
+from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.testing import Faults, SpeechService, write_wav
 
 FAULTS: dict[str, Faults] = {

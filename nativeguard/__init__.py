@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import isolate, verify
-from ._adapters import Adapter, ReleaseStep, register_adapter
+from ._adapters import Adapter, ReleaseStep, register_adapter, run_bounded
 from ._calls import (
     Transcript,
     arecognize_once,
@@ -41,6 +41,7 @@ from ._extract import (
     plain,
 )
 from ._guarded import GuardStatistics, Survivor, SurvivorReport, bind, current_scope, guarded
+from ._integration import Integration, IntegrationError, register_integration
 from ._leakcheck import LeakCheck, leak_check
 from ._managed import (
     Managed,
@@ -75,6 +76,8 @@ __all__ = [
     "Extracted",
     "FrozenMap",
     "GuardStatistics",
+    "Integration",
+    "IntegrationError",
     "LeakCheck",
     "LeakError",
     "LeakReport",
@@ -111,6 +114,7 @@ __all__ = [
     "current_scope",
     "extract",
     "guarded",
+    "integrations",
     "isolate",
     "leak_check",
     "managed",
@@ -124,8 +128,13 @@ __all__ = [
     "plain",
     "recognize_once",
     "register_adapter",
+    "register_integration",
+    "run_bounded",
     "set_creation_tracebacks",
     "synthesize",
     "transcribe",
     "verify",
 ]
+
+# Last: the built-in integrations use the public names bound above.
+from . import integrations

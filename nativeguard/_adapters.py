@@ -1,7 +1,8 @@
 """Release steps per kind of object, and the registry a Scope consults.
 
-The Azure Speech, azure-identity and ``concurrent.futures`` adapters below are
-registered exactly the way a user registers one for another SDK.
+The SDK-agnostic adapters (a plain ``close()``, an ``async def close()``) are
+registered here; every SDK's own come from its integration
+(``nativeguard/integrations/``), registered through the same public API.
 
 A step may return an awaitable (``azure.identity.aio`` credentials close with
 ``async def close()``): ``Scope.aclose()`` awaits it with the step's bounded
@@ -11,7 +12,6 @@ instead of leaving a coroutine that is never awaited.
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +24,6 @@ __all__ = [
     "Adapter",
     "ReleaseStep",
     "adapter_for",
-    "event_signals",
     "register_adapter",
     "run_bounded",
 ]
@@ -144,74 +143,7 @@ def run_bounded(
     return outcome[0]
 
 
-def event_signals(obj: object) -> list[Any]:
-    """Every SDK ``EventSignal`` held by ``obj``, found by introspection.
-
-    Signals live in name-mangled private attributes; scanning ``vars(obj)``
-    covers signals a future SDK version adds, without a hard-coded list.
-    """
-    try:
-        from azure.cognitiveservices.speech import EventSignal  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - the SDK is a dependency
-        return []
-    try:
-        values = list(vars(obj).values())
-    except TypeError:
-        return []
-    return [value for value in values if isinstance(value, EventSignal)]
-
-
 # -- built-in adapters ---------------------------------------------------------
-
-
-def _call_if_present(method: str) -> ReleaseStep:
-    # The Scope runs every step on a reaper thread with a bounded wait, so the
-    # SDK future's unbounded get() is waited for here directly.
-    def step(obj: Any, timeout_s: float) -> None:
-        bound = getattr(obj, method, None)
-        if bound is None:
-            return
-        result = bound()
-        get = getattr(result, "get", None)
-        if callable(get):
-            get()
-
-    step.__name__ = step.__qualname__ = f"{method}"
-    return step
-
-
-_STOP_TIMEOUT_PROPERTY = "SPEECH-StopRecognitionTimeoutInSeconds"
-
-
-def _no_stop_wait(obj: Any, timeout_s: float) -> None:
-    """Tell the SDK not to wait for its session to go idle when it stops or is torn down.
-
-    Measured with SDK 1.53 (glibc 2.36) against the bundled service: after a
-    session ended in an error (refused, dropped, malformed) or while it waits
-    on a stalled service, both ``stop_*_async()`` and the native teardown
-    block in ``CSpxAudioStreamSession::WaitForIdle`` for this property's 5 s
-    (10 s per request). Set to 0 just before the release, stop takes 0.00-0.02 s
-    and the teardown 0.01-0.03 s on every fault, and 0.031 s instead of
-    0.038 s on the success path; the handle table is back at baseline each
-    time. The property is read at stop time, so setting it here changes
-    nothing while the session is in use.
-    """
-    properties = getattr(obj, "properties", None)
-    setter = getattr(properties, "set_property_by_name", None)
-    if callable(setter):
-        setter(_STOP_TIMEOUT_PROPERTY, "0")
-
-
-def _close(obj: Any, timeout_s: float) -> None:
-    obj.close()
-
-
-def _shutdown_executor(obj: Any, timeout_s: float) -> None:
-    run_bounded(
-        lambda: obj.shutdown(wait=True, cancel_futures=True),
-        timeout_s,
-        f"{type(obj).__name__}.shutdown()",
-    )
 
 
 def _has_plain_close(obj: object) -> bool:
@@ -239,45 +171,15 @@ def _async_close(obj: Any, timeout_s: float) -> object:
     return getattr(obj, name)() if name is not None else None
 
 
+def _close(obj: Any, timeout_s: float) -> None:
+    obj.close()
+
+
 def _register_builtins() -> None:
     register_adapter(_has_plain_close, [_close], name="generic close()")
     # azure.identity.aio credentials (aiohttp transport), and any other client
     # with ``async def close()`` / ``aclose()``.
     register_adapter(_has_async_close, [_async_close], name="generic async close()")
-    register_adapter(concurrent.futures.Executor, [_shutdown_executor], name="executor")
-    try:
-        import azure.cognitiveservices.speech as speechsdk  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - the SDK is a dependency
-        return
-    register_adapter(
-        speechsdk.audio.PushAudioInputStream, [_close], name="azure speech push stream"
-    )
-    register_adapter(speechsdk.Connection, [_close], name="azure speech connection")
-    register_adapter(
-        speechsdk.SpeechSynthesizer,
-        [_call_if_present("stop_speaking_async")],
-        name="azure speech synthesizer",
-    )
-    register_adapter(
-        speechsdk.KeywordRecognizer,
-        [_call_if_present("stop_recognition_async")],
-        name="azure speech keyword recognizer",
-    )
-    register_adapter(
-        speechsdk.Recognizer,
-        [_no_stop_wait, _call_if_present("stop_continuous_recognition_async")],
-        name="azure speech recognizer",
-    )
-    # Transcribers inherit stop_continuous_recognition_async only to raise
-    # NotImplementedError from it; they stop with stop_transcribing_async.
-    register_adapter(
-        (
-            speechsdk.transcription.ConversationTranscriber,
-            speechsdk.transcription.MeetingTranscriber,
-        ),
-        [_no_stop_wait, _call_if_present("stop_transcribing_async")],
-        name="azure speech transcriber",
-    )
 
 
 _register_builtins()

@@ -1,13 +1,16 @@
-"""One hook on the constructors of the Speech SDK's native-backed classes.
+"""One hook on the constructors of the classes the integrations track.
 
+Which classes: those every registered :class:`~nativeguard.Integration`
+declares in ``classes`` (for Azure Speech, its native-backed classes).
 Everything in nativeguard that needs to see SDK objects as they are made
 (``@guarded`` calls, the live-object registry behind ``snapshot()``) registers
 a listener here instead of patching ``__init__`` itself: one wrapper per class,
 installed once, however many features watch.
 
-A listener is called with each newly constructed SDK object that holds a
-native handle, on the constructing thread, after its outermost constructor
-succeeded. That thread can be an SDK callback thread (event args and the
+A listener is called with each newly constructed object of a tracked class
+that holds native state (the integration's ``holds_native``), on the
+constructing thread, after its outermost constructor succeeded. That thread
+can be an SDK callback thread (event args and the
 results they carry are built there), so listeners must be quick, must not
 release anything, must not call ``threading.current_thread()`` (it would leave
 a ``_DummyThread`` behind) and must not raise: an exception propagates out of
@@ -19,19 +22,19 @@ Cost: with no listener, one module-global truth test per constructor call.
 from __future__ import annotations
 
 import functools
-import importlib
-import inspect
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from . import _integration
+from ._integration import Integration
+
 __all__ = [
     "add_listener",
     "dispatching_source",
     "ensure_installed",
-    "handle_type",
     "holds_handle",
     "installed_classes",
     "is_event_source",
@@ -40,19 +43,6 @@ __all__ = [
 ]
 
 Listener = Callable[[object], None]
-
-_SDK_PACKAGE = "azure.cognitiveservices.speech"
-# Imported explicitly: walking the package path would also try to import the
-# core's shared libraries (``libpal_azure_c_shared.so``) as extension modules.
-_SDK_SUBMODULES = (
-    "speech",
-    "audio",
-    "transcription",
-    "translation",
-    "dialog",
-    "languageconfig",
-    "properties",
-)
 
 _listeners: tuple[Listener, ...] = ()
 """Replaced, never mutated: a constructor reads one consistent tuple without a lock."""
@@ -75,7 +65,8 @@ _install_lock = threading.Lock()
 _installed: dict[type, tuple[Callable[..., None], Callable[..., None]]] = {}
 """class -> (original ``__init__``, our wrapper); empty when not installed.
 Mutated in place only, so aliases of it (``_guarded._installed``) stay valid."""
-_handle_type: type | None = None
+_owners: dict[type, Integration] = {}
+"""Tracked class -> the integration that declared it (also for subclasses, cached)."""
 _is_installed = False
 """Set once every class is patched: a racing first call must not see half of them."""
 
@@ -136,42 +127,67 @@ def installed_classes() -> tuple[type, ...]:
         return tuple(_installed)
 
 
-def handle_type() -> type | None:
-    """The SDK's ``_Handle`` class, once installed."""
-    return _handle_type
+def _owner(cls: type) -> Integration | None:
+    owner = _owners.get(cls)
+    if owner is None:
+        for klass in cls.__mro__[1:]:
+            owner = _owners.get(klass)
+            if owner is not None:
+                _owners[cls] = owner
+                break
+    return owner
 
 
 def holds_handle(obj: object) -> bool:
-    """Whether ``obj``'s own attributes include an SDK native ``_Handle``.
+    """Whether ``obj`` is of a tracked class and holds native state, by its integration's test.
 
     The same test the hook applies before notifying, so a full-heap scan can
     count exactly what the listeners would have seen.
     """
-    namespace = getattr(obj, "__dict__", None)
-    if type(namespace) is not dict or _handle_type is None:
+    owner = _owner(type(obj))
+    if owner is None:
         return False
-    return any(type(value) is _handle_type for value in namespace.values())
+    return owner.holds_native is None or bool(owner.holds_native(obj))
 
 
 def _install() -> None:
-    """Wrap ``__init__`` of every native-backed SDK class; once, idempotent."""
-    global _handle_type, _is_installed  # noqa: PLW0603 - set under the lock
+    """Wrap ``__init__`` of every class the integrations track; once, idempotent."""
+    global _is_installed  # noqa: PLW0603 - set under the lock
+    tracked = _integration.tracked_classes()  # may load entry points: outside our lock
     with _install_lock:
         if _is_installed:
             return
-        from azure.cognitiveservices.speech.interop import _Handle  # noqa: PLC0415
-
-        _handle_type = _Handle
-        for cls in _native_backed_classes(_Handle):
-            original = cls.__dict__["__init__"]
-            wrapper = _instrumented(original)
-            setattr(cls, "__init__", wrapper)  # noqa: B010 - explicit class patch
-            _installed[cls] = (original, wrapper)
+        for integration, cls in tracked:
+            _wrap(integration, cls)
         _is_installed = True
 
 
+def _wrap(integration: Integration, cls: type) -> None:
+    _owners.setdefault(cls, integration)
+    if cls in _installed or "__init__" not in cls.__dict__:
+        return  # a subclass without its own __init__ runs its base's wrapper
+    original = cls.__dict__["__init__"]
+    wrapper = _instrumented(original)
+    setattr(cls, "__init__", wrapper)  # noqa: B010 - explicit class patch
+    _installed[cls] = (original, wrapper)
+
+
+def _on_register(integration: Integration) -> None:
+    """A late integration: hook its classes now if the hook is already installed."""
+    if not _is_installed or integration.classes is None:
+        return
+    classes = list(integration.classes())
+    with _install_lock:
+        if _is_installed:
+            for cls in classes:
+                _wrap(integration, cls)
+
+
+_integration.on_register(_on_register)
+
+
 def uninstall() -> None:
-    """Restore the SDK's constructors (tests); leaves anyone else's patch alone.
+    """Restore the tracked constructors (tests); leaves anyone else's patch alone.
 
     Listeners stay registered but are not called until something installs
     the hook again (``add_listener``, :func:`ensure_installed`).
@@ -183,43 +199,8 @@ def uninstall() -> None:
             if cls.__dict__.get("__init__") is wrapper:
                 setattr(cls, "__init__", original)  # noqa: B010
         _installed.clear()
-
-
-def _native_backed_classes(handle_type: type) -> list[type]:
-    """SDK classes whose construction (theirs or a base's) creates a ``_Handle``.
-
-    Found by introspection: a class qualifies when an ``__init__`` in its MRO
-    names ``_Handle`` in its code. Every such class with its own ``__init__``
-    is wrapped, so the most derived constructor is the one that notifies.
-    """
-    for submodule in _SDK_SUBMODULES:
-        try:
-            importlib.import_module(f"{_SDK_PACKAGE}.{submodule}")
-        except ImportError:  # pragma: no cover - a future SDK may drop one
-            continue
-    found: dict[type, None] = {}
-    for module_name, module in list(sys.modules.items()):
-        if module_name != _SDK_PACKAGE and not module_name.startswith(_SDK_PACKAGE + "."):
-            continue
-        for value in list(vars(module).values()):
-            if (
-                isinstance(value, type)
-                and value is not handle_type
-                and value.__module__.startswith(_SDK_PACKAGE)
-                and "__init__" in value.__dict__
-                and _constructs_handle(value)
-            ):
-                found[value] = None
-    return list(found)
-
-
-def _constructs_handle(cls: type) -> bool:
-    for klass in cls.__mro__:
-        init = inspect.unwrap(klass.__dict__.get("__init__", object.__init__))
-        code = getattr(init, "__code__", None)
-        if code is not None and "_Handle" in code.co_names:
-            return True
-    return False
+        _owners.clear()
+        _event_sources.clear()
 
 
 def _instrumented(original: Callable[..., None]) -> Callable[..., None]:
@@ -257,43 +238,30 @@ def _construct_notifying(
 
 # -- which object an SDK callback fires for -------------------------------------
 
-_EVENT_SOURCE_NAMES = ("Recognizer", "SpeechSynthesizer", "Connection", "KeywordRecognizer")
 
+# -- which object an SDK callback fires for -------------------------------------
 
 _event_sources: dict[type, bool] = {}
 
 
 def is_event_source(obj: object) -> bool:
-    """Whether ``obj`` is an SDK object whose event signals call back on SDK threads."""
+    """Whether ``obj``'s integration can tell which object its callback threads fire for."""
     cls = type(obj)
     known = _event_sources.get(cls)
     if known is None:
-        known = _event_sources[cls] = any(
-            base.__name__ in _EVENT_SOURCE_NAMES and base.__module__.startswith(_SDK_PACKAGE)
-            for base in cls.__mro__
-        )
+        owner = _owner(cls)
+        known = _event_sources[cls] = owner is not None and owner.callback_object is not None
     return known
 
 
-def _sdk_directory() -> str | None:
-    module = sys.modules.get(_SDK_PACKAGE)
-    path = getattr(module, "__file__", None)
-    return path.rsplit("/", 1)[0] + "/" if path else None
-
-
 def dispatching_source() -> object | None:
-    """The SDK object whose event the calling SDK callback thread is dispatching, or None.
+    """The object whose callback the calling (SDK callback) thread is dispatching, or None.
 
-    Measured with SDK 1.53: every event reaches Python through a ctypes
-    trampoline in the SDK's modules (``__session_started_callback`` and the
-    like), the outermost frame of the callback thread, whose local ``obj`` is
-    the recognizer or synthesizer the event belongs to.
+    Found from the thread's outermost frame by the integration whose modules
+    that frame runs (for Azure Speech: the ctypes trampoline's ``obj`` local).
     """
     frame: FrameType | None = sys._getframe(1)
     outermost = sys._getframe(1)
     while frame is not None:
         outermost, frame = frame, frame.f_back
-    directory = _sdk_directory()
-    if directory is None or not outermost.f_code.co_filename.startswith(directory):
-        return None
-    return outermost.f_locals.get("obj")
+    return _integration.callback_object(outermost)

@@ -40,8 +40,8 @@ import psutil
 from ._errors import NativeGuardError
 from ._malloc import heap_stats
 from ._managed import managed_transcriber
-from ._native import native_handles
 from ._reaper import get_reaper
+from .integrations.azure_speech._handles import native_handles
 from .isolate._pool import PoolStatistics, WorkerPool
 from .testing import DEFAULT_KEY, Phrase, SpeechService, write_wav
 

@@ -39,9 +39,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import _malloc
-from ._errors import NativeDiagnosticsUnavailable
+from ._integration import native_counters
 from ._malloc import TrimResult
-from ._native import native_handle_count
 
 __all__ = ["MemoryBreakdown", "TrimResult", "memory_breakdown", "trim"]
 
@@ -99,10 +98,7 @@ def memory_breakdown() -> MemoryBreakdown:
     Microseconds on a quiet heap; ``mallinfo2`` walks glibc's free lists, so it
     grows with fragmentation. Never raises for a missing glibc or SDK table.
     """
-    try:
-        handles = native_handle_count()
-    except NativeDiagnosticsUnavailable:
-        handles = 0
+    handles = sum(native_counters().values())
     traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
     blocks = sys.getallocatedblocks()
     heap = _malloc.heap_stats()

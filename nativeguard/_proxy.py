@@ -19,6 +19,7 @@ import wrapt
 
 from ._errors import ClosedResourceError, add_note, detach_traceback
 from ._extract import Cancellation, extract
+from ._integration import callbacks_of
 from ._scope import Scope
 
 __all__ = ["EventProxy", "ManagedProxy", "ResultProxy", "SignalProxy"]
@@ -46,12 +47,11 @@ class _Released:
         return f"<released {self._description} (closed at {self._where})>"
 
 
-def _is_signal(value: object) -> bool:
-    try:
-        from azure.cognitiveservices.speech import EventSignal  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - the SDK is a dependency
+def _is_signal(owner: object, value: object) -> bool:
+    """Whether ``value`` is one of the callback slots ``owner``'s integration finds on it."""
+    if isinstance(value, (str, bytes, int, float, bool, type(None))):
         return False
-    return isinstance(value, EventSignal)
+    return any(value is slot for slot in callbacks_of(owner))
 
 
 class ManagedProxy(wrapt.ObjectProxy[Any]):
@@ -65,7 +65,7 @@ class ManagedProxy(wrapt.ObjectProxy[Any]):
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.__wrapped__, name)
-        if _is_signal(value):
+        if _is_signal(self.__wrapped__, value):
             return SignalProxy(value, self._self_scope, plain=self._self_plain)
         return value
 

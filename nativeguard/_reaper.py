@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from . import _integration
+
 __all__ = [
     "REAPER_THREAD_NAME",
     "ForeignOrigin",
@@ -47,7 +49,6 @@ _DEFAULT_MAX_PENDING = 256
 _DRAIN_AT_EXIT_S = 2.0
 _DEFAULT_MAX_WORKERS = 16
 _IDLE_EXIT_S = 10.0
-_SDK_MODULE = "azure.cognitiveservices.speech"
 
 # Payloads whose drop would have been unsafe (an SDK callback that never
 # returned): kept alive on purpose. A leak is reported; a deadlocked SDK thread
@@ -276,10 +277,14 @@ class ForeignOrigin:
     thread_name: str
     frame: FrameType | None
     sdk_callback: bool
+    integration: str = ""
+    """Name of the integration whose SDK runs the callback ("" if none)."""
 
     def describe(self) -> str:
         if self.sdk_callback:
-            return f"an Azure Speech SDK callback thread ({self.thread_name})"
+            return (
+                f"an SDK callback thread of the {self.integration} integration ({self.thread_name})"
+            )
         return f"a thread not started by Python's threading module ({self.thread_name})"
 
     def wait_returned(self, timeout: float) -> bool:
@@ -318,12 +323,6 @@ def park(refs: list[Any]) -> None:
     refs.clear()
 
 
-def _sdk_directory() -> str | None:
-    module = sys.modules.get(_SDK_MODULE)
-    path = getattr(module, "__file__", None)
-    return os.path.dirname(os.path.abspath(path)) + os.sep if path else None
-
-
 def _python_thread() -> tuple[bool, str]:
     """(started by Python's threading module, name) of the calling thread.
 
@@ -348,13 +347,8 @@ def foreign_origin() -> ForeignOrigin | None:
     outermost = None
     while frame is not None:
         outermost, frame = frame, frame.f_back
-    sdk = _sdk_directory()
-    in_sdk = (
-        outermost is not None
-        and sdk is not None
-        and os.path.abspath(outermost.f_code.co_filename).startswith(sdk)
-    )
-    return ForeignOrigin(name, outermost, in_sdk)
+    owner = _integration.callback_integration(outermost)
+    return ForeignOrigin(name, outermost, owner is not None, owner.name if owner else "")
 
 
 def drop_all(refs: list[Any]) -> int:

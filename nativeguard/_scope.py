@@ -23,7 +23,7 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _malloc
-from ._adapters import ReleaseStep, adapter_for, event_signals
+from ._adapters import ReleaseStep, adapter_for
 from ._errors import (
     AsyncReleaseRequired,
     ClosedResourceError,
@@ -32,6 +32,7 @@ from ._errors import (
     add_note,
     detach_traceback,
 )
+from ._integration import callbacks_of, integrations
 from ._reaper import (
     REAPER_THREAD_NAME,
     ForeignOrigin,
@@ -340,6 +341,7 @@ class Scope:
         where it was registered (created, with tracemalloc on).
         """
         self._check_open("register an object in")
+        integrations()  # the first registration loads the entry points' release steps
         try:
             ref = weakref.ref(obj)
         except TypeError:
@@ -735,7 +737,7 @@ class Scope:
                 if error is not None:
                     release.record(error, context)
             try:
-                signals = event_signals(obj)
+                signals = callbacks_of(obj)
             except Exception as exc:
                 signals = []
                 release.record(exc, f"while finding the event signals of {entry.type_name}")

@@ -26,8 +26,8 @@ from typing import Any
 from nativeguard._errors import NativeGuardError
 from nativeguard._guarded import GuardStatistics
 from nativeguard._malloc import heap_stats, rss_bytes
-from nativeguard._native import native_handles
 from nativeguard._reaper import get_reaper
+from nativeguard.integrations.azure_speech._handles import native_handles
 from nativeguard.isolate._options import check_limit as _check_limit
 from nativeguard.isolate._recycle import MB, Decision, RecyclePolicy, RetirementPolicy
 from nativeguard.isolate._worker import _remedy

@@ -51,8 +51,7 @@ from typing import Any
 import psutil
 
 from . import _registry
-from ._errors import NativeDiagnosticsUnavailable
-from ._native import native_handles as _native_handles
+from ._integration import native_counters
 from ._reaper import REAPER_THREAD_NAME, Reaper
 
 __all__ = ["Counts", "Delta", "Snapshot", "settle", "snapshot"]
@@ -281,10 +280,7 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
         _registry.enable()
         instances = Counts(_registry.counts())
     collected = Counts(_registry.collected())
-    try:
-        handles = Counts(_native_handles())
-    except NativeDiagnosticsUnavailable:
-        handles = Counts()
+    handles = Counts(native_counters())
     named, own_ids = _python_threads()
     process = _process()
     task_ids = _os_thread_ids()

@@ -23,10 +23,11 @@ enough; it does nothing until asked:
   fails the call itself. Coroutine test functions are checked once instead.
 
 Session warm-up, measured rather than ignored: on the first checked test the
-plugin enables the live-object registry (one heap walk), imports the Speech
-SDK (its import creates one process-lifetime ``ISpxAudioConfig`` handle) and
-``azure.identity`` and tracks ``ThreadPoolExecutor`` and every azure-identity
-credential class, all before the first baseline. Measured with SDK 1.53, the
+plugin enables the live-object registry (one heap walk, which hooks every
+integration's tracked classes: for Azure Speech its import creates one
+process-lifetime ``ISpxAudioConfig`` handle) and tracks the classes the
+integrations ask leak checks to count (``ThreadPoolExecutor``, every
+azure-identity credential class), all before the first baseline. Measured with SDK 1.53, the
 first recognition, transcription, translation or synthesis in a process
 leaves no thread, fd or handle behind once released (tests/test_leakcheck.py
 asserts it in a fresh interpreter); nativeguard's own reaper thread lives for
@@ -35,7 +36,6 @@ the process and is left out of thread counts by the snapshot itself.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import gc
 import inspect
@@ -224,18 +224,10 @@ class _Session:
 
 
 def _extra_types() -> list[type]:
-    """``ThreadPoolExecutor`` and azure-identity's credential classes (sync and aio)."""
-    found: list[type] = [concurrent.futures.ThreadPoolExecutor]
-    for module_name in ("azure.identity", "azure.identity.aio"):
-        try:
-            module = __import__(module_name, fromlist=["__all__"])
-        except ImportError:
-            continue
-        for name in getattr(module, "__all__", ()):
-            cls = getattr(module, name, None)
-            if inspect.isclass(cls) and name.endswith("Credential") and cls not in found:
-                found.append(cls)
-    return found
+    """The classes every integration asks leak checks to count (executors, credentials)."""
+    from ._integration import counted_types  # noqa: PLC0415 - loads entry points when checking
+
+    return counted_types()
 
 
 _SESSION = pytest.StashKey[_Session]()

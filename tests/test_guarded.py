@@ -23,8 +23,8 @@ from nativeguard._guarded import (
     current_scope,
     guarded,
 )
-from nativeguard._native import native_handles
 from nativeguard._scope import Scope
+from nativeguard.integrations.azure_speech import native_handles
 
 
 def live(type_name: str) -> int:

@@ -21,7 +21,7 @@ from nativeguard._managed import (
     managed_transcriber,
     managed_translation_recognizer,
 )
-from nativeguard._native import native_handles
+from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.testing import Faults, Phrase, SpeechService
 
 SCRIPT = [

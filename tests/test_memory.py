@@ -12,7 +12,7 @@ import pytest
 
 from nativeguard import _malloc, _registry
 from nativeguard._memory import MemoryBreakdown, memory_breakdown, trim
-from nativeguard._native import native_handle_count, native_handles
+from nativeguard.integrations.azure_speech import native_handle_count, native_handles
 
 MiB = 1 << 20
 

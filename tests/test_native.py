@@ -1,4 +1,4 @@
-"""nativeguard._native against the real SDK core: its handle table is our ground truth."""
+"""The Speech handle table reader (integrations/azure_speech/_handles.py): ground truth."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import threading
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard import NativeGuardError, _native
-from nativeguard._native import (
+from nativeguard import NativeGuardError
+from nativeguard.integrations.azure_speech import _handles as _native
+from nativeguard.integrations.azure_speech._handles import (
     NativeDiagnosticsFormatError,
     NativeDiagnosticsUnavailable,
     native_diagnostics_available,
@@ -57,7 +58,7 @@ def test_fresh_process_baseline_is_one_audio_config():
     # SpeechSynthesizer's default argument AudioOutputConfig(use_default_speaker=True)
     # is evaluated when the SDK is imported and lives for the whole process.
     code = (
-        "from nativeguard._native import native_handles, native_handle_count\n"
+        "from nativeguard.integrations.azure_speech import native_handles, native_handle_count\n"
         "print(native_handles(), native_handle_count())\n"
     )
     out = subprocess.run(

@@ -182,9 +182,9 @@ def test_an_sdk_object_gets_the_extract_hint() -> None:
     assert error.type_name == f"{kind.__module__}.{kind.__qualname__}"
     assert error.type_name.startswith("azure.cognitiveservices.speech")
     assert str(error) == (
-        f"result.raw is a {error.type_name}, not plain data: it holds native Speech SDK state "
-        "that cannot leave the process; convert it in the worker with nativeguard.extract() "
-        "(or return only the fields needed)"
+        f"result.raw is a {error.type_name}, not plain data: it holds native state of the "
+        "azure_speech SDK that cannot leave the process; convert it in the worker with "
+        "nativeguard.extract() (or return only the fields needed)"
     )
 
 

@@ -20,9 +20,9 @@ import pytest
 
 from nativeguard import _reaper
 from nativeguard._errors import ClosedResourceError, ReleaseError
-from nativeguard._native import native_handles
 from nativeguard._reaper import REAPER_THREAD_NAME, Reaper, get_reaper
 from nativeguard._scope import Scope
+from nativeguard.integrations.azure_speech import native_handles
 
 
 def recognizers() -> int:
@@ -315,7 +315,7 @@ def test_without_nativeguard_a_last_reference_dropped_in_a_callback_never_releas
         """
         import sys, threading, time
         import azure.cognitiveservices.speech as speechsdk
-        from nativeguard._native import native_handles
+        from nativeguard.integrations.azure_speech import native_handles
         from nativeguard.testing import SpeechService, write_wav
 
         wav = write_wav(sys.argv[1], 1.0)
@@ -384,7 +384,7 @@ def test_close_in_an_sdk_callback_defers_the_whole_release_to_the_reaper(speech_
     assert seen["released_in_callback"] is False
     assert "wait for itself" in str(seen["wait_error"])
     (warning,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert "Azure Speech SDK callback thread" in str(warning.message)
+    assert "SDK callback thread of the azure_speech integration" in str(warning.message)
     assert "deferred" in str(warning.message)
     assert recognizers() == baseline
     assert deaths == [REAPER_THREAD_NAME]

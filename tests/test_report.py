@@ -13,7 +13,6 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 
 from nativeguard._holders import INVISIBLE, UNREACHABLE
-from nativeguard._native import native_handles
 from nativeguard._report import (
     MAX_COUNTS_SHOWN,
     MAX_LINKS_SHOWN,
@@ -24,6 +23,7 @@ from nativeguard._report import (
     build_report,
     creation_traceback,
 )
+from nativeguard.integrations.azure_speech import native_handles
 
 KEY = "0123456789abcdef0123456789abcdef"
 

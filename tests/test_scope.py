@@ -22,8 +22,8 @@ import nativeguard
 from nativeguard import _malloc
 from nativeguard._adapters import register_adapter, run_bounded
 from nativeguard._errors import ClosedResourceError, NativeGuardError, ReleaseError, ReleaseTimeout
-from nativeguard._native import native_handles
 from nativeguard._scope import Scope, creation_tracebacks_enabled, set_creation_tracebacks
+from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.testing import TokenService
 
 

@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from nativeguard import _construction, _registry
-from nativeguard._native import native_handles
 from nativeguard._reaper import REAPER_THREAD_NAME, get_reaper
 from nativeguard._snapshot import Counts, Delta, Snapshot, settle, snapshot
+from nativeguard.integrations.azure_speech import native_handles
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import pickle
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
 
+from .._integration import preload_modules
 from ._plain import check_picklable, check_plain
 
 __all__ = [
@@ -18,13 +19,43 @@ __all__ = [
     "function_name",
 ]
 
-DEFAULT_PRELOAD: tuple[str, ...] = ("azure.cognitiveservices.speech", "nativeguard.isolate._worker")
+_WORKER_MODULE = "nativeguard.isolate._worker"
+
+
+class _DefaultPreload(Sequence[str]):
+    """Every registered integration's ``preload``, then the worker module; read when used.
+
+    A sequence rather than a tuple fixed at import, so an integration
+    registered later (an entry point, a user's) is preloaded too.
+    """
+
+    def _names(self) -> tuple[str, ...]:
+        return (*(name for name in preload_modules() if name != _WORKER_MODULE), _WORKER_MODULE)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+DEFAULT_PRELOAD: Sequence[str] = _DefaultPreload()
 """Imported once in the fork server so each worker starts with them loaded.
 
-Measured safe for the Azure Speech SDK 1.53: importing it (and building a
-SpeechConfig) starts no native thread, so the fork server stays single-threaded
-and forking it is sound. ``WorkerPool`` checks the fork server's thread count
-and warns if a preloaded module ever breaks that.
+Each integration says what is safe to preload (for the Azure Speech SDK 1.53:
+importing it starts no native thread, so the fork server stays
+single-threaded and forking it is sound). ``WorkerPool`` checks the fork
+server's thread count and warns if a preloaded module ever breaks that.
 """
 StartMethod = Literal["forkserver", "spawn", "fork"]
 

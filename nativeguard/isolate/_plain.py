@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 from .._errors import NotPlainDataError
 from .._extract import FrozenMap
+from .._integration import integration_for_module
 from .._redact import redact_text
 
 __all__ = ["check_picklable", "check_plain", "describe_type"]
@@ -71,10 +72,10 @@ def describe_type(value: object) -> str:
 
 
 def _hint(value: object) -> str:
-    module = type(value).__module__
-    if module.startswith("azure.cognitiveservices.speech"):
+    owner = integration_for_module(type(value).__module__)
+    if owner is not None:
         return (
-            "it holds native Speech SDK state that cannot leave the process; "
+            f"it holds native state of the {owner.name} SDK that cannot leave the process; "
             "convert it in the worker with nativeguard.extract() (or return only the fields needed)"
         )
     # User Structures, pointers and arrays live in other modules; their bases are _ctypes'.

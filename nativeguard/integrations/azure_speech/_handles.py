@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import NativeDiagnosticsFormatError, NativeDiagnosticsUnavailable
+from nativeguard import NativeDiagnosticsFormatError, NativeDiagnosticsUnavailable
 
 __all__ = [
     "NativeDiagnosticsFormatError",
