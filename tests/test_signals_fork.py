@@ -233,7 +233,9 @@ def test_sigalrm_closing_every_open_scope_from_the_handler(
 def test_a_handler_close_of_trivial_objects_does_not_wait_out_the_exit_budget(
     handler_closes: dict[str, Any],
 ) -> None:
-    assert handler_closes["slowest_handler_close_s"] < 0.5, handler_closes
+    # The bug waited the whole 1 s budget; a handler close measured 0.25-0.57 s at most
+    # on this loaded 2-core machine (thread wake-ups), so the bound sits between.
+    assert handler_closes["slowest_handler_close_s"] < 0.85, handler_closes
 
 
 # -- KeyboardInterrupt in every kind of release step --------------------------------------------
