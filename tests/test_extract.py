@@ -340,9 +340,15 @@ def test_secret_in_cancellation_details_is_redacted(wav_path):
             "?subscription-key=KEY-IN-QUERY-1234&custom=OPAQUE-SECRET-5678"
         )
         config = speechsdk.SpeechConfig(endpoint=endpoint)
-        recognizer = speechsdk.SpeechRecognizer(config, audio(wav_path))
-        result = recognizer.recognize_once_async().get()
-        raw = result.cancellation_details.error_details
+        # On a loaded machine the SDK sometimes gives up with "Timeout: no recognition
+        # result received" before it reports the refused connection (seen once in CI):
+        # the echo of the URL this test is about comes with the connection failure.
+        for _attempt in range(3):
+            recognizer = speechsdk.SpeechRecognizer(config, audio(wav_path))
+            result = recognizer.recognize_once_async().get()
+            raw = result.cancellation_details.error_details
+            if "KEY-IN-QUERY-1234" in raw:
+                break
         default = extract(result)
         with_secret = extract(result, secrets=["OPAQUE-SECRET-5678"])
         with_one_secret = extract(result, secrets="OPAQUE-SECRET-5678")
