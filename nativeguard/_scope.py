@@ -523,8 +523,7 @@ class Scope:
         job = functools.partial(self._drop_and_finish, release, None, time.perf_counter())
         if get_reaper().submit("scope release (drop)", job):
             del job
-            waited = release.done if self._release_mode == "inline" else release.steps_done
-            remaining = max(0.0, self._exit_budget_s - (time.perf_counter() - start))
+            waited, remaining = self._budget(release, start)
             if not await asyncio.to_thread(waited.wait, remaining):
                 release.budget_exceeded = True
         else:
@@ -621,7 +620,13 @@ class Scope:
         return release
 
     def _wait_within_budget(self, release: _Release, start: float) -> None:
-        """Wait for the release (inline) or its steps (background), at most the exit budget.
+        """Wait for the release (inline) or its steps (background), at most the exit budget."""
+        waited, remaining = self._budget(release, start)
+        if not waited.wait(remaining):
+            release.budget_exceeded = True
+
+    def _budget(self, release: _Release, start: float) -> tuple[threading.Event, float]:
+        """What close()/aclose() wait for, and for how long at most.
 
         Not at all when this thread holds a lock the release needs (close() in a
         signal handler that interrupted register() or a reaper submit on this
@@ -631,8 +636,7 @@ class Scope:
         remaining = max(0.0, self._exit_budget_s - (time.perf_counter() - start))
         if self._lock._is_owned() or get_reaper().held_by_caller():  # type: ignore[attr-defined]
             remaining = 0.0
-        if not waited.wait(remaining):
-            release.budget_exceeded = True
+        return waited, remaining
 
     def _close_error(self, release: _Release) -> ReleaseError | None:
         """What close() raises: inline, every failure; background, the steps'; none past budget."""
