@@ -26,7 +26,6 @@ import textwrap
 import threading
 import time
 import traceback
-import wave
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import IO, Any, Literal, TextIO
 import azure.cognitiveservices.speech as speechsdk
 import psutil
 
+from ._calls import _pcm_wav
 from ._errors import NativeGuardError
 from ._malloc import heap_stats
 from ._managed import managed_transcriber
@@ -159,13 +159,11 @@ class _Audio:
     def of(cls, path: str) -> _Audio:
         found = _AUDIO.get(path)
         if found is None:
-            with wave.open(path, "rb") as reader:
-                found = _AUDIO[path] = cls(
-                    reader.getframerate(),
-                    8 * reader.getsampwidth(),
-                    reader.getnchannels(),
-                    reader.readframes(reader.getnframes()),
-                )
+            pcm_wav = _pcm_wav(path)  # the helpers' reader: the demo writes such a file
+            if pcm_wav is None:
+                raise DemoError(f"{path} is not an uncompressed 8/16-bit WAV file")
+            (rate, bits, channels), pcm = pcm_wav
+            found = _AUDIO[path] = cls(rate, bits, channels, pcm)
         return found
 
     def stream(self) -> Any:
