@@ -486,17 +486,8 @@ class Scope:
         if origin is not None:
             self._defer(release, origin, start)
             return
-        job = functools.partial(self._run_release, release, None)
-        if get_reaper().submit("scope release", job):
-            del job
+        if _submit_or_run(release, "scope release", self._run_release, release, None):
             self._wait_within_budget(release, start)
-        else:
-            # Queue full: the reaper is behind, so this caller does the work
-            # (back-pressure) rather than pile up dead SDK objects. Steps are
-            # still bounded.
-            release.queue_full = True
-            job()
-            del job
         release.caller_seconds = time.perf_counter() - start
         error = self._close_error(release)
         del release
@@ -520,16 +511,13 @@ class Scope:
             self._defer(release, origin, start)
             return
         interrupted = await _drive_async(self._release_steps(release))
-        job = functools.partial(self._drop_and_finish, release, None, time.perf_counter())
-        if get_reaper().submit("scope release (drop)", job):
-            del job
+        drop = self._drop_and_finish
+        if _submit_or_run(
+            release, "scope release (drop)", drop, release, None, time.perf_counter()
+        ):
             waited, remaining = self._budget(release, start)
             if not await asyncio.to_thread(waited.wait, remaining):
                 release.budget_exceeded = True
-        else:
-            release.queue_full = True
-            job()
-            del job
         release.caller_seconds = time.perf_counter() - start
         error = self._close_error(release)
         del release
@@ -894,6 +882,19 @@ class Scope:
             f"<Scope {state} release={self._release_mode} tracking={len(self._tracked)} "
             f"adopted={len(self._adopted)}>"
         )
+
+
+def _submit_or_run(release: _Release, what: str, fn: Callable[..., None], *args: Any) -> bool:
+    """Hand ``fn(*args)`` to the reaper (True), or run it here when its queue is full.
+
+    A full queue means the reaper is behind: the caller does the work
+    (back-pressure) rather than pile up dead SDK objects. Steps stay bounded.
+    """
+    if get_reaper().submit(what, functools.partial(fn, *args)):
+        return True
+    release.queue_full = True
+    fn(*args)
+    return False
 
 
 # -- drivers for the release steps ---------------------------------------------
