@@ -10,6 +10,8 @@ release steps win.
 
 from __future__ import annotations
 
+import importlib
+
 from nativeguard import register_integration
 
 from . import azure_identity, azure_speech, executors
@@ -18,4 +20,14 @@ __all__ = ["azure_identity", "azure_speech", "executors"]
 
 for _module in (executors, azure_identity, azure_speech):
     register_integration(_module.INTEGRATION)
-del _module
+
+# onnxruntime and gRPC (issue 13) are being written; each registers once its module lands.
+for _name in ("onnxruntime", "grpc"):
+    try:
+        _module = importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _error:
+        if _error.name != f"{__name__}.{_name}":
+            raise
+        continue
+    register_integration(_module.INTEGRATION)
+del _module, _name
