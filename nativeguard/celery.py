@@ -18,7 +18,11 @@ same options and meaning, run in each prefork child after each task:
 * a child the policy retires leaves by billiard's own recycling path, the one
   ``worker_max_tasks_per_child`` uses: after its result was written and the
   parent has read it (so the result is stored and, with ``acks_late``, the
-  message acknowledged), between two tasks; the pool starts its replacement.
+  message acknowledged), between two tasks; the pool starts its replacement;
+* each retirement is counted by reason for :mod:`nativeguard.monitor`
+  (:func:`~nativeguard.monitor.count_retirement`, in the child when the
+  policy decides): with ``PROMETHEUS_MULTIPROC_DIR`` set, the exporting process
+  shows ``nativeguard_worker_retirements_total{reason}`` summed over every child.
 
 Only the prefork pool runs tasks in child processes that can be recycled:
 ``install`` refuses an app configured for another pool, and a worker started
@@ -57,6 +61,7 @@ from nativeguard._errors import NativeGuardError
 from nativeguard._guarded import GuardStatistics, guarded
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
 from nativeguard.isolate._recycle import RecyclePolicy
+from nativeguard.monitor import count_retirement
 
 __all__ = [
     "DELTAS_STATE",
@@ -107,6 +112,7 @@ class _Child:
     recycler: ProcessRecycler
     send_events: bool
     depth: int = 0
+    retirement_counted: bool = False
 
 
 class _State:
@@ -332,11 +338,23 @@ def _measured(task: Any, run: Callable[..., Any], guard_tasks: bool) -> Callable
                 # The task's own outcome stands: a failed measurement is logged, not raised.
                 logger.exception("nativeguard: could not measure task %s", task.name)
             else:
+                if deltas.retire is not None and not child.retirement_counted:
+                    child.retirement_counted = True
+                    _count_retirement(deltas.retire)
                 _publish(task, child, deltas)
 
     measured_run.__name__ = getattr(run, "__name__", "run")
     measured_run.__doc__ = getattr(run, "__doc__", None)
     return measured_run
+
+
+def _count_retirement(reason: str) -> None:
+    """Count this child's retirement for the monitor (before its result is sent, so a
+    client that saw the result sees the count); a failure to count never stops it."""
+    try:
+        count_retirement(reason)
+    except Exception:
+        logger.exception("nativeguard: could not count the retirement (%s) for the monitor", reason)
 
 
 def _publish(task: Any, child: _Child, deltas: UnitDeltas) -> None:
