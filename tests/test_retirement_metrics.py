@@ -16,6 +16,8 @@ must name themselves without stopping a retirement.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -79,9 +81,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_celery_children_retirements_per_reason_reach_the_parents_exporter(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """One pool child at a time, tasks sent one by one: 8 plain tasks retire 2 children by
-    max_tasks (4 each), then 6 tasks leaking 8 MB retire 2 by max_growth (12 MB: the
-    third leak of a child crosses it). The parent's /metrics must say exactly that."""
+    """One pool child at a time, tasks sent one by one: 3 tasks leaking 8 MB retire the
+    first child by max_growth (12 MB: its third leak crosses it), then 4 plain tasks retire
+    the next by max_tasks (4). The parent's /metrics must say exactly that.
+
+    One of each: with -c 1 the pool replaces a retired child only about 5 s later
+    (billiard's maintain_pool timer; the same for Celery's own max_tasks_per_child), so
+    every retirement but the last costs 5 s of this test."""
     client = Celery("ngretire", broker=redis_url, backend=redis_url)
     redis.Redis.from_url(redis_url).flushdb()
     spool = tmp_path / "prometheus"
@@ -107,7 +113,7 @@ def test_celery_children_retirements_per_reason_reach_the_parents_exporter(
 
         wait_for(serving, "the worker's exporter", RESULT_S)
         before = scrape(url)
-        plan = [("echo", (i,)) for i in range(8)] + [("leak", (8, i)) for i in range(6)]
+        plan = [("leak", (8, i)) for i in range(3)] + [("echo", (i,)) for i in range(3, 7)]
         deltas = []
         for name, args in plan:
             result = client.send_task(f"celery_tasks.{name}", args=args)
@@ -126,14 +132,63 @@ def test_celery_children_retirements_per_reason_reach_the_parents_exporter(
         worker.stop()
         client.close()
     told = Counter(d["retire"] for d in deltas if d["retire"])
-    assert told == {"max_tasks": 2, "max_growth": 2}, [(d["unit"], d["retire"]) for d in deltas]
+    assert told == {"max_growth": 1, "max_tasks": 1}, [(d["unit"], d["retire"]) for d in deltas]
     assert retirements(before) == {}
-    assert retirements(after) == {"max_tasks": 2.0, "max_growth": 2.0}
-    assert len(retired) == 4
+    assert retirements(after) == {"max_growth": 1.0, "max_tasks": 1.0}
+    assert len(retired) == 2
     # The parent's own Monitor shares the registry: its gauges once, no counter twice.
     assert len(after["nativeguard_rss_bytes"]) == 1
     # Created at the first retirement, with the other counter; no scope was counted.
     assert after["nativeguard_releases_total"] == [({}, 0.0)]
+
+
+def test_a_sigkilled_child_is_counted_as_crashed_by_the_parent(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Only the parent sees a child die: it counts it, once, and the task still completes
+    (acks_late + reject_on_worker_lost, as in test_celery.py)."""
+    client = Celery("ngcrash", broker=redis_url, backend=redis_url)
+    store = redis.Redis.from_url(redis_url)
+    store.flushdb()
+    spool = tmp_path / "prometheus"
+    spool.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    worker = celery_worker(
+        tmp_path,
+        redis_url,
+        json.dumps({"max_tasks": 50}),
+        env={MULTIPROC: str(spool), "NG_METRICS_PORT": str(port)},
+    ).start()
+    try:
+        worker.wait_log("ready.")
+        results = [
+            client.send_task("celery_tasks.slow", args=(i, 0.1 if i != 2 else 2.0))
+            for i in range(6)
+        ]
+        wait_for(lambda: store.llen("ng:starts:2") == 1, "task 2 to start", RESULT_S)
+        victim = int(store.lindex("ng:starts:2", 0))
+        assert victim in worker.children()
+        os.kill(victim, signal.SIGKILL)
+        values = [result.get(timeout=RESULT_S) for result in results]
+        worker.pids |= {v["pid"] for v in values} | {victim}
+
+        def counted() -> bool:
+            try:
+                return retirements(scrape(url)) == {"crashed": 1.0}
+            except OSError:
+                return False
+
+        # The parent reaps the child when it notices (its event loop or pool timer).
+        wait_for(counted, "the crash in the parent's /metrics", 30)
+        time.sleep(0.5)  # a second count of the same child would show by now
+        final = retirements(scrape(url))
+    finally:
+        worker.stop()
+        client.close()
+        store.close()
+    assert sorted(v["index"] for v in values) == list(range(6))
+    assert final == {"crashed": 1.0}
 
 
 # -- gunicorn: workers retire, any worker's /metrics counts them --------------
