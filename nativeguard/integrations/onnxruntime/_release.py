@@ -25,7 +25,7 @@ So the release step, on the reaper thread:
    so: the common case costs nothing), walks the heap once for the
    ``IOBinding``/``OrtValue``/``InferenceSession`` wrappers that hold it and
    releases them the same way;
-4. drops its reference and waits (bounded) for the native session to be
+4. drops its reference and waits (half the step's bound) for the native session to be
    freed, so a concurrent ``run()`` returns first; if something nativeguard
    cannot reach still holds it, raises :class:`SessionPinnedError`;
 5. trims the heap when the release left at least ``trim threshold`` more free
@@ -238,10 +238,15 @@ def _release_holders(c_session: object) -> None:
 
 
 def _wait_freed(ref: weakref.ReferenceType[Any], timeout_s: float) -> None:
-    """Wait until the native session is freed, at most ~90% of the step's bound."""
+    """Wait until the native session is freed, at most half the step's bound.
+
+    Half: the heap walk and the trim run in the same bound, and a step that
+    overruns it is reported late (on the reaper), not by close().
+    """
     if ref() is None:
         return
-    deadline = time.monotonic() + max(0.0, timeout_s * 0.9)
+    waited = max(0.0, timeout_s * 0.5)
+    deadline = time.monotonic() + waited
     while ref() is not None and time.monotonic() < deadline:
         time.sleep(_POLL_S)
     session = ref()
@@ -250,7 +255,7 @@ def _wait_freed(ref: weakref.ReferenceType[Any], timeout_s: float) -> None:
     references = sys.getrefcount(session) - 2
     del session
     raise SessionPinnedError(
-        f"the native onnxruntime session is still alive {timeout_s * 0.9:.2g} s after its "
+        f"the native onnxruntime session is still alive {waited:.2g} s after its "
         f"release: {references} reference(s) nativeguard cannot reach hold it (an OrtValue "
         "from IOBinding.get_outputs() keeps its session alive natively: copy it with "
         ".numpy() and drop it; a reference to session._sess; a run() that has not "
