@@ -37,7 +37,7 @@ from .._errors import (
 )
 from .._redact import redact_text
 from ._launcher import Launcher
-from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady
+from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._recycle import MB, RecyclePolicy
 from ._types import (
     PoolStatistics,
@@ -465,7 +465,7 @@ class PoolManager:
 
     def _send_stop(self, worker: Worker, now: float) -> None:
         with contextlib.suppress(OSError):  # already gone: its sentinel will tell
-            worker.conn.send(StopWorker())
+            send(worker.conn, StopWorker())
         worker.kill_at = now + _STOP_GRACE_S
 
     def _fill_locked(self, *, spare: bool) -> None:
@@ -497,7 +497,7 @@ class PoolManager:
                 return
             task.future.attempts += 1
             try:
-                worker.conn.send(RunTask(task.info.id, task.payload))
+                send(worker.conn, RunTask(task.info.id, task.payload))
             except OSError:  # the worker just died; its sentinel will retire it
                 self._queue.appendleft(task)
                 worker.state = "exiting"
@@ -551,7 +551,7 @@ class PoolManager:
                 worker.queued = task
                 try:
                     worker.claims.put()
-                    worker.conn.send(RunTask(task.info.id, task.payload, ahead=True))
+                    send(worker.conn, RunTask(task.info.id, task.payload, ahead=True))
                 except OSError:  # the worker just died; its sentinel will retire it
                     worker.queued = None
                     self._take_back_locked(task, worker)
@@ -696,11 +696,13 @@ class PoolManager:
 
     def _receive(self, worker: Worker, settle: Settle) -> None:
         try:
-            message = worker.conn.recv()
+            message = receive(worker.conn)
         except (EOFError, OSError):
             self._unwatch(worker, only_messages=True)
             worker.conn.close()  # the sentinel tells how it ended
             return
+        except Exception as error:  # bytes that are no message: a task wrote to the pipe
+            message = _Unreadable(error)
         with self._lock:
             if isinstance(message, WorkerReady):
                 worker.rss, worker.peak = message.rss, message.peak_rss
@@ -729,6 +731,8 @@ class PoolManager:
                         self._dispatch_locked(time.monotonic(), settle)
                     return
                 violation = f"reported task {message.task_id} while running {task and task.info}"
+            elif isinstance(message, _Unreadable):
+                violation = f"sent bytes that are no message ({message.error!r})"
             else:
                 violation = f"sent an unexpected {type(message).__name__}"
             # Only a process that is not the worker's own loop (a task's forked
@@ -910,6 +914,13 @@ class PoolManager:
             self._unwatch(worker)
             worker.close()
             self._workers.remove(worker)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """What a worker's pipe carried when it could not be unpickled."""
+
+    error: Exception
 
 
 def _describe_exit(exitcode: int | None) -> str:
