@@ -1,4 +1,4 @@
-"""``nativeguard demo --sdk onnxruntime``: the same request naive, guarded and isolated, side by side.
+"""``nativeguard demo --sdk onnxruntime``: one request naive, guarded and isolated, side by side.
 
 The naive request is the field's pattern: a session per request, kept in a
 reference cycle (an object holding the session and a callback back to

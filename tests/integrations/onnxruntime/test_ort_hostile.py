@@ -38,7 +38,8 @@ def test_bad_models_raise_our_errors_and_leave_nothing(
         ngo.infer(model, feeds())  # type: ignore[arg-type]
     if issubclass(error, NativeGuardError):
         assert isinstance(caught.value, (ValueError, FileNotFoundError))
-        assert caught.value.__context__ is None and caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+        assert caught.value.__cause__ is None
     with pytest.raises(error), ngo.managed_session(model):  # type: ignore[arg-type]
         pytest.fail("the block must not run")  # checked at the call or on entering
 
@@ -154,14 +155,14 @@ def test_concurrent_infer_on_threads_leaves_no_session_and_no_thread(
 
 
 def test_release_while_another_thread_runs_the_session(small_model: bytes, feeds: Feeds) -> None:
-    session = ort.InferenceSession(small_model, providers=["CPUExecutionProvider"])
+    sessions = [ort.InferenceSession(small_model, providers=["CPUExecutionProvider"])]
     stop = threading.Event()
     outcomes: list[str] = []
 
     def loop() -> None:
         try:
             while not stop.is_set():
-                session.run(None, feeds())
+                sessions[0].run(None, feeds())
         except ngo.SessionReleasedError:
             outcomes.append("released")
         except BaseException as error:  # anything else is the bug
@@ -170,10 +171,10 @@ def test_release_while_another_thread_runs_the_session(small_model: bytes, feeds
     runner = threading.Thread(target=loop)
     runner.start()
     with Scope(release="inline") as scope:
-        scope.register(session)
+        scope.register(sessions[0])
     runner.join(30)
     stop.set()
-    del session
+    sessions.clear()
     assert outcomes == ["released"]
     assert ngo.live_sessions() == 0
 
@@ -188,7 +189,7 @@ def test_a_secret_in_a_pinned_sessions_release_error_is_redacted(
     path.write_bytes(small_model)
     verify.snapshot()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    pin = session._sess  # noqa: SLF001 - the hostile part: a raw reference to the native session
+    pin = session._sess
     scope = Scope(release="inline", step_timeout_s=0.4)
     scope.register(session)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,8 @@ def test_managed_session_counts_one_and_frees_it_at_block_end(
     assert ngo.live_sessions() == 0
     assert list(outputs) == ["y"]
     assert outputs["y"].shape == (2, 8)
-    assert outputs["y"].flags.owndata and outputs["y"].base is None
+    assert outputs["y"].flags.owndata
+    assert outputs["y"].base is None
     with pytest.raises(ClosedResourceError, match=r"accessed \.run"):
         session.run(None, feeds())
 
@@ -108,9 +108,7 @@ def test_a_cycle_through_the_session_does_not_keep_its_native_memory(
             self.callback = lambda: self
 
     scope = Scope(release="inline")
-    session = scope.register(
-        ort.InferenceSession(small_model, providers=["CPUExecutionProvider"])
-    )
+    session = scope.register(ort.InferenceSession(small_model, providers=["CPUExecutionProvider"]))
     held = [Holder(session)]  # reachable: no collection can free it
     del session
     gc.collect()
@@ -132,7 +130,8 @@ def test_io_bindings_and_session_ortvalues_that_pin_the_session_are_released(
         copied = binding.copy_outputs_to_cpu()[0]
         value = session.create_ortvalue_from_shape_and_type([2, 16], np.float32, "cpu")
     assert ngo.live_sessions() == 0
-    assert ngo.is_released(binding) and ngo.is_released(value)
+    assert ngo.is_released(binding)
+    assert ngo.is_released(value)
     with pytest.raises(ngo.SessionReleasedError, match="IOBinding was released"):
         binding.get_outputs()
     with pytest.raises(ngo.SessionReleasedError, match="OrtValue was released"):
@@ -145,9 +144,7 @@ def test_an_output_ortvalue_of_an_io_binding_pins_the_session_and_is_reported(
 ) -> None:
     verify.snapshot()  # the hook counts the session as it is built
     scope = Scope(release="inline", step_timeout_s=0.6)
-    session = scope.register(
-        ort.InferenceSession(small_model, providers=["CPUExecutionProvider"])
-    )
+    session = scope.register(ort.InferenceSession(small_model, providers=["CPUExecutionProvider"]))
     binding = session.io_binding()
     binding.bind_cpu_input("x", np.ones((2, 16), np.float32))
     binding.bind_output("y")
@@ -220,6 +217,7 @@ def test_release_is_idempotent_and_a_second_scope_finds_nothing_to_do(small_mode
     for _ in range(2):
         with Scope(release="inline") as scope:
             scope.register(session)
-    assert ngo.is_released(session) and ngo.live_sessions() == 0
+    assert ngo.is_released(session)
+    assert ngo.live_sessions() == 0
     ngo.release_session(session, 1.0)
     assert threading.active_count() >= 1
