@@ -472,6 +472,11 @@ class PoolManager:
         """Promote spares to active workers, and ask the launcher for what is still missing.
 
         New processes join as spares and are promoted here on the next pass.
+        Besides the warm spare, a worker running its last task by ``max_tasks``
+        gets its replacement started now, while that task runs: when it
+        retires, a started worker takes over at once (with or without
+        ``warm_spare``), and no start-up competes for the CPU with the
+        hand-over itself (the finished task's caller, the next dispatch).
         """
         active = sum(1 for w in self._workers if w.role == "active")
         spares = [w for w in self._workers if w.role == "spare"]
@@ -479,11 +484,27 @@ class PoolManager:
             spares.pop(0).role = "active"
             active += 1
         missing = self._workers_wanted - active
-        if spare and self._warm_spare and not spares:
-            missing += 1
+        if spare:
+            wanted = int(self._warm_spare) + self._leaving_locked()
+            missing += max(0, wanted - len(spares))
         if missing > self._launching:
             self._launching = missing
             self._launch_wanted.notify()
+
+    def _leaving_locked(self) -> int:
+        """Active workers that retire by ``max_tasks`` when their current task ends."""
+        leaving = 0
+        for worker in self._workers:
+            limit = worker.policy.max_tasks
+            if (
+                limit is not None
+                and worker.role == "active"
+                and worker.task is not None
+                and not worker.stopping
+                and worker.tasks_run + 1 >= limit
+            ):
+                leaving += 1
+        return leaving
 
     def _dispatch_locked(self, now: float, settle: Settle) -> None:
         for worker in self._workers:
