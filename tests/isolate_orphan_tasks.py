@@ -34,3 +34,13 @@ def start_leftovers(seconds: float) -> dict[str, int]:
     )
     popen.returncode = session.returncode = 0  # no ResourceWarning: left running on purpose
     return {"worker": os.getpid(), "popen": popen.pid, "fork": forked, "setsid": session.pid}
+
+
+def leave_child_then_die(path: str, seconds: float) -> None:
+    """Start a sleeper in the worker's process group, write its pid to ``path``, kill the worker."""
+    child = subprocess.Popen(["sleep", repr(seconds)], stdin=subprocess.DEVNULL)
+    child.returncode = 0  # no ResourceWarning: left running on purpose
+    with open(path + ".tmp", "w", encoding="ascii") as out:
+        out.write(str(child.pid))
+    os.replace(path + ".tmp", path)
+    os.kill(os.getpid(), 9)

@@ -69,9 +69,9 @@ def test_parent_sigkill_ends_every_descendant_of_its_workers() -> None:
         members = _session(proc.pid)
         guardians = {pid for pid, name in members.items() if name == "ng-guardian"}
         # Exact accounting: the parent, its fork server and resource tracker, two
-        # workers (one ran the task, one is the warm spare), one guardian each,
-        # and the task's Popen and fork() children. The setsid child has a
-        # session of its own.
+        # workers (one ran the task, one is the warm spare), the pool's one
+        # guardian, and the task's Popen and fork() children. The setsid child
+        # has a session of its own.
         expected = {
             proc.pid,
             info["fork_server"],
@@ -90,9 +90,10 @@ def test_parent_sigkill_ends_every_descendant_of_its_workers() -> None:
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=HANG_S) == -signal.SIGKILL
         assert_all_gone(everyone - {proc.pid}, within_s=10)
-        # One guardian per worker, and nothing else was there.
-        assert len(guardians) == 2, members
-        assert guardian_parents == set(workers)
+        # One guardian for the pool (a child of the fork server, like the
+        # workers), and nothing else was there.
+        assert len(guardians) == 1, members
+        assert guardian_parents == {info["fork_server"]}
     finally:
         proc.kill()
         proc.wait()

@@ -5,6 +5,12 @@ manager, a task submitted meanwhile would wait for it, which is the latency
 the warm spare exists to avoid. Under ``fork`` this thread is the workers'
 parent, so it lives until the manager is done with them (a child's
 parent-death signal fires when the forking *thread* exits).
+
+It also keeps the pool's one guardian process (:mod:`._guardian`) running:
+started before the first worker, and again before the next worker if the
+fork server was replaced (the old guardian, a child of the dead server, has
+killed that server's workers and exited); the manager ends it after the last
+worker (:meth:`Launcher.close`).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.process
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .._errors import WorkerStartError
+from ._guardian import run_guardian
 from ._recycle import RecyclePolicy
 from ._worker import WorkerSettings, run_worker
 
@@ -49,6 +58,7 @@ class Launcher:
         self._initializer = initializer
         self._initargs = initargs
         self._pool_pid = os.getpid()
+        self._guardian: _Guardian | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -56,6 +66,33 @@ class Launcher:
 
     def join(self) -> None:
         self._thread.join()
+
+    def close(self) -> None:
+        """End the guardian (after the last worker: it has nothing left to guard). Idempotent."""
+        guardian, self._guardian = self._guardian, None
+        if guardian is not None:
+            guardian.close()
+
+    def _guardian_writer(self) -> Connection | None:
+        """Where the next worker registers: the guardian of the current fork server.
+
+        None where no guardian can run (no ``pidfd_open``): workers then fall
+        back to ``PR_SET_PDEATHSIG``. Raises ``OSError``/``ValueError`` when
+        it cannot be started (counted as a failed worker start).
+        """
+        if not _GUARDED:
+            return None
+        server = None
+        if self._start_method == "forkserver":
+            multiprocessing.forkserver.ensure_running()
+            server = _fork_server_pid()
+        guardian = self._guardian
+        if guardian is not None and (guardian.server != server or not guardian.alive()):
+            self._guardian = None
+            guardian.close()
+        if self._guardian is None:
+            self._guardian = _Guardian.start(self._context, self._pool_pid, server)
+        return self._guardian.writer
 
     def _loop(self) -> None:
         manager = self._manager
@@ -77,6 +114,12 @@ class Launcher:
         from ._manager import ClaimPipe, Worker  # noqa: PLC0415 - the manager imports this
 
         try:
+            guardian = self._guardian_writer()
+        except (OSError, ValueError) as error:  # EMFILE, a fork server that cannot start
+            failure = WorkerStartError(f"starting the pool's guardian failed: {error!r}")
+            failure.__cause__ = error
+            return None, failure
+        try:
             parent_end, child_end = self._context.Pipe(duplex=True)
         except OSError as error:  # EMFILE, ENFILE: no fds for the worker's pipe
             failure = WorkerStartError(f"creating a worker's pipe failed: {error!r}")
@@ -92,7 +135,13 @@ class Launcher:
             return None, failure
         os.set_blocking(claims.fileno(), False)  # shared with the worker: both take, neither waits
         settings = WorkerSettings(
-            policy, self._plain_types, self._pool_pid, self._initializer, self._initargs, claims
+            policy,
+            self._plain_types,
+            self._pool_pid,
+            self._initializer,
+            self._initargs,
+            claims,
+            guardian,
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_worker, args=(child_end, settings), name="nativeguard-worker"
@@ -119,6 +168,50 @@ class Launcher:
             with contextlib.suppress(OSError):
                 worker.pidfd = os.pidfd_open(process.pid)
         return worker, None
+
+
+_GUARDED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+
+
+def _fork_server_pid() -> int | None:
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+class _Guardian:
+    """The pool's guardian process, and the write end of its registration pipe."""
+
+    def __init__(self, process: Any, writer: Connection, server: int | None) -> None:
+        self.process = process
+        self.writer = writer
+        self.server = server  # the fork server it is a child of (None: the pool's own child)
+
+    @classmethod
+    def start(cls, context: Any, pool_pid: int, server: int | None) -> _Guardian:
+        reader, writer = context.Pipe(duplex=False)
+        try:
+            process = context.Process(
+                target=run_guardian, args=(reader, pool_pid), name="nativeguard-guardian"
+            )
+            process.start()
+        except BaseException:
+            writer.close()
+            raise
+        finally:
+            reader.close()  # the guardian has its own copy (or there is no guardian)
+        # As for workers: nobody but this launcher may poll it (see launch()).
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        return cls(process, writer, server)
+
+    def alive(self) -> bool:
+        return self.process.exitcode is None
+
+    def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+        self.process.join()
 
 
 _checked_fork_servers: set[int] = set()

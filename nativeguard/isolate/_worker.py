@@ -35,7 +35,7 @@ if sys.platform != "win32":
 from .._errors import NotPlainDataError, RemoteTaskError, add_note
 from .._malloc import malloc_trim, rss_bytes
 from .._redact import redact_text
-from ._guardian import kill_descendants, start_guardian
+from ._guardian import join_guardian, kill_descendants
 from ._messages import RunTask, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
@@ -67,10 +67,11 @@ class WorkerSettings:
 
     policy: RecyclePolicy
     plain_types: tuple[type, ...] = ()
-    pool_pid: int = 0  # the pool's process, watched by the worker's guardian (0: the parent)
+    pool_pid: int = 0  # the pool's process, watched by the pool's guardian (0: the parent)
     initializer: Callable[..., object] | None = None  # run once, before the worker is ready
     initargs: tuple[Any, ...] = ()
     claims: Connection | None = None  # the claim pipe's read end (see RunTask.ahead)
+    guardian: Connection | None = None  # the write end of the pool guardian's registrations
 
 
 def take_claim(claims: int | None) -> bool:
@@ -90,7 +91,7 @@ class MemoryMeter:
     opening it each time cost ~17 us, and ``/proc/self/status`` for the peak
     another ~17 us: ~50 us of a worker's ~100 us per-task overhead), the peak
     comes from ``getrusage`` (the same ``VmHWM`` counter, ~1 us). Measured
-    with nativeguard 0.x, Linux 6.18, glibc 2.36, Python 3.11.7. A task that
+    with nativeguard 0.1.0, Linux 6.18, glibc 2.36, Python 3.11.7. A task that
     closes the fd (or reuses its number) gets the slow path, never a wrong
     reading: the fd is checked against the file it was opened on.
     """
@@ -364,7 +365,11 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
     # its workers, so they must not die of it halfway through a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
-    guardian = start_guardian(settings.pool_pid or os.getppid())
+    registrations = None
+    if settings.guardian is not None:
+        registrations = os.dup(settings.guardian.fileno())
+        settings.guardian.close()
+    join_guardian(settings.pool_pid or os.getppid(), registrations)
     # Again, although the pool's at-fork hook already ran: the fork server hands
     # its child the alive pipe only after fork() returned.
     forget_fork_server()
@@ -377,9 +382,7 @@ def run_worker(conn: Connection, settings: WorkerSettings) -> None:
     finally:
         if os.getpid() == me:  # not a child a task forked, leaving through here
             # Ending normally: what the tasks started ends with this worker.
-            kill_descendants(me, frozenset() if guardian is None else frozenset({guardian.pid}))
-            if guardian is not None:
-                guardian.stop()
+            kill_descendants(me)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a closed stream must not keep us alive
                 stream.flush()
