@@ -40,6 +40,7 @@ from ._scope import (
     ScopeStatistics,
     configure,
     creation_tracebacks_enabled,
+    scopes_released,
     set_creation_tracebacks,
 )
 
@@ -104,11 +105,13 @@ __all__ = [
     "managed_synthesizer",
     "managed_transcriber",
     "managed_translation_recognizer",
+    "monitor",
     "plain",
     "recognize_once",
     "register_adapter",
     "register_integration",
     "run_bounded",
+    "scopes_released",
     "set_creation_tracebacks",
     "synthesize",
     "transcribe",
@@ -157,6 +160,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from . import monitor
     from .integrations.azure_speech._calls import (
         Transcript,
         arecognize_once,
@@ -187,6 +191,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "monitor":  # its Prometheus client is optional: loaded when asked for
+        return importlib.import_module("nativeguard.monitor")
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'nativeguard' has no attribute {name!r}")

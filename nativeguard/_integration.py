@@ -34,7 +34,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from types import FrameType
 from typing import Any
 
@@ -108,7 +107,9 @@ class Integration:
     credentials)."""
     counters: Callable[[], Mapping[str, int]] | None = None
     """Live native resources, name -> count (e.g. a native handle table); may
-    raise :class:`~nativeguard.NativeDiagnosticsUnavailable`."""
+    raise :class:`~nativeguard.NativeDiagnosticsUnavailable`. A name ending in
+    ``_bytes`` is a size, not a count: snapshots and leak reports show its
+    delta, ``memory_breakdown().sdk_native_handles`` leaves it out."""
     callbacks: Callable[[object], Iterable[Any]] | None = None
     """The callback slots an object holds: each has ``is_connected()`` and
     ``disconnect_all()``; a Scope disconnects them at release."""
@@ -314,6 +315,8 @@ def _load_entry_points() -> None:
         if _entry_points_loaded:
             return
         _entry_points_loaded = True
+        from importlib import metadata  # noqa: PLC0415 - 10-20 ms, only once needed
+
         found = metadata.entry_points(group=ENTRY_POINT_GROUP)
     # Every entry point is tried; the broken ones are raised together, once,
     # after the others are registered (the first need reports them).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import azure.cognitiveservices.speech as speechsdk
 
@@ -106,48 +106,75 @@ def _config_secrets(config: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def managed_recognizer(
-    speech_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``speechsdk.SpeechRecognizer`` released at the end of the block."""
-    return _sdk_block(
-        speechsdk.SpeechRecognizer,
-        "speech_config",
-        speech_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
-    )
+class _SpeechFactory(Protocol):
+    """The shape of ``managed_recognizer``, ``managed_transcriber`` and ``managed_synthesizer``."""
+
+    def __call__(
+        self,
+        speech_config: Any,
+        audio_config: Any = None,
+        *,
+        scope: Scope | None = None,
+        release: ReleaseMode | None = None,
+        plain: bool = False,
+        **kwargs: Any,
+    ) -> Managed[Any]: ...
 
 
-def managed_transcriber(
-    speech_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``ConversationTranscriber`` released at the end of the block."""
-    return _sdk_block(
-        speechsdk.transcription.ConversationTranscriber,
-        "speech_config",
-        speech_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
+def _speech_factory(class_path: str, doc: str) -> _SpeechFactory:
+    """A ``managed_*`` factory for the SDK class at ``class_path`` (taking a ``SpeechConfig``)."""
+    name = (
+        "managed_"
+        + {
+            "SpeechRecognizer": "recognizer",
+            "transcription.ConversationTranscriber": "transcriber",
+            "SpeechSynthesizer": "synthesizer",
+        }[class_path]
     )
+
+    def factory(
+        speech_config: Any,
+        audio_config: Any = None,
+        *,
+        scope: Scope | None = None,
+        release: ReleaseMode | None = None,
+        plain: bool = False,
+        **kwargs: Any,
+    ) -> Managed[Any]:
+        sdk_class: Any = speechsdk
+        for part in class_path.split("."):
+            sdk_class = getattr(sdk_class, part)
+        return _sdk_block(
+            sdk_class,
+            "speech_config",
+            speech_config,
+            audio_config,
+            scope=scope,
+            release=release,
+            plain=plain,
+            kwargs=kwargs,
+        )
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return factory
+
+
+managed_recognizer = _speech_factory(
+    "SpeechRecognizer", """A ``speechsdk.SpeechRecognizer`` released at the end of the block."""
+)
+managed_transcriber = _speech_factory(
+    "transcription.ConversationTranscriber",
+    """A ``ConversationTranscriber`` released at the end of the block.""",
+)
+managed_synthesizer = _speech_factory(
+    "SpeechSynthesizer",
+    """A ``SpeechSynthesizer`` released at the end of the block.
+
+    ``audio_config=None`` means what it means to the SDK: keep audio in memory,
+    play nothing (the SDK's own default would open a speaker).
+    """,
+)
 
 
 def managed_translation_recognizer(
@@ -164,32 +191,6 @@ def managed_translation_recognizer(
         speechsdk.translation.TranslationRecognizer,
         "translation_config",
         translation_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
-    )
-
-
-def managed_synthesizer(
-    speech_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``SpeechSynthesizer`` released at the end of the block.
-
-    ``audio_config=None`` means what it means to the SDK: keep audio in memory,
-    play nothing (the SDK's own default would open a speaker).
-    """
-    return _sdk_block(
-        speechsdk.SpeechSynthesizer,
-        "speech_config",
-        speech_config,
         audio_config,
         scope=scope,
         release=release,
