@@ -18,7 +18,13 @@ same options and meaning, run in each prefork child after each task:
 * a child the policy retires leaves by billiard's own recycling path, the one
   ``worker_max_tasks_per_child`` uses: after its result was written and the
   parent has read it (so the result is stored and, with ``acks_late``, the
-  message acknowledged), between two tasks; the pool starts its replacement.
+  message acknowledged), between two tasks; the pool starts its replacement;
+* each retirement is counted by reason for :mod:`nativeguard.monitor`
+  (:func:`~nativeguard.monitor.count_retirement`, in the child when the
+  policy decides): with ``PROMETHEUS_MULTIPROC_DIR`` set, the exporting process
+  shows ``nativeguard_worker_retirements_total{reason}`` summed over every child;
+  a child that crashed (SIGKILL, segfault, the OOM killer) is counted by the
+  worker's parent process as ``"crashed"``.
 
 Only the prefork pool runs tasks in child processes that can be recycled:
 ``install`` refuses an app configured for another pool, and a worker started
@@ -57,6 +63,7 @@ from nativeguard._errors import NativeGuardError
 from nativeguard._guarded import GuardStatistics, guarded
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
 from nativeguard.isolate._recycle import RecyclePolicy
+from nativeguard.monitor import count_retirement
 
 __all__ = [
     "DELTAS_STATE",
@@ -107,6 +114,7 @@ class _Child:
     recycler: ProcessRecycler
     send_events: bool
     depth: int = 0
+    retirement_counted: bool = False
 
 
 class _State:
@@ -276,12 +284,43 @@ class _RetiringBlockingWorker(billiard.pool.Worker):  # type: ignore[misc]
         self.wait_for_job = _retire_between_jobs(self.wait_for_job)
 
 
+_CLEAN_EXITS = (billiard.pool.EX_OK, billiard.pool.EX_RECYCLE)
+
+
+def _join_and_count_crashes(pool: Any, join: Callable[[bool], Any], shutdown: bool) -> Any:
+    """billiard's reaping of exited children, counting each that crashed (``"crashed"``).
+
+    A child that ended by a signal or an error exit, and that the pool did not
+    end itself (time limits, terminate), crashed: SIGKILL, a segfault, the OOM
+    killer. Counted in the parent, which is the only one that sees it.
+    """
+    exited = []
+    for worker in list(pool._pool):
+        # exitcode polls the child; billiard's own pass below reads the same cached code.
+        if worker._popen is not None and worker.exitcode is not None:
+            exited.append((worker.exitcode, getattr(worker, "_controlled_termination", False)))
+    result = join(shutdown)
+    if not shutdown:
+        crashed = sum(
+            1 for code, controlled in exited if code not in _CLEAN_EXITS and not controlled
+        )
+        if crashed:
+            _count_retirement("crashed", crashed)
+    return result
+
+
 class _RetiringAsynPool(celery.concurrency.asynpool.AsynPool):  # type: ignore[misc]
     Worker = _RetiringAsynWorker
+
+    def _join_exited_workers(self, shutdown: bool = False) -> Any:
+        return _join_and_count_crashes(self, super()._join_exited_workers, shutdown)
 
 
 class _RetiringBlockingPool(billiard.pool.Pool):  # type: ignore[misc]
     Worker = _RetiringBlockingWorker
+
+    def _join_exited_workers(self, shutdown: bool = False) -> Any:
+        return _join_and_count_crashes(self, super()._join_exited_workers, shutdown)
 
 
 # -- the pool child side --------------------------------------------------------
@@ -332,11 +371,23 @@ def _measured(task: Any, run: Callable[..., Any], guard_tasks: bool) -> Callable
                 # The task's own outcome stands: a failed measurement is logged, not raised.
                 logger.exception("nativeguard: could not measure task %s", task.name)
             else:
+                if deltas.retire is not None and not child.retirement_counted:
+                    # Before the result is sent: a client that saw it sees the count.
+                    child.retirement_counted = True
+                    _count_retirement(deltas.retire)
                 _publish(task, child, deltas)
 
     measured_run.__name__ = getattr(run, "__name__", "run")
     measured_run.__doc__ = getattr(run, "__doc__", None)
     return measured_run
+
+
+def _count_retirement(reason: str, count: int = 1) -> None:
+    """Count retirements for the monitor; a failure to count is logged and stops nothing."""
+    try:
+        count_retirement(reason, count)
+    except Exception:
+        logger.exception("nativeguard: could not count the retirement (%s) for the monitor", reason)
 
 
 def _publish(task: Any, child: _Child, deltas: UnitDeltas) -> None:

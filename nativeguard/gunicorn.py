@@ -21,6 +21,13 @@ and ``malloc_trim`` first) into a gunicorn config file's hooks::
 * gevent, eventlet and tornado workers are refused at start
   (:class:`UnsupportedWorkerError`, from ``on_starting``).
 
+Each retirement is counted by reason for :mod:`nativeguard.monitor`
+(:func:`~nativeguard.monitor.count_retirement`, in the worker when the
+policy decides): with ``PROMETHEUS_MULTIPROC_DIR`` set (prometheus-client's
+multiprocess mode, the usual one under gunicorn), whichever process exports
+with ``MultiProcessCollector`` shows ``nativeguard_worker_retirements_total``
+summed over every worker, those that already left included.
+
 Hooks the config already defined (assigned before ``install``) still run,
 before ours.
 """
@@ -37,6 +44,7 @@ from typing import Any
 from nativeguard._errors import NativeGuardError
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
 from nativeguard.isolate._recycle import RecyclePolicy
+from nativeguard.monitor import count_retirement
 
 __all__ = ["GunicornGuard", "UnsupportedWorkerError", "install"]
 
@@ -131,6 +139,14 @@ class GunicornGuard:
                 return None  # already leaving: judge nothing more
             deltas = recycler.end(recycler.begin(), None)
         if deltas.retire is not None:
+            # Counted before it is logged: once the log says so, a scrape shows it.
+            try:
+                count_retirement(deltas.retire)
+            except Exception:
+                logger.exception(
+                    "nativeguard: could not count the retirement (%s) for the monitor",
+                    deltas.retire,
+                )
             logger.info(
                 "nativeguard: gunicorn worker %d retires after %d requests (%s): %s",
                 recycler.pid,

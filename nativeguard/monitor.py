@@ -25,7 +25,19 @@ and file descriptors.
   ``nativeguard_fds``, ``nativeguard_releases_total`` (what
   :meth:`Monitor.record_release` counted) and
   ``nativeguard_worker_retirements_total{reason}`` (of the pools given to
-  :meth:`Monitor.watch_pool`).
+  :meth:`Monitor.watch_pool`, and what :meth:`Monitor.record_retirement`
+  counted).
+- Server processes that retire by nativeguard's policy (Celery prefork
+  children, gunicorn workers: :mod:`nativeguard.celery`,
+  :mod:`nativeguard.gunicorn`) decide it in the process that leaves, not in
+  the one that serves ``/metrics``. They call :func:`count_retirement`,
+  which counts in this process's open Monitors and, in prometheus-client's
+  multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, the standard for
+  pre-fork servers), in a multiprocess counter: its file outlives the process,
+  and ``prometheus_client.multiprocess.MultiProcessCollector`` in whichever
+  process exports sums every process's count. In that mode both counters
+  (``nativeguard_releases_total`` too) are multiprocess counters, exported by
+  that collector and not by the Monitor's own (one source per metric).
 
 After ``fork()`` a child's copy of a Monitor has no sampler thread (threads do
 not survive a fork): it can take readings, and ``start()`` its own thread.
@@ -42,6 +54,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import statistics
 import threading
 import time
@@ -64,10 +77,13 @@ __all__ = [
     "DEFAULT_SLOPE_LIMITS",
     "INTEGRATION",
     "LOGGER_NAME",
+    "MULTIPROC_ENV",
+    "RETIREMENT_REASONS",
     "MemoryGrowthWarning",
     "Monitor",
     "MonitorSample",
     "MonitorStateError",
+    "count_retirement",
 ]
 
 LOGGER_NAME = "nativeguard"
@@ -97,6 +113,30 @@ _METRICS = frozenset(
         "fds",
     }
 )
+
+
+RETIREMENT_REASONS: frozenset[str] = frozenset(
+    {
+        # The recycling policy (WorkerPool, nativeguard.celery, nativeguard.gunicorn).
+        "max_tasks",
+        "max_rss",
+        "max_growth",
+        "growth_slope",
+        # What else ends a WorkerPool worker (nativeguard.isolate.Retirement.reason).
+        "crashed",
+        "timeout",
+        "died_idle",
+        "start_failed",
+        "stopped",
+    }
+)
+"""The ``reason`` label values of ``nativeguard_worker_retirements_total``: a closed set, so
+a label can never carry an unbounded or secret value."""
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess mode: the directory every process's counter files go to."""
+
+_REASON_SHAPE = re.compile(r"[a-z_]{1,32}")
 
 
 class MemoryGrowthWarning(RuntimeWarning):
@@ -183,6 +223,98 @@ def _check_number(name: str, value: object, *, minimum: float, integer: bool = F
         raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
 
 
+def _check_reason(reason: object) -> str:
+    """``reason`` if it is one of :data:`RETIREMENT_REASONS`; the error never echoes a value
+    that does not look like a reason (it could be anything, a secret included)."""
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+    if reason not in RETIREMENT_REASONS:
+        shown = repr(reason) if _REASON_SHAPE.fullmatch(reason) else f"a str of {len(reason)} chars"
+        raise ValueError(
+            f"reason must be one of {', '.join(sorted(RETIREMENT_REASONS))}; got {shown}"
+        )
+    return reason
+
+
+def _multiprocess_dir() -> str | None:
+    """prometheus-client's multiprocess directory, when that mode is on (else None)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class _SharedCounters:
+    """The two counters as prometheus-client multiprocess counters (created on first use).
+
+    Each process writes its own ``counter_<pid>.db`` in ``PROMETHEUS_MULTIPROC_DIR``;
+    the file outlives the process, and ``MultiProcessCollector`` sums them all.
+    """
+
+    lock = threading.Lock()
+    retirements: Any = None
+    releases: Any = None
+
+    @classmethod
+    def get(cls) -> tuple[Any, Any]:
+        path = _multiprocess_dir()
+        if path is None:
+            raise MonitorStateError(f"{MULTIPROC_ENV} is not set: no multiprocess counters")
+        if not os.path.isdir(path):
+            raise MonitorStateError(
+                f"{MULTIPROC_ENV}={path!r} is not a directory: create it (empty) before the "
+                "server starts, as prometheus-client's multiprocess mode requires"
+            )
+        with cls.lock:
+            if cls.retirements is None:
+                try:
+                    import prometheus_client  # noqa: PLC0415
+                    from prometheus_client import values  # noqa: PLC0415
+                except ImportError as error:
+                    raise ImportError(
+                        f"{MULTIPROC_ENV} is set, and counting across processes needs "
+                        f"prometheus-client: pip install 'nativeguard[monitor]' ({error})"
+                    ) from None
+                if not getattr(values.ValueClass, "_multiprocess", False):
+                    raise MonitorStateError(
+                        f"{MULTIPROC_ENV} is set, but prometheus_client was imported before it "
+                        "was, so its metrics are not multiprocess ones: set it in the "
+                        "environment the server starts with"
+                    )
+                cls.retirements = prometheus_client.Counter(
+                    "nativeguard_worker_retirements",
+                    "Server worker processes retired by nativeguard's policy, by reason",
+                    labelnames=("reason",),
+                    registry=None,
+                )
+                cls.releases = prometheus_client.Counter(
+                    "nativeguard_releases",
+                    "Scopes released (Monitor.record_release)",
+                    registry=None,
+                )
+            return cls.retirements, cls.releases
+
+
+def count_retirement(reason: str, count: int = 1) -> None:
+    """Count ``count`` worker retirements for ``reason``, process-wide and across processes.
+
+    ``reason`` is one of :data:`RETIREMENT_REASONS`. Counted in every open
+    :class:`Monitor` of this process and, with ``PROMETHEUS_MULTIPROC_DIR``
+    set, in the multiprocess counter ``nativeguard_worker_retirements_total``
+    that the exporting process reads (the count survives this process's exit).
+    :mod:`nativeguard.celery` and :mod:`nativeguard.gunicorn` call it in the
+    process that leaves, once, when the policy decides. Raises ``TypeError`` /
+    ``ValueError`` for a bad argument, and :class:`MonitorStateError` /
+    ``ImportError`` when multiprocess mode is set but cannot work (the message
+    says why).
+    """
+    _check_reason(reason)
+    _check_number("count", count, minimum=0, integer=True)
+    if _multiprocess_dir() is not None and count:
+        retirements, _ = _SharedCounters.get()
+        retirements.labels(reason).inc(count)
+    for monitor in list(_live_monitors):
+        if not monitor.closed:
+            monitor._count_retirement(reason, count, shared=False)
+
+
 class Monitor:
     """Samples this process periodically (or every N requests); logs, keeps, warns, exports.
 
@@ -243,7 +375,10 @@ class Monitor:
         self._releases = 0
         self._warning: dict[str, bool] = {}
         self._pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
-        self._retired: collections.Counter[str] = collections.Counter()
+        self._pool_retired: collections.Counter[str] = collections.Counter()
+        self._recorded: collections.Counter[str] = collections.Counter()
+        # In multiprocess mode the counters live in prometheus-client's files (one source).
+        self._multiprocess = _multiprocess_dir() is not None
         self._collector: Any = None
         self._registry: Any = None
         if prometheus:
@@ -361,8 +496,29 @@ class Monitor:
     def record_release(self, count: int = 1) -> None:
         """Count ``count`` released scopes (``nativeguard_releases_total``)."""
         _check_number("count", count, minimum=0, integer=True)
+        if self._multiprocess and count:
+            _SharedCounters.get()[1].inc(count)
         with self._lock:
             self._releases += count
+
+    def record_retirement(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` retirements for ``reason`` (``nativeguard_worker_retirements_total``).
+
+        ``reason`` is one of :data:`RETIREMENT_REASONS` (``"max_growth"``,
+        ``"crashed"``, ...). :func:`count_retirement` counts in every open
+        Monitor of the process at once (what the Celery and gunicorn hooks use).
+        """
+        _check_reason(reason)
+        _check_number("count", count, minimum=0, integer=True)
+        if self._closed:
+            raise MonitorStateError("this Monitor is closed; create a new one")
+        self._count_retirement(reason, count, shared=self._multiprocess)
+
+    def _count_retirement(self, reason: str, count: int, *, shared: bool) -> None:
+        if shared and count:
+            _SharedCounters.get()[0].labels(reason).inc(count)
+        with self._lock:
+            self._recorded[reason] += count
 
     def watch_pool(self, pool: WorkerPool) -> None:
         """Count ``pool``'s worker retirements by reason (held weakly)."""
@@ -380,10 +536,17 @@ class Monitor:
             counts.update(dict(stats.recycles))
             counts["crashed"] += stats.crashes
             counts["timeout"] += stats.timeouts
+        grown: dict[str, int] = {}
         with self._lock:
             # Never decrease (a pool that was collected keeps its count).
             for reason, count in counts.items():
-                self._retired[reason] = max(self._retired[reason], count)
+                if count > self._pool_retired[reason]:
+                    grown[reason] = count - self._pool_retired[reason]
+                    self._pool_retired[reason] = count
+        if self._multiprocess:
+            retirements = _SharedCounters.get()[0]
+            for reason, count in grown.items():
+                retirements.labels(reason).inc(count)
 
     @property
     def history(self) -> tuple[MonitorSample, ...]:
@@ -397,8 +560,10 @@ class Monitor:
 
     @property
     def retirements(self) -> dict[str, int]:
+        """This process's counts by reason: watched pools plus :meth:`record_retirement`."""
         with self._lock:
-            return {k: v for k, v in self._retired.items() if v}
+            total = self._pool_retired + self._recorded  # Counter "+" drops zeros
+            return dict(total)
 
     def slopes(self) -> dict[str, float]:
         """Each metric's growth per hour over the last ``slope_window`` readings."""
@@ -549,8 +714,12 @@ class _Collector:
             GaugeMetricFamily,
         )
 
+        monitor = self._monitor()
+        shared = monitor is not None and monitor._multiprocess
         families: list[Any] = []
         for name, kind, labels in _METRIC_NAMES:
+            if shared and kind == "counter":
+                continue  # MultiProcessCollector exports these
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             families.append(family(name, "", labels=labels))
         return families
@@ -600,6 +769,8 @@ class _Collector:
             yield live
             yield GaugeMetricFamily("nativeguard_threads", "OS threads", reading.threads)
             yield GaugeMetricFamily("nativeguard_fds", "Open file descriptors", reading.fds)
+        if monitor._multiprocess:
+            return  # the counters are multiprocess ones: MultiProcessCollector exports them
         yield CounterMetricFamily(
             "nativeguard_releases",
             "Scopes released (Monitor.record_release)",
@@ -607,7 +778,7 @@ class _Collector:
         )
         retired = CounterMetricFamily(
             "nativeguard_worker_retirements",
-            "Worker processes retired by watched WorkerPools, by reason",
+            "Worker processes retired (watched WorkerPools, record_retirement), by reason",
             labels=("reason",),
         )
         for reason, count in sorted(monitor.retirements.items()):

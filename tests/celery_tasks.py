@@ -5,7 +5,12 @@ result backend, a redis-server the test started on 127.0.0.1) and
 ``NG_POLICY`` (the JSON keyword arguments of ``nativeguard.celery.install``,
 or ``off`` for a worker without nativeguard); ``NG_CELERY_MAX_MEMORY_KB`` sets
 Celery's own ``worker_max_memory_per_child`` (benchmarks/celery_recycling.py
-compares the two).
+compares the two). ``NG_METRICS_PORT`` makes the worker's parent process serve
+Prometheus metrics on 127.0.0.1 once the worker is ready, as an operator runs
+it in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set for the whole
+worker): ``MultiProcessCollector`` over the directory (every pool child's
+counters, those that retired included) and a ``Monitor`` for the parent's own
+readings.
 Tasks: real transcriptions through the bundled SpeechService, native memory
 leaked on purpose (malloc, never freed), freed heap glibc keeps (churn), and
 a slow task that records each of its starts in Redis (for the SIGKILL test).
@@ -19,10 +24,11 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 
 import nativeguard
 import nativeguard.celery
+from nativeguard.monitor import Monitor
 from nativeguard.testing import DEFAULT_KEY
 
 REDIS_URL = os.environ.get("NG_REDIS_URL", "redis://127.0.0.1:1/0")
@@ -42,6 +48,27 @@ _POLICY = os.environ.get("NG_POLICY", "{}")
 guard = None if _POLICY == "off" else nativeguard.celery.install(app, **json.loads(_POLICY))
 
 MB = 1 << 20
+
+_EXPORTER: list[Any] = []  # what the parent's exporter holds (kept alive)
+
+
+def _serve_metrics(**_: Any) -> None:
+    """In the worker's parent, once ready: /metrics on 127.0.0.1:NG_METRICS_PORT."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    monitor = Monitor(interval_s=None, prometheus=True, registry=registry, slope_limits=None)
+    monitor.start()
+    server, thread = start_http_server(
+        int(os.environ["NG_METRICS_PORT"]), addr="127.0.0.1", registry=registry
+    )
+    _EXPORTER.extend([monitor, server, thread])
+
+
+if "NG_METRICS_PORT" in os.environ:
+    signals.worker_ready.connect(_serve_metrics, weak=False)
 
 
 @app.task

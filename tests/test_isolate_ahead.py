@@ -59,3 +59,45 @@ def test_a_task_sent_ahead_of_a_long_one_is_taken_by_an_idle_worker() -> None:
     finally:
         pool.shutdown(cancel_futures=True, terminate=True)
     assert_all_gone(pids_of(pool, [long, short, *behind]))
+
+
+@pytest.mark.parametrize("warm_spare", [False, True])
+def test_a_worker_on_its_last_task_has_its_replacement_started_before_it_retires(
+    tmp_path: Path, warm_spare: bool
+) -> None:
+    """max_tasks: the replacement starts while the last task runs, and takes the next task.
+
+    Exact accounting: one worker per retirement plus the ones asked for, each
+    ended once (by max_tasks or at shutdown), none left behind.
+    """
+    release = tmp_path / "release"
+    with WorkerPool(1, max_tasks=2, jitter=0, warm_spare=warm_spare) as pool:
+        first = pool.submit(tasks.getpid)
+        assert first.result(HANG_S) == first.pid
+        last = pool.submit(tasks.wait_for_file, str(release), "last")
+        wait_for(last.running, "the last task to start")
+
+        def replacement_ready() -> bool:
+            workers = pool.statistics().workers
+            ready = [w for w in workers if w.role == "spare" and w.state == "idle"]
+            return len(ready) == 1 + warm_spare
+
+        # The old worker is still busy with its last task, and will retire after it.
+        wait_for(replacement_ready, "the replacement to start while the last task runs")
+        busy = [w for w in pool.statistics().workers if w.role == "active"]
+        assert [(w.pid, w.state, w.tasks_run) for w in busy] == [(first.pid, "busy", 1)]
+        spares = {w.pid for w in pool.statistics().workers if w.role == "spare"}
+        release.write_text("go")
+        assert last.result(HANG_S) == "last"
+        assert last.worker_retired == "max_tasks"
+        after = pool.submit(tasks.getpid)
+        assert after.result(HANG_S) in spares
+        stats = pool.statistics()
+    assert stats.workers_started == 2 + warm_spare
+    assert dict(stats.recycles) == {"max_tasks": 1}
+    final = pool.statistics()
+    reasons = sorted(r.reason for r in final.retirements)
+    assert reasons == ["max_tasks"] + ["stopped"] * (1 + warm_spare)
+    assert final.workers == ()
+    assert len({r.pid for r in final.retirements}) == final.workers_started
+    assert_all_gone(pids_of(pool, [first, last, after]))

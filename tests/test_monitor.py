@@ -17,9 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from nativeguard.isolate import WorkerPool
 from nativeguard.monitor import (
     LOGGER_NAME,
+    MULTIPROC_ENV,
+    RETIREMENT_REASONS,
     MemoryGrowthWarning,
     Monitor,
     MonitorStateError,
+    count_retirement,
 )
 
 SECRET = "monitor-secret-key-5f3a9"
@@ -275,3 +278,135 @@ def test_a_second_monitor_on_one_registry_is_refused_until_the_first_closes() ->
     second.sample()
     assert len(_metrics(registry)["nativeguard_rss_bytes"]) == 1
     second.close()
+
+
+# -- retirements: record_retirement / count_retirement (issue 15 item 5) -------
+
+
+def test_recorded_retirements_are_exported_with_the_watched_pools() -> None:
+    registry = CollectorRegistry()
+    other = Monitor(interval_s=None, slope_limits=None)
+    closed = Monitor(interval_s=None, slope_limits=None)
+    closed.close()
+    with Monitor(interval_s=None, prometheus=True, registry=registry, slope_limits=None) as monitor:
+        monitor.record_retirement("max_growth", 2)
+        monitor.record_retirement("max_tasks")
+        monitor.record_retirement("max_rss", 0)  # a no-op, not a label
+        count_retirement("crashed")  # every open Monitor of the process counts it
+        count_retirement("max_growth", 3)
+        assert monitor.retirements == {"max_growth": 5, "max_tasks": 1, "crashed": 1}
+        retired = {
+            labels["reason"]: value
+            for labels, value in _metrics(registry)["nativeguard_worker_retirements_total"]
+        }
+    assert retired == {"max_growth": 5.0, "max_tasks": 1.0, "crashed": 1.0}
+    assert other.retirements == {"crashed": 1, "max_growth": 3}
+    assert closed.retirements == {}  # a closed Monitor counts nothing more
+    other.close()
+
+
+@pytest.mark.usefixtures("fork_server")
+def test_recorded_and_pool_retirements_add_up() -> None:
+    """A pool's own count is merged by maximum (polled), a recorded one is added."""
+    with (
+        Monitor(interval_s=None, slope_limits=None) as monitor,
+        WorkerPool(1, max_tasks=1, warm_spare=False) as pool,
+    ):
+        monitor.watch_pool(pool)
+        monitor.record_retirement("max_tasks", 10)
+        for _ in range(3):
+            pool.submit(os.getpid).result()
+        monitor.sample()
+        monitor.sample()  # polling twice does not count twice
+        recycled = pool.statistics().recycles["max_tasks"]
+        assert recycled >= 2
+        assert monitor.retirements["max_tasks"] == recycled + 10
+
+
+def test_retirement_arguments_are_refused_by_name_and_never_echo_a_secret() -> None:
+    monitor = Monitor(interval_s=None, slope_limits=None)
+    for call in (monitor.record_retirement, count_retirement):
+        for bad in (None, 3, b"max_tasks", ["max_tasks"]):
+            with pytest.raises(TypeError, match=f"reason must be a str, got {type(bad).__name__}"):
+                call(bad)  # type: ignore[arg-type]
+        with pytest.raises(
+            ValueError, match=r"reason must be one of .*max_tasks.*; got 'max_growht'"
+        ):
+            call("max_growht")
+        for bad in ("", "MAX_TASKS", " max_tasks", "max_tasks\n"):
+            with pytest.raises(ValueError, match="reason must be one of"):
+                call(bad)
+        with pytest.raises(ValueError, match="reason must be one of") as caught:
+            call(SECRET)
+        assert SECRET not in str(caught.value)
+        assert f"a str of {len(SECRET)} chars" in str(caught.value)
+        with pytest.raises(ValueError, match="a str of 10000 chars") as caught:
+            call("x" * 10_000)
+        assert len(str(caught.value)) < 400
+        for bad_count in (-1, True, 1.5, "2", None):
+            with pytest.raises(ValueError, match="count must be an int >= 0"):
+                call("max_tasks", bad_count)  # type: ignore[arg-type]
+    assert monitor.retirements == {}  # nothing refused was counted
+    monitor.close()
+    with pytest.raises(MonitorStateError, match="closed"):
+        monitor.record_retirement("max_tasks")
+    assert {"max_tasks", "max_rss", "max_growth", "growth_slope", "crashed"} <= RETIREMENT_REASONS
+
+
+def test_retirements_count_exactly_under_concurrency() -> None:
+    monitor = Monitor(interval_s=None, slope_limits=None)
+    barrier = threading.Barrier(8)
+    reasons = sorted(RETIREMENT_REASONS)
+
+    def record(number: int) -> None:
+        barrier.wait()
+        for step in range(500):
+            reason = reasons[(number + step) % len(reasons)]
+            if step % 2:
+                monitor.record_retirement(reason)
+            else:
+                count_retirement(reason)
+
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sum(monitor.retirements.values()) == 8 * 500
+    monitor.close()
+
+
+def test_multiprocess_mode_that_cannot_work_says_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """This process imported prometheus_client in single-process mode, so setting the
+    variable now cannot work: refused by name, nothing counted, no file written."""
+    monitor = Monitor(interval_s=None, slope_limits=None)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "missing"))
+    with pytest.raises(MonitorStateError, match="is not a directory: create it"):
+        count_retirement("max_rss")
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    with pytest.raises(MonitorStateError, match="prometheus_client was imported before it was"):
+        count_retirement("max_rss")
+    assert list(tmp_path.iterdir()) == []
+    assert monitor.retirements == {}
+    monitor.close()
+
+
+def test_after_fork_a_childs_retirement_is_its_own() -> None:
+    monitor = Monitor(interval_s=None, slope_limits=None)
+    monitor.record_retirement("max_tasks")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            count_retirement("max_growth")
+            if monitor.retirements == {"max_tasks": 1, "max_growth": 1}:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert monitor.retirements == {"max_tasks": 1}  # the child's count stayed in the child
+    monitor.close()

@@ -85,7 +85,8 @@ def _children(pid: int) -> list[int]:
         return found
     for tid in threads:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as listing:
+            # Bytes, not text: a text file would import a codec in every worker at exit.
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as listing:
                 found.extend(int(child) for child in listing.read().split())
         except (OSError, ValueError):
             continue
@@ -106,11 +107,11 @@ def _descendants(pid: int, exclude: frozenset[int]) -> list[int]:
 def _alive(pid: int) -> bool:
     """Running or stopped, not a zombie (a zombie cannot be killed, only reaped)."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            state = stat.read().rpartition(")")[2].split()[0]
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
     except (OSError, IndexError):
         return False
-    return state not in ("Z", "X")
+    return state not in (b"Z", b"X")
 
 
 def kill_descendants(root: int, exclude: frozenset[int] = frozenset()) -> int:

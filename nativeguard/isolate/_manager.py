@@ -37,7 +37,7 @@ from .._errors import (
 )
 from .._redact import redact_text
 from ._launcher import Launcher
-from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady
+from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._recycle import MB, RecyclePolicy
 from ._types import (
     PoolStatistics,
@@ -465,13 +465,18 @@ class PoolManager:
 
     def _send_stop(self, worker: Worker, now: float) -> None:
         with contextlib.suppress(OSError):  # already gone: its sentinel will tell
-            worker.conn.send(StopWorker())
+            send(worker.conn, StopWorker())
         worker.kill_at = now + _STOP_GRACE_S
 
     def _fill_locked(self, *, spare: bool) -> None:
         """Promote spares to active workers, and ask the launcher for what is still missing.
 
         New processes join as spares and are promoted here on the next pass.
+        Besides the warm spare, a worker running its last task by ``max_tasks``
+        gets its replacement started now, while that task runs: when it
+        retires, a started worker takes over at once (with or without
+        ``warm_spare``), and no start-up competes for the CPU with the
+        hand-over itself (the finished task's caller, the next dispatch).
         """
         active = sum(1 for w in self._workers if w.role == "active")
         spares = [w for w in self._workers if w.role == "spare"]
@@ -479,11 +484,27 @@ class PoolManager:
             spares.pop(0).role = "active"
             active += 1
         missing = self._workers_wanted - active
-        if spare and self._warm_spare and not spares:
-            missing += 1
+        if spare:
+            wanted = int(self._warm_spare) + self._leaving_locked()
+            missing += max(0, wanted - len(spares))
         if missing > self._launching:
             self._launching = missing
             self._launch_wanted.notify()
+
+    def _leaving_locked(self) -> int:
+        """Active workers that retire by ``max_tasks`` when their current task ends."""
+        leaving = 0
+        for worker in self._workers:
+            limit = worker.policy.max_tasks
+            if (
+                limit is not None
+                and worker.role == "active"
+                and worker.task is not None
+                and not worker.stopping
+                and worker.tasks_run + 1 >= limit
+            ):
+                leaving += 1
+        return leaving
 
     def _dispatch_locked(self, now: float, settle: Settle) -> None:
         for worker in self._workers:
@@ -497,7 +518,7 @@ class PoolManager:
                 return
             task.future.attempts += 1
             try:
-                worker.conn.send(RunTask(task.info.id, task.payload))
+                send(worker.conn, RunTask(task.info.id, task.payload))
             except OSError:  # the worker just died; its sentinel will retire it
                 self._queue.appendleft(task)
                 worker.state = "exiting"
@@ -551,7 +572,7 @@ class PoolManager:
                 worker.queued = task
                 try:
                     worker.claims.put()
-                    worker.conn.send(RunTask(task.info.id, task.payload, ahead=True))
+                    send(worker.conn, RunTask(task.info.id, task.payload, ahead=True))
                 except OSError:  # the worker just died; its sentinel will retire it
                     worker.queued = None
                     self._take_back_locked(task, worker)
@@ -696,11 +717,13 @@ class PoolManager:
 
     def _receive(self, worker: Worker, settle: Settle) -> None:
         try:
-            message = worker.conn.recv()
+            message = receive(worker.conn)
         except (EOFError, OSError):
             self._unwatch(worker, only_messages=True)
             worker.conn.close()  # the sentinel tells how it ended
             return
+        except Exception as error:  # bytes that are no message: a task wrote to the pipe
+            message = _Unreadable(error)
         with self._lock:
             if isinstance(message, WorkerReady):
                 worker.rss, worker.peak = message.rss, message.peak_rss
@@ -729,6 +752,8 @@ class PoolManager:
                         self._dispatch_locked(time.monotonic(), settle)
                     return
                 violation = f"reported task {message.task_id} while running {task and task.info}"
+            elif isinstance(message, _Unreadable):
+                violation = f"sent bytes that are no message ({message.error!r})"
             else:
                 violation = f"sent an unexpected {type(message).__name__}"
             # Only a process that is not the worker's own loop (a task's forked
@@ -910,6 +935,13 @@ class PoolManager:
             self._unwatch(worker)
             worker.close()
             self._workers.remove(worker)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """What a worker's pipe carried when it could not be unpickled."""
+
+    error: Exception
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -1,0 +1,198 @@
+"""onnxruntime: what nativeguard's release costs per request, and what it gives back.
+
+1. Per request, interleaved rounds: ``nativeguard.integrations.onnxruntime.infer``
+   (managed session, release step, trim when worth it) against a hand-written
+   correct release of the same request (build the session, run, copy the output,
+   ``del`` the session, ``malloc_trim`` when the free heap grew by the same
+   threshold). Medians per round, their spread, and the ratio (target <= 1.05).
+   Two model sizes: 16 MiB (a realistic initializer) and a tiny one, where the
+   fixed cost of the machinery shows most.
+2. RSS after 20 sessions of a 16 MiB model each kept in a reference cycle:
+   naive, naive + gc.collect(), guarded; each in a fresh interpreter.
+
+Run: ``python benchmarks/onnxruntime_release.py [--rounds 7] [--per-round 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from nativeguard.integrations import onnxruntime as ngo
+from nativeguard.integrations.onnxruntime._demo import make_model
+from nativeguard.verify import memory_breakdown, trim
+
+MB = 1 << 20
+
+
+def hand_written(path: str, feeds: dict[str, Any]) -> np.ndarray[Any, Any]:
+    """The correct release without nativeguard: drop the session, trim like the integration.
+
+    Same rule as the release step: trim when dropping the session left at least
+    the threshold more free heap (never, when ``ngo.trim_threshold()`` is None).
+    """
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    output = np.array(session.run(None, feeds)[0], copy=True)
+    threshold = ngo.trim_threshold()
+    free_before = memory_breakdown().native_free_bytes
+    del session
+    free_after = memory_breakdown().native_free_bytes
+    if (
+        threshold is not None
+        and free_before is not None
+        and free_after is not None
+        and free_after - free_before >= threshold
+    ):
+        trim()
+    return output
+
+
+def guarded(path: str, feeds: dict[str, Any]) -> np.ndarray[Any, Any]:
+    return ngo.infer(path, feeds, providers=["CPUExecutionProvider"])["y"]
+
+
+def _round(fn: Callable[[], object], count: int) -> float:
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def overhead(path: str, rows: int, rounds: int, per_round: int) -> dict[str, Any]:
+    feeds = {"x": np.ones((1, rows), np.float32)}
+    for fn in (hand_written, guarded):
+        fn(path, feeds)  # warm
+    medians: dict[str, list[float]] = {"hand": [], "guarded": []}
+    for index in range(rounds):
+        order = [("hand", hand_written), ("guarded", guarded)]
+        if index % 2:
+            order.reverse()  # interleaved: neither always runs second
+        for name, fn in order:
+            gc.collect()
+            medians[name].append(_round(lambda fn=fn: fn(path, feeds), per_round))
+    ratios = [g / h for g, h in zip(medians["guarded"], medians["hand"], strict=True)]
+    return {
+        "hand_ms": statistics.median(medians["hand"]) * 1000,
+        "hand_spread_ms": (max(medians["hand"]) - min(medians["hand"])) * 1000,
+        "guarded_ms": statistics.median(medians["guarded"]) * 1000,
+        "guarded_spread_ms": (max(medians["guarded"]) - min(medians["guarded"])) * 1000,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+TWENTY = """
+import gc, json, sys
+import numpy as np, onnxruntime as ort
+from nativeguard import verify
+from nativeguard.integrations import onnxruntime as ngo
+path, mode = sys.argv[1], sys.argv[2]
+x = {"x": np.ones((1, 1024), np.float32)}
+class Holder:
+    def __init__(self, s):
+        self.s = s
+        self.cb = lambda: self
+rss = lambda: verify.memory_breakdown().rss_bytes
+verify.snapshot(); ngo.infer(path, x); verify.trim(); gc.collect(); gc.disable()
+start = rss()
+for _ in range(20):
+    if mode == "guarded":
+        with ngo.managed_session(path, release="inline") as s:
+            Holder(s); ngo.run(s, x)
+    else:
+        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        Holder(s); s.run(None, x); del s
+end = rss()
+t = __import__("time").perf_counter(); gc.collect(); gc_s = __import__("time").perf_counter() - t
+after_gc = rss(); verify.trim(); after_trim = rss()
+print(json.dumps({"start": start, "end": end, "after_gc": after_gc, "after_trim": after_trim,
+                  "gc_s": gc_s}))
+"""
+
+
+def twenty(path: str) -> dict[str, dict[str, float]]:
+    found = {}
+    for mode in ("naive", "guarded"):
+        done = subprocess.run(
+            [sys.executable, "-c", TWENTY, path, mode],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        found[mode] = json.loads(done.stdout.splitlines()[-1])
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=10)
+    args = parser.parse_args()
+    print(f"onnxruntime {ort.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as directory:
+        cases = [
+            ("16 MiB model, trim", 16, ngo.DEFAULT_TRIM_THRESHOLD_BYTES),
+            ("16 MiB model, no trim", 16, None),
+            ("tiny model (16 KiB)", 0, ngo.DEFAULT_TRIM_THRESHOLD_BYTES),
+        ]
+        for label, megabytes, threshold in cases:
+            path = str(Path(directory) / f"m{megabytes}.onnx")
+            if megabytes:
+                make_model(path, megabytes)
+            else:
+                _tiny(path)
+            ngo.set_trim_threshold(threshold)
+            result = overhead(path, 1024, args.rounds, args.per_round)
+            ngo.set_trim_threshold(ngo.DEFAULT_TRIM_THRESHOLD_BYTES)
+            print(
+                f"{label}: hand-written {result['hand_ms']:.2f} ms "
+                f"(spread {result['hand_spread_ms']:.2f}), guarded {result['guarded_ms']:.2f} ms "
+                f"(spread {result['guarded_spread_ms']:.2f}); guarded/hand ratio median "
+                f"{result['ratio_median']:.3f} (min {result['ratio_min']:.3f}, "
+                f"max {result['ratio_max']:.3f})"
+            )
+        path = str(Path(directory) / "m16.onnx")
+        for mode, reading in twenty(path).items():
+            print(
+                f"20 cycled sessions, {mode}: RSS {reading['start'] / MB:.0f} -> "
+                f"{reading['end'] / MB:.0f} MB; after gc.collect() "
+                f"({reading['gc_s'] * 1000:.0f} ms) "
+                f"{reading['after_gc'] / MB:.0f} MB; after malloc_trim "
+                f"{reading['after_trim'] / MB:.0f} MB"
+            )
+
+
+def _tiny(path: str) -> None:
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 - only this case
+
+    weights = np.ones((1024, 4), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    Path(path).write_bytes(model.SerializeToString())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""How a Scope releases gRPC channels and servers, and the callbacks they hold.
+
+Measured with grpcio 1.85.4 (glibc 2.36, Python 3.11.7):
+
+- A sync channel's ``close()`` cancels its calls, destroys the core channel
+  and drops its connectivity subscriptions; the polling thread that
+  ``subscribe()`` started ends within its 0.2 s poll. Without ``close()`` the
+  core channel lives until the Python object is collected: a channel left in
+  a reference cycle keeps its socket (and, if subscribed, its polling thread)
+  until ``gc.collect()``, and a subscribed callback that references the
+  channel keeps it alive for good (the polling thread is a GC root).
+- A sync server's ``stop(None)`` aborts its calls and returns a
+  ``threading.Event`` set when it has shut down; its ``_serve`` thread ends.
+- ``grpc.aio`` channels and servers close with coroutines that must run on
+  the event loop the object was made on (the object keeps it as ``_loop``).
+  The release step returns a coroutine that runs the close there (hopping
+  loops with ``run_coroutine_threadsafe`` when ``Scope.aclose()`` runs on
+  another one); a synchronous ``Scope.close()`` refuses it with
+  ``AsyncReleaseRequired``, as for every async close. When that loop is
+  closed or not running (``asyncio.run()`` has returned), a channel is closed
+  the way grpc's own ``__del__`` does: the core channel is destroyed
+  synchronously, nothing being left to await.
+
+Each step is bounded by the Scope (``step_timeout_s``, on a step-runner
+thread), so the steps call grpc directly; the one wait that has a bound of
+its own (the server's shutdown event) is given the step's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nativeguard import ReleaseTimeout
+
+from ._kinds import is_aio_channel, is_aio_server, is_sync_channel, is_sync_server
+
+__all__ = ["RELEASE", "ConnectivitySubscriptions", "subscriptions"]
+
+
+def _close_channel(obj: Any, timeout_s: float) -> None:
+    obj.close()
+
+
+def _stop_server(obj: Any, timeout_s: float) -> None:
+    event = obj.stop(None)
+    if not event.wait(timeout_s):
+        raise ReleaseTimeout(f"grpc server stop(None) did not finish within {timeout_s:g} s")
+
+
+def _loop_of(obj: Any) -> asyncio.AbstractEventLoop | None:
+    loop = getattr(obj, "_loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+async def _run_on(
+    loop: asyncio.AbstractEventLoop | None,
+    make: Callable[[], Awaitable[Any]],
+    fallback: Callable[[], None],
+) -> None:
+    """Await ``make()`` on ``loop``: here, or on its own thread; ``fallback()`` if it is gone."""
+    running = asyncio.get_running_loop()
+    if loop is None or loop is running:
+        await make()
+        return
+    if loop.is_closed() or not loop.is_running():
+        fallback()
+        return
+
+    async def on_its_loop() -> None:
+        await make()
+
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(on_its_loop(), loop))
+
+
+def _destroy_aio_channel(obj: Any) -> None:
+    """What grpc 1.85's ``aio.Channel.__del__`` does: destroy the core channel, synchronously."""
+    core: Any = getattr(obj, "_channel", None)
+    closed = getattr(core, "closed", None)
+    if callable(closed) and not closed():
+        core.close()
+
+
+def _aio_channel_closed(obj: Any) -> bool:
+    closed = getattr(getattr(obj, "_channel", None), "closed", None)
+    return bool(closed()) if callable(closed) else False
+
+
+def _close_aio_channel(obj: Any, timeout_s: float) -> Awaitable[None] | None:
+    if _aio_channel_closed(obj):
+        return None
+    loop = _loop_of(obj)
+    if loop is not None and (loop.is_closed() or not loop.is_running()):
+        _destroy_aio_channel(obj)
+        return None
+    return _run_on(loop, lambda: obj.close(None), lambda: _destroy_aio_channel(obj))
+
+
+def _aio_server_gone(obj: Any) -> None:
+    raise RuntimeError(
+        "the grpc.aio server's event loop is closed or stopped, so the server can no longer "
+        "be stopped (grpc.aio servers shut down on their own loop)"
+    )
+
+
+def _stop_aio_server(obj: Any, timeout_s: float) -> Awaitable[None] | None:
+    running = getattr(getattr(obj, "_server", None), "is_running", None)
+    if callable(running) and not running():
+        return None
+    loop = _loop_of(obj)
+    if loop is not None and (loop.is_closed() or not loop.is_running()):
+        _aio_server_gone(obj)
+    return _run_on(loop, lambda: obj.stop(None), lambda: _aio_server_gone(obj))
+
+
+RELEASE: tuple[tuple[str, Callable[[object], bool], tuple[Callable[[Any, float], object]]], ...] = (
+    ("grpc channel", is_sync_channel, (_close_channel,)),
+    ("grpc.aio channel", is_aio_channel, (_close_aio_channel,)),
+    ("grpc server", is_sync_server, (_stop_server,)),
+    ("grpc.aio server", is_aio_server, (_stop_aio_server,)),
+)
+
+
+# -- connectivity callbacks ----------------------------------------------------
+
+
+class ConnectivitySubscriptions:
+    """The ``subscribe()`` callbacks of one sync channel, as a slot a Scope disconnects.
+
+    ``is_connected()`` and ``disconnect_all()``, the two methods the Scope
+    calls. The callbacks live in the channel's connectivity state (grpcio
+    1.85.4: ``_connectivity_state.callbacks_and_connectivities``, guarded by
+    its ``lock``); each is removed with the public ``unsubscribe()``.
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def _callbacks(self) -> list[Any]:
+        state = getattr(self._channel, "_connectivity_state", None)
+        entries = getattr(state, "callbacks_and_connectivities", None)
+        if state is None or not isinstance(entries, list):
+            return []
+        lock = getattr(state, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            return [entry[0] for entry in entries]
+
+    def is_connected(self) -> bool:
+        return bool(self._callbacks())
+
+    def disconnect_all(self) -> None:
+        for callback in self._callbacks():
+            self._channel.unsubscribe(callback)
+        left = len(self._callbacks())
+        if left:
+            raise RuntimeError(f"{left} connectivity callback(s) stayed subscribed")
+
+    def __repr__(self) -> str:
+        return f"<grpc connectivity subscriptions: {len(self._callbacks())}>"
+
+
+def subscriptions(obj: object) -> list[ConnectivitySubscriptions]:
+    """The connectivity-callback slot of a sync channel (empty for anything else)."""
+    return [ConnectivitySubscriptions(obj)] if is_sync_channel(obj) else []
