@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["DEMO_REQUESTS", "main"]
+__all__ = ["DEMO_REQUESTS", "DEMO_SDKS", "main"]
+
+DEMO_SDKS = ("azure-speech", "onnxruntime", "grpc")
+"""What ``nativeguard demo --sdk`` runs; each but Speech lives with its integration."""
 
 DEMO_REQUESTS = 60
 """Requests per pattern by default: the whole demo takes about 30 s."""
@@ -54,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the same numbers as JSON instead of a table"
     )
     demo.add_argument(
+        "--sdk",
+        choices=DEMO_SDKS,
+        default="azure-speech",
+        help=(
+            "which SDK's service pattern to run: azure-speech (default; the bundled "
+            "SpeechService), onnxruntime (inference sessions of a generated model; the "
+            "onnxruntime extra) or grpc (channels to a server on 127.0.0.1; the grpc extra)"
+        ),
+    )
+    demo.add_argument(
         "--gc",
         choices=("auto", "off"),
         default="auto",
@@ -78,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return soak_command(args, sys.stdout, sys.stderr)
     if args.command != "demo":  # pragma: no cover - argparse rejects other commands
         parser.error(f"unknown command {args.command!r}")
+    if args.sdk != "azure-speech":
+        return _integration_demo(args)
     try:
         # Imported here: the SDK loads only for a command that needs it.
         from ._demo import run_demo  # noqa: PLC0415
@@ -92,6 +108,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nativeguard demo: interrupted", file=sys.stderr)
         return 130
+
+
+def _integration_demo(args: argparse.Namespace) -> int:
+    """``demo --sdk onnxruntime|grpc``: the integration's own naive / guarded / isolated table."""
+    extra = args.sdk
+    try:
+        module = importlib.import_module(f"nativeguard.integrations.{args.sdk}._demo")
+    except (ImportError, OSError) as error:
+        print(
+            f"nativeguard demo --sdk {args.sdk}: {error}; install it with "
+            f"pip install 'nativeguard[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        status: int = module.run_demo(sys.stdout, requests=args.requests, as_json=args.json)
+    except KeyboardInterrupt:
+        print(f"nativeguard demo --sdk {args.sdk}: interrupted", file=sys.stderr)
+        return 130
+    return status
 
 
 if __name__ == "__main__":

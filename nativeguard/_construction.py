@@ -116,7 +116,11 @@ def is_installed() -> bool:
 
 
 def ensure_installed() -> None:
-    """Wrap the SDK's constructors if not yet done (imports the SDK); cheap afterwards."""
+    """Wrap the tracked constructors if not yet done; cheap afterwards.
+
+    Imports no SDK: the classes of an SDK imported later are wrapped when it
+    is imported (its integration activates).
+    """
     if not _is_installed:
         _install()
 
@@ -160,6 +164,13 @@ def _install() -> None:
         for integration, cls in tracked:
             _wrap(integration, cls)
         _is_installed = True
+    # An SDK imported while the list above was read activated before the hook
+    # counted as installed, so its listener call wrapped nothing: wrap it now.
+    late = _integration.tracked_classes()
+    with _install_lock:
+        if _is_installed:
+            for integration, cls in late:
+                _wrap(integration, cls)
 
 
 def _wrap(integration: Integration, cls: type) -> None:
@@ -172,8 +183,8 @@ def _wrap(integration: Integration, cls: type) -> None:
     _installed[cls] = (original, wrapper)
 
 
-def _on_register(integration: Integration) -> None:
-    """A late integration: hook its classes now if the hook is already installed."""
+def _on_activate(integration: Integration) -> None:
+    """An SDK imported after the hook was installed: hook its classes now."""
     if not _is_installed or integration.classes is None:
         return
     classes = list(integration.classes())
@@ -183,7 +194,7 @@ def _on_register(integration: Integration) -> None:
                 _wrap(integration, cls)
 
 
-_integration.on_register(_on_register)
+_integration.on_activate(_on_activate)
 
 
 def uninstall() -> None:

@@ -36,12 +36,12 @@ from typing import IO, Any, Literal, TextIO
 import azure.cognitiveservices.speech as speechsdk
 import psutil
 
-from ._calls import _pcm_wav
 from ._errors import NativeGuardError
 from ._malloc import heap_stats
-from ._managed import managed_transcriber
 from ._reaper import get_reaper
+from .integrations.azure_speech._calls import _pcm_wav
 from .integrations.azure_speech._handles import native_handles
+from .integrations.azure_speech._managed import managed_transcriber
 from .isolate._pool import PoolStatistics, WorkerPool
 from .testing import DEFAULT_KEY, Phrase, SpeechService, write_wav
 

@@ -8,6 +8,13 @@ resources are alive, which callbacks an object holds, whether the calling
 thread is one of the SDK's callback threads and for which object, what a
 worker pool should import up front.
 
+An integration is declared without importing its SDK, and the core calls
+its callables (``classes``, ``counted``, ``counters``, ``callbacks``,
+``plain``, a lazy ``release``) only once one of its ``modules`` is imported:
+it *activates* then, through a post-import hook, so ``import nativeguard``
+loads no SDK, and an SDK imported after the constructor hook was installed
+still has its classes tracked from its first object on.
+
 Integrations come from two places: :func:`register_integration` (the built-in
 ones and user code call it) and the entry-point group
 ``nativeguard.integrations`` of installed distributions, loaded once, lazily,
@@ -19,14 +26,18 @@ reads one consistent value.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from types import FrameType
 from typing import Any
+
+import wrapt
 
 from ._adapters import ReleaseStep, register_adapter
 from ._errors import NativeGuardError
@@ -35,15 +46,21 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Integration",
     "IntegrationError",
+    "activate_installed",
+    "active_integrations",
     "callback_integration",
     "callback_object",
     "callbacks_of",
     "counted_types",
     "integration_for_module",
     "integrations",
+    "is_active",
     "native_counters",
+    "on_activate",
     "preload_modules",
     "register_integration",
+    "to_detached_event",
+    "to_plain",
     "tracked_classes",
 ]
 
@@ -70,9 +87,14 @@ class Integration:
     """The SDK's top-level packages: a foreign thread whose outermost frame runs
     code from their directories is one of the SDK's callback threads, and a value
     of a type from them is described as that SDK's native state."""
-    release: Sequence[tuple[str, Matcher, Sequence[ReleaseStep]]] = ()
+    release: (
+        Sequence[tuple[str, Matcher, Sequence[ReleaseStep]]]
+        | Callable[[], Sequence[tuple[str, Matcher, Sequence[ReleaseStep]]]]
+    ) = ()
     """``(name, type | types | predicate, steps)`` per kind of object, as for
-    :func:`~nativeguard.register_adapter`, registered in this order."""
+    :func:`~nativeguard.register_adapter`, registered in this order; or a
+    callable returning them, called when the integration activates (so the
+    types can come from the SDK without importing it up front)."""
     classes: Callable[[], Iterable[type]] | None = None
     """Classes whose construction is tracked (``@guarded`` releases them; the
     live-object registry, snapshots and the pytest plugin count them). Each
@@ -85,7 +107,9 @@ class Integration:
     credentials)."""
     counters: Callable[[], Mapping[str, int]] | None = None
     """Live native resources, name -> count (e.g. a native handle table); may
-    raise :class:`~nativeguard.NativeDiagnosticsUnavailable`."""
+    raise :class:`~nativeguard.NativeDiagnosticsUnavailable`. A name ending in
+    ``_bytes`` is a size, not a count: snapshots and leak reports show its
+    delta, ``memory_breakdown().sdk_native_handles`` leaves it out."""
     callbacks: Callable[[object], Iterable[Any]] | None = None
     """The callback slots an object holds: each has ``is_connected()`` and
     ``disconnect_all()``; a Scope disconnects them at release."""
@@ -94,6 +118,13 @@ class Integration:
     object whose callback it is dispatching (None if unknown)."""
     preload: tuple[str, ...] = ()
     """Modules a worker pool imports once in its fork server."""
+    plain: Callable[[object], object] | None = None
+    """An SDK event or result as data that reaches no SDK object: what a
+    ``connect(..., plain=True)`` callback receives and what a result kept past
+    its block becomes."""
+    detach_event: Callable[[object], object] | None = None
+    """What an SDK event kept past its block becomes (a stand-in with the same
+    attributes, as data); None uses ``plain``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -116,6 +147,8 @@ class Integration:
             "counters",
             "callbacks",
             "callback_object",
+            "plain",
+            "detach_event",
         ):
             value = getattr(self, field_name)
             if value is not None and not callable(value):
@@ -123,51 +156,69 @@ class Integration:
                     f"Integration {self.name!r}: {field_name} must be callable or None, "
                     f"got {type(value).__name__}"
                 )
-        if isinstance(self.release, (str, bytes)) or not isinstance(self.release, Iterable):
+        if not callable(self.release):
+            _check_release(self.name, self.release)
+
+    def release_entries(self) -> tuple[tuple[str, Matcher, Sequence[ReleaseStep]], ...]:
+        """The ``release`` entries, the callable form called (and checked) now."""
+        if not callable(self.release):
+            return tuple(self.release)
+        entries = self.release()
+        _check_release(self.name, entries)
+        return tuple(entries)
+
+
+def _check_release(name: str, release: object) -> None:
+    if isinstance(release, (str, bytes)) or not isinstance(release, Iterable):
+        raise IntegrationError(
+            f"Integration {name!r}: release must be a sequence of "
+            f"(name, type or predicate, steps) or a callable returning one, "
+            f"got {type(release).__name__}"
+        )
+    for index, entry in enumerate(release):
+        if not isinstance(entry, tuple) or len(entry) != 3 or not isinstance(entry[0], str):
             raise IntegrationError(
-                f"Integration {self.name!r}: release must be a sequence of "
-                f"(name, type or predicate, steps), got {type(self.release).__name__}"
+                f"Integration {name!r}: release[{index}] must be a tuple "
+                f"(name, type or predicate, steps), got {entry!r:.80}"
             )
-        for index, entry in enumerate(self.release):
-            if not isinstance(entry, tuple) or len(entry) != 3 or not isinstance(entry[0], str):
-                raise IntegrationError(
-                    f"Integration {self.name!r}: release[{index}] must be a tuple "
-                    f"(name, type or predicate, steps), got {entry!r:.80}"
-                )
-            _, matcher, steps = entry
-            if not (
-                isinstance(matcher, type)
-                or (isinstance(matcher, tuple) and all(isinstance(t, type) for t in matcher))
-                or callable(matcher)
-            ):
-                raise IntegrationError(
-                    f"Integration {self.name!r}: release[{index}] must match with a type, a "
-                    f"tuple of types or a predicate, got {type(matcher).__name__}"
-                )
-            if (
-                isinstance(steps, (str, bytes))
-                or not isinstance(steps, Iterable)
-                or not all(callable(step) for step in steps)
-            ):
-                raise IntegrationError(
-                    f"Integration {self.name!r}: release[{index}]'s steps must be a sequence "
-                    f"of callables step(obj, timeout_s), got {steps!r:.80}"
-                )
+        _, matcher, steps = entry
+        if not (
+            isinstance(matcher, type)
+            or (isinstance(matcher, tuple) and all(isinstance(t, type) for t in matcher))
+            or callable(matcher)
+        ):
+            raise IntegrationError(
+                f"Integration {name!r}: release[{index}] must match with a type, a "
+                f"tuple of types or a predicate, got {type(matcher).__name__}"
+            )
+        if (
+            isinstance(steps, (str, bytes))
+            or not isinstance(steps, Iterable)
+            or not all(callable(step) for step in steps)
+        ):
+            raise IntegrationError(
+                f"Integration {name!r}: release[{index}]'s steps must be a sequence "
+                f"of callables step(obj, timeout_s), got {steps!r:.80}"
+            )
 
 
 _integrations: tuple[Integration, ...] = ()
 _lock = threading.RLock()
 _entry_points_loaded = False
 _listeners: list[Callable[[Integration], None]] = []
+_active: frozenset[str] = frozenset()
+"""Names of the activated integrations; replaced whole under the lock."""
 
 
 def register_integration(integration: Integration) -> Integration:
     """Make ``integration`` known to the core; returns it.
 
     Registering the same object again does nothing; another integration with
-    a registered name raises :class:`IntegrationError`. Its release steps are
-    registered as adapters at once (later registrations win), and if the
-    constructor hook is already installed its classes are hooked now.
+    a registered name raises :class:`IntegrationError`. Registering imports
+    nothing: the integration activates once one of its ``modules`` is imported
+    (at once if one already is, or if it names none). Activating registers its
+    release steps as adapters (later registrations win) and, if the
+    constructor hook is installed, hooks its classes.
     """
     global _integrations  # noqa: PLW0603 - replaced under the lock
     if not isinstance(integration, Integration):
@@ -182,17 +233,78 @@ def register_integration(integration: Integration) -> Integration:
                 raise IntegrationError(
                     f"an integration named {integration.name!r} is already registered"
                 )
-        for label, matcher, steps in integration.release:
-            register_adapter(matcher, steps, name=label)
         _integrations = (*_integrations, integration)
-        listeners = list(_listeners)
-    for listener in listeners:
-        listener(integration)
+    if not integration.modules:
+        _activate(integration)
+        return integration
+    for module_name in integration.modules:
+        # Called at once when the module is already imported, else right after
+        # its import finishes, on the importing thread.
+        wrapt.register_post_import_hook(functools.partial(_on_import, integration), module_name)
     return integration
 
 
-def on_register(listener: Callable[[Integration], None]) -> None:
-    """Call ``listener(integration)`` for each integration registered from now on (core use)."""
+def _on_import(integration: Integration, module: object) -> None:
+    _activate(integration)
+
+
+def _activate(integration: Integration) -> None:
+    """Register ``integration``'s release steps and tell the listeners; once."""
+    global _active  # noqa: PLW0603 - replaced under the lock
+    with _lock:
+        if integration.name in _active or not any(known is integration for known in _integrations):
+            return
+        try:
+            entries = integration.release_entries()
+        except IntegrationError:
+            raise
+        except Exception as error:  # a broken callable, named
+            raise IntegrationError(
+                f"Integration {integration.name!r}: its release callable failed: {error!r}"
+            ) from error
+        for label, matcher, steps in entries:
+            register_adapter(matcher, steps, name=label)
+        _active = _active | {integration.name}
+        listeners = list(_listeners)
+    for listener in listeners:
+        listener(integration)
+
+
+def is_active(integration: Integration) -> bool:
+    """Whether ``integration``'s SDK is imported (or it names no module): the core may ask it."""
+    return integration.name in _active
+
+
+def active_integrations() -> tuple[Integration, ...]:
+    """The registered integrations whose SDK is imported, in registration order."""
+    return tuple(known for known in integrations() if known.name in _active)
+
+
+def activate_installed() -> list[str]:
+    """Import the SDK of every registered integration that is installed; returns the failures.
+
+    For a session-wide baseline (the pytest plugin's warm-up): an SDK whose
+    import creates process-lifetime native state (the Speech SDK 1.53 makes
+    one ``ISpxAudioConfig`` handle) must not count as a leak of the first
+    test that happens to import it. A module that is installed but fails to
+    import is returned as ``"name: error"`` for the caller to report.
+    """
+    failures: list[str] = []
+    for integration in integrations():
+        for module_name in integration.modules[:1]:
+            if module_name in sys.modules:
+                continue
+            try:
+                if importlib.util.find_spec(module_name.split(".")[0]) is None:
+                    continue
+                importlib.import_module(module_name)
+            except (ImportError, OSError) as error:
+                failures.append(f"{module_name}: {error!r}")
+    return failures
+
+
+def on_activate(listener: Callable[[Integration], None]) -> None:
+    """Call ``listener(integration)`` for each integration activated from now on (core use)."""
     with _lock:
         _listeners.append(listener)
 
@@ -203,6 +315,8 @@ def _load_entry_points() -> None:
         if _entry_points_loaded:
             return
         _entry_points_loaded = True
+        from importlib import metadata  # noqa: PLC0415 - 10-20 ms, only once needed
+
         found = metadata.entry_points(group=ENTRY_POINT_GROUP)
     # Every entry point is tried; the broken ones are raised together, once,
     # after the others are registered (the first need reports them).
@@ -242,7 +356,7 @@ def integrations() -> tuple[Integration, ...]:
 def tracked_classes() -> list[tuple[Integration, type]]:
     """(integration, class) for every class whose construction is tracked."""
     found: list[tuple[Integration, type]] = []
-    for integration in integrations():
+    for integration in active_integrations():
         if integration.classes is not None:
             found.extend((integration, cls) for cls in integration.classes())
     return found
@@ -251,7 +365,7 @@ def tracked_classes() -> list[tuple[Integration, type]]:
 def counted_types() -> list[type]:
     """Classes leak checks count without ``@guarded`` releasing them, without duplicates."""
     found: dict[type, None] = {}
-    for integration in integrations():
+    for integration in active_integrations():
         if integration.counted is not None:
             found.update(dict.fromkeys(integration.counted()))
     return list(found)
@@ -266,7 +380,7 @@ def native_counters() -> dict[str, int]:
     from ._errors import NativeDiagnosticsUnavailable  # noqa: PLC0415
 
     merged: dict[str, int] = {}
-    for integration in integrations():
+    for integration in active_integrations():
         if integration.counters is None:
             continue
         try:
@@ -283,7 +397,7 @@ def callbacks_of(obj: object) -> list[Any]:
     """The callback slots ``obj`` holds, as every integration finds them."""
     found: list[Any] = []
     for integration in _integrations:
-        if integration.callbacks is not None:
+        if integration.callbacks is not None and integration.name in _active:
             found.extend(integration.callbacks(obj))
     return found
 
@@ -337,3 +451,39 @@ def preload_modules() -> tuple[str, ...]:
     for integration in integrations():
         found.update(dict.fromkeys(integration.preload))
     return tuple(found)
+
+
+def _converter(obj: object, *, event: bool) -> Callable[[object], object] | None:
+    owner = integration_for_module(type(obj).__module__)
+    if owner is None or not is_active(owner):
+        return None
+    if event and owner.detach_event is not None:
+        return owner.detach_event
+    return owner.plain
+
+
+def to_plain(obj: object) -> object:
+    """``obj`` (an SDK event or result) as its integration's plain data.
+
+    Raises TypeError naming the type when no active integration converts it.
+    """
+    convert = _converter(obj, event=False)
+    if convert is None:
+        kind = type(obj)
+        raise TypeError(
+            f"no nativeguard integration turns a {kind.__module__}.{kind.__qualname__} "
+            f"into plain data (an Integration's plain=...)"
+        )
+    return convert(obj)
+
+
+def to_detached_event(obj: object) -> object:
+    """What an SDK event kept past its block becomes (the integration's ``detach_event``).
+
+    Falls back to the integration's ``plain``; TypeError naming the type when
+    no active integration converts it.
+    """
+    convert = _converter(obj, event=True)
+    if convert is None:
+        return to_plain(obj)
+    return convert(obj)

@@ -1,4 +1,7 @@
-"""``managed_*``: context managers that own one SDK object each.
+"""``managed`` and ``Managed``: context managers that own one native-backed object each.
+
+The SDK-specific factories (``managed_transcriber`` and friends for Azure
+Speech) live with their integration and build on :class:`Managed`.
 
 Each yields a :class:`~nativeguard._proxy.ManagedProxy` of the real object and,
 on exit (success or failure), stops it, disconnects its signals, detaches kept
@@ -9,12 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
-
-import azure.cognitiveservices.speech as speechsdk
 
 from ._adapters import _has_async_close
 from ._errors import CallbackError, ReleaseError, add_note
@@ -25,13 +25,8 @@ from ._scope import ReleaseMode, Scope
 __all__ = [
     "Managed",
     "managed",
-    "managed_connection",
     "managed_credential",
     "managed_executor",
-    "managed_recognizer",
-    "managed_synthesizer",
-    "managed_transcriber",
-    "managed_translation_recognizer",
 ]
 
 T = TypeVar("T")
@@ -189,199 +184,6 @@ def _spent() -> Any:
 
 def _unwrap(obj: Any) -> Any:
     return obj.__wrapped__ if isinstance(obj, ManagedProxy) else obj
-
-
-def _checked_config(name: str, config: Any, expected: type) -> Any:
-    raw = _unwrap(config)
-    if not isinstance(raw, expected):
-        raise TypeError(
-            f"{name} must be a speechsdk.{expected.__qualname__}, got {type(config).__name__}"
-        )
-    return raw
-
-
-def _checked_audio(audio_config: Any, *, output: bool) -> Any:
-    """The SDK audio config to pass on; a WAV path becomes ``AudioConfig(filename=path)``."""
-    raw = _unwrap(audio_config)
-    if raw is None:
-        return None
-    expected: type = speechsdk.audio.AudioOutputConfig if output else speechsdk.audio.AudioConfig
-    if isinstance(raw, expected):
-        return raw
-    if not output and isinstance(raw, (str, os.PathLike)):
-        path = os.fspath(raw)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"audio_config: audio file not found: {path}")
-        return speechsdk.audio.AudioConfig(filename=path)
-    accepted = (
-        "None or a speechsdk.audio.AudioOutputConfig"
-        if output
-        else "None, a WAV file path or a speechsdk.audio.AudioConfig"
-    )
-    raise TypeError(f"audio_config must be {accepted}, got {type(audio_config).__name__}")
-
-
-def _sdk_block(
-    sdk_class: Callable[..., Any],
-    config_name: str,
-    config: Any,
-    audio_config: Any,
-    *,
-    scope: Scope | None,
-    release: ReleaseMode | None,
-    plain: bool,
-    kwargs: dict[str, Any],
-) -> Managed[Any]:
-    """A managed block that constructs ``sdk_class(<config_name>=config, audio_config=...)``.
-
-    The arguments are checked here, before anything is created, so a wrong
-    one is a TypeError naming it instead of an AttributeError from the SDK.
-    """
-    expected = (
-        speechsdk.translation.SpeechTranslationConfig
-        if config_name == "translation_config"
-        else speechsdk.SpeechConfig
-    )
-    raw_config = _checked_config(config_name, config, expected)
-    raw_audio = _checked_audio(audio_config, output=sdk_class is speechsdk.SpeechSynthesizer)
-    block = Managed(
-        lambda: sdk_class(**{config_name: raw_config}, audio_config=raw_audio, **kwargs),
-        scope=scope,
-        release=release,
-        plain=plain,
-        description=getattr(sdk_class, "__name__", "object"),
-    )
-    block._secrets = _config_secrets(raw_config)
-    return block
-
-
-def _config_secrets(config: Any) -> tuple[str, ...]:
-    """The config's subscription key and authorization token: masked in the block's errors."""
-    found: list[str] = []
-    for prop in (
-        speechsdk.PropertyId.SpeechServiceConnection_Key,
-        speechsdk.PropertyId.SpeechServiceAuthorization_Token,
-    ):
-        try:
-            value = config.get_property(prop)
-        except Exception:
-            continue
-        if isinstance(value, str) and len(value) >= 8:
-            found.append(value)
-    return tuple(found)
-
-
-def managed_recognizer(
-    speech_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``speechsdk.SpeechRecognizer`` released at the end of the block."""
-    return _sdk_block(
-        speechsdk.SpeechRecognizer,
-        "speech_config",
-        speech_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
-    )
-
-
-def managed_transcriber(
-    speech_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``ConversationTranscriber`` released at the end of the block."""
-    return _sdk_block(
-        speechsdk.transcription.ConversationTranscriber,
-        "speech_config",
-        speech_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
-    )
-
-
-def managed_translation_recognizer(
-    translation_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``TranslationRecognizer`` released at the end of the block."""
-    return _sdk_block(
-        speechsdk.translation.TranslationRecognizer,
-        "translation_config",
-        translation_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
-    )
-
-
-def managed_synthesizer(
-    speech_config: Any,
-    audio_config: Any = None,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-    plain: bool = False,
-    **kwargs: Any,
-) -> Managed[Any]:
-    """A ``SpeechSynthesizer`` released at the end of the block.
-
-    ``audio_config=None`` means what it means to the SDK: keep audio in memory,
-    play nothing (the SDK's own default would open a speaker).
-    """
-    return _sdk_block(
-        speechsdk.SpeechSynthesizer,
-        "speech_config",
-        speech_config,
-        audio_config,
-        scope=scope,
-        release=release,
-        plain=plain,
-        kwargs=kwargs,
-    )
-
-
-def managed_connection(
-    recognizer_or_synthesizer: Any,
-    *,
-    scope: Scope | None = None,
-    release: ReleaseMode | None = None,
-) -> Managed[Any]:
-    """The ``speechsdk.Connection`` of a recognizer or synthesizer, closed at exit."""
-    target = _unwrap(recognizer_or_synthesizer)
-
-    def make() -> Any:
-        if isinstance(target, speechsdk.SpeechSynthesizer):
-            return speechsdk.Connection.from_speech_synthesizer(target)
-        if isinstance(target, speechsdk.Recognizer):
-            return speechsdk.Connection.from_recognizer(target)
-        raise TypeError(
-            f"managed_connection takes a recognizer or a synthesizer, got {type(target).__name__}"
-        )
-
-    return Managed(make, scope=scope, release=release, description="Connection")
 
 
 def managed_credential(credential: Any, *, scope: Scope | None = None) -> Managed[Any]:

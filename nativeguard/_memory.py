@@ -98,7 +98,9 @@ def memory_breakdown() -> MemoryBreakdown:
     Microseconds on a quiet heap; ``mallinfo2`` walks glibc's free lists, so it
     grows with fragmentation. Never raises for a missing glibc or SDK table.
     """
-    handles = sum(native_counters().values())
+    counters = native_counters()
+    # A counter named *_bytes is a size (onnxruntime.session_bytes), not a count.
+    handles = sum(n for name, n in counters.items() if not name.endswith("_bytes"))
     traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
     blocks = sys.getallocatedblocks()
     heap = _malloc.heap_stats()

@@ -18,8 +18,7 @@ from typing import Any
 import wrapt
 
 from ._errors import ClosedResourceError, add_note, detach_traceback
-from ._extract import Cancellation, extract
-from ._integration import callbacks_of
+from ._integration import callbacks_of, to_detached_event, to_plain
 from ._scope import Scope
 
 __all__ = ["EventProxy", "ManagedProxy", "ResultProxy", "SignalProxy"]
@@ -181,7 +180,7 @@ def _proxy_handler(callback: Callable[[Any], Any], events: _ScopeEvents) -> Call
 def _plain_handler(callback: Callable[[Any], Any], events: _ScopeEvents) -> Callable[[Any], None]:
     def handler(evt: Any) -> None:
         try:
-            callback(extract(evt))
+            callback(to_plain(evt))
         except Exception as exc:  # kept and re-raised at the end of the managed block
             _record_failure(events, exc)
 
@@ -196,9 +195,10 @@ class EventProxy(wrapt.ObjectProxy[Any]):
         super().__init__(wrapped)
         self._self_events = events
         self._self_result: ResultProxy | None = None
+        self._self_detached = False
 
     def __getattr__(self, name: str) -> Any:
-        if name == "result" and not isinstance(self.__wrapped__, DetachedEvent):
+        if name == "result" and not self._self_detached:
             # One stable proxy per event, so `evt.result is evt.result`, and
             # tracked on its own: callers often keep the result, not the event.
             if self._self_result is None:
@@ -210,10 +210,10 @@ class EventProxy(wrapt.ObjectProxy[Any]):
         return getattr(self.__wrapped__, name)
 
     def _self_detach(self) -> None:
-        target = self.__wrapped__
-        if isinstance(target, DetachedEvent):
+        if self._self_detached:
             return
-        self.__wrapped__ = DetachedEvent.of(target)
+        self.__wrapped__ = to_detached_event(self.__wrapped__)
+        self._self_detached = True
         self._self_result = None
 
 
@@ -224,43 +224,11 @@ class ResultProxy(wrapt.ObjectProxy[Any]):
         target = self.__wrapped__
         if _is_plain(target):
             return
-        self.__wrapped__ = extract(target)
+        self.__wrapped__ = to_plain(target)
 
 
 def _is_plain(value: object) -> bool:
     return type(value).__module__.startswith("nativeguard.")
-
-
-@dataclass(frozen=True, slots=True)
-class DetachedEvent:
-    """What a kept event becomes: the SDK event's common fields, as plain data."""
-
-    session_id: str | None
-    offset: int | None
-    result: object
-    cancellation_details: Cancellation | None
-
-    @classmethod
-    def of(cls, evt: Any) -> DetachedEvent:
-        result = getattr(evt, "result", None)
-        plain_result: object = None
-        cancellation: Cancellation | None = None
-        if result is not None:
-            extracted = extract(result)
-            plain_result = extracted
-            if isinstance(extracted, Cancellation):
-                cancellation = extracted
-        if getattr(evt, "cancellation_details", None) is not None:
-            extracted_evt = extract(evt)
-            if isinstance(extracted_evt, Cancellation):
-                cancellation = extracted_evt
-        offset = getattr(evt, "offset", None)
-        return cls(
-            session_id=getattr(evt, "session_id", None),
-            offset=offset if isinstance(offset, int) else None,
-            result=plain_result,
-            cancellation_details=cancellation,
-        )
 
 
 def detach_events(events: _ScopeEvents) -> None:

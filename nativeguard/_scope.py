@@ -50,8 +50,29 @@ __all__ = [
     "ScopeStatistics",
     "configure",
     "creation_tracebacks_enabled",
+    "scopes_released",
     "set_creation_tracebacks",
 ]
+
+_released_lock = threading.Lock()
+_released_total = 0
+
+
+def _count_release() -> None:
+    global _released_total  # noqa: PLW0603 - a process-wide counter, under its lock
+    with _released_lock:
+        _released_total += 1
+
+
+def scopes_released() -> int:
+    """How many scopes finished their release in this process (every managed block,
+    ``@guarded`` call and one-call helper), whatever the outcome; never decreases.
+
+    What ``nativeguard_releases_total`` exports. A forked child starts from its
+    parent's count.
+    """
+    return _released_total
+
 
 T = TypeVar("T")
 ReleaseMode = Literal["inline", "background"]
@@ -830,6 +851,7 @@ class Scope:
             self._state = _RELEASED
         release.done.set()
         self._released.set()
+        _count_release()
 
     def _trim(self) -> tuple[bool, int, bool]:
         """(attempted, RSS bytes released, available) for the optional heap trim."""

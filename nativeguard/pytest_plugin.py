@@ -23,9 +23,13 @@ enough; it does nothing until asked:
   fails the call itself. Coroutine test functions are checked once instead.
 
 Session warm-up, measured rather than ignored: on the first checked test the
-plugin enables the live-object registry (one heap walk, which hooks every
-integration's tracked classes: for Azure Speech its import creates one
-process-lifetime ``ISpxAudioConfig`` handle) and tracks the classes the
+plugin imports the SDK of every registered integration that is installed
+(``import nativeguard`` loads none, and an SDK's import can create
+process-lifetime native state: for Azure Speech 1.53 one ``ISpxAudioConfig``
+handle, which would otherwise count against the first test that imports it;
+an installed SDK that fails to import is a ``PytestWarning``), enables the
+live-object registry (one heap walk, which hooks every integration's tracked
+classes) and tracks the classes the
 integrations ask leak checks to count (``ThreadPoolExecutor``, every
 azure-identity credential class), all before the first baseline. Measured with SDK 1.53, the
 first recognition, transcription, translation or synthesis in a process
@@ -43,6 +47,7 @@ import json
 import logging
 import time
 import types
+import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,8 +214,15 @@ class _Session:
         if self.warmup_s is not None:
             return
         from . import _registry  # noqa: PLC0415 - the SDK is imported only when checking
+        from ._integration import activate_installed  # noqa: PLC0415
 
         started = time.monotonic()
+        for failure in activate_installed():
+            warnings.warn(
+                f"nativeguard: an installed SDK failed to import at warm-up: {failure}",
+                pytest.PytestWarning,
+                stacklevel=2,
+            )
         _registry.enable()
         extra = _extra_types()
         for cls in extra:

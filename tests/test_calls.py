@@ -9,7 +9,8 @@ import pickle
 import pytest
 from leakcheck import assert_back_to, snapshot
 
-from nativeguard._calls import (
+from nativeguard._errors import RequestTimeout
+from nativeguard.integrations.azure_speech._calls import (
     Transcript,
     arecognize_once,
     asynthesize,
@@ -18,8 +19,7 @@ from nativeguard._calls import (
     synthesize,
     transcribe,
 )
-from nativeguard._errors import RequestTimeout
-from nativeguard._extract import Cancellation, Segment, SynthesisResult
+from nativeguard.integrations.azure_speech._extract import Cancellation, Segment, SynthesisResult
 from nativeguard.testing import Faults, Phrase, SpeechService
 
 SCRIPT = [

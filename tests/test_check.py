@@ -15,10 +15,10 @@ import pytest
 from nativeguard import _registry
 from nativeguard._check import Allow, assert_no_leaks, check, findings, type_names
 from nativeguard._errors import LeakError
-from nativeguard._managed import managed_recognizer
 from nativeguard._reaper import REAPER_THREAD_NAME
 from nativeguard._report import LeakReport
 from nativeguard._snapshot import Counts, Delta, snapshot
+from nativeguard.integrations.azure_speech._managed import managed_recognizer
 
 
 def delta(instances=None, handles=None, threads=(), os_threads=0, fds=0, rss=0, blocks=0) -> Delta:

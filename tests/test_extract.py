@@ -18,7 +18,8 @@ from typing import Any
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard._extract import (
+from nativeguard._redact import REDACTED
+from nativeguard.integrations.azure_speech._extract import (
     Cancellation,
     FrozenMap,
     Segment,
@@ -29,7 +30,6 @@ from nativeguard._extract import (
     extract,
     plain,
 )
-from nativeguard._redact import REDACTED
 from nativeguard.testing import Faults, Phrase, SpeechService
 
 SDK_MODULE = "azure.cognitiveservices.speech"
@@ -679,7 +679,7 @@ def test_synthesis_result_reads_like_the_sdks_own():
     assert copy.reason == speechsdk.ResultReason.SynthesizingAudioCompleted
     # No SDK object is referenced: the reason is ours, not the SDK's enum.
     assert not any(_is_sdk(ref) for ref in gc.get_referents(res.reason))
-    assert type(res.reason).__module__ == "nativeguard._extract"
+    assert type(res.reason).__module__ == "nativeguard.integrations.azure_speech._extract"
 
 
 def test_cancellation_codes_compare_equal_to_the_sdk_members_of_their_own_enum():

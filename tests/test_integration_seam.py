@@ -420,6 +420,9 @@ CORE = [
     "_memory.py",
     "_leakcheck.py",
     "_holders.py",
+    "_proxy.py",
+    "_managed.py",
+    "_frozen.py",
     *sorted(str(path.relative_to(PACKAGE)) for path in (PACKAGE / "isolate").glob("*.py")),
 ]
 
@@ -453,5 +456,55 @@ def test_the_import_parser_sees_an_integration_import() -> None:
     """The check above can fail: the package face does import the integrations."""
     assert "nativeguard.integrations" in imported_modules(PACKAGE / "__init__.py")
     assert "azure.cognitiveservices.speech" in imported_modules(
-        PACKAGE / "integrations" / "azure_speech" / "__init__.py"
+        PACKAGE / "integrations" / "azure_speech" / "_extract.py"
     )
+
+
+def _fresh(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_importing_nativeguard_verify_and_isolate_loads_no_sdk() -> None:
+    loaded = _fresh(
+        "import sys, nativeguard, nativeguard.verify, nativeguard.isolate, "
+        "nativeguard.integrations\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('azure', 'onnxruntime', 'grpc', 'numpy')))"
+    )
+    assert loaded == "[]"
+
+
+def test_an_sdk_imported_after_the_hook_is_tracked_from_its_first_object() -> None:
+    """The Speech integration activates when the SDK is imported, hook already installed."""
+    out = _fresh(
+        "import sys, nativeguard\n"
+        "from nativeguard import _construction, _integration\n"
+        "seen = []\n"
+        "_construction.add_listener(lambda obj: seen.append(type(obj).__name__))\n"
+        "speech = next(i for i in _integration.integrations() if i.name == 'azure_speech')\n"
+        "before = (_integration.is_active(speech), 'azure' in sys.modules)\n"
+        "import azure.cognitiveservices.speech as speechsdk\n"
+        "config = speechsdk.SpeechConfig(subscription='k' * 32, region='westus')\n"
+        "print(before, _integration.is_active(speech), 'SpeechConfig' in seen)"
+    )
+    assert out == "(False, False) True True"
+
+
+def test_a_lazy_speech_name_imports_the_sdk_on_first_use() -> None:
+    out = _fresh(
+        "import sys, nativeguard\n"
+        "before = 'azure.cognitiveservices.speech' in sys.modules\n"
+        "fn = nativeguard.managed_transcriber\n"
+        "print(before, 'azure.cognitiveservices.speech' in sys.modules, fn.__module__, "
+        "'managed_transcriber' in dir(nativeguard))"
+    )
+    assert out == ("False True nativeguard.integrations.azure_speech._managed True")
+
+
+def test_an_unknown_name_is_an_attribute_error_naming_it() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        nativeguard.no_such_thing  # noqa: B018

@@ -17,7 +17,7 @@ import isolate_native_tasks as tasks
 import psutil
 import pytest
 
-from nativeguard._extract import Segment
+from nativeguard.integrations.azure_speech._extract import Segment
 from nativeguard.isolate import DEFAULT_PRELOAD, NotPlainDataError, WorkerPool
 from nativeguard.testing import Phrase, SpeechService
 

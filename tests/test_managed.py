@@ -11,17 +11,16 @@ import pytest
 from leakcheck import assert_back_to, snapshot
 
 from nativeguard._errors import CallbackError, ClosedResourceError
-from nativeguard._extract import Segment
-from nativeguard._managed import (
-    managed,
+from nativeguard._managed import managed, managed_executor
+from nativeguard.integrations.azure_speech import native_handles
+from nativeguard.integrations.azure_speech._extract import Segment
+from nativeguard.integrations.azure_speech._managed import (
     managed_connection,
-    managed_executor,
     managed_recognizer,
     managed_synthesizer,
     managed_transcriber,
     managed_translation_recognizer,
 )
-from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.testing import Faults, Phrase, SpeechService
 
 SCRIPT = [

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard._extract import FrozenMap, Segment
+from nativeguard.integrations.azure_speech._extract import FrozenMap, Segment
 from nativeguard.isolate import NotPlainDataError
 from nativeguard.isolate._plain import check_picklable, check_plain, describe_type
 

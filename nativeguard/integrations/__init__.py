@@ -10,24 +10,13 @@ release steps win.
 
 from __future__ import annotations
 
-import importlib
-
 from nativeguard import register_integration
 
-from . import azure_identity, azure_speech, executors
+from . import azure_identity, azure_speech, executors, grpc, onnxruntime
 
-__all__ = ["azure_identity", "azure_speech", "executors"]
+__all__ = ["azure_identity", "azure_speech", "executors", "grpc", "onnxruntime"]
 
-for _module in (executors, azure_identity, azure_speech):
+# Registering imports no SDK: each integration activates when its SDK is imported.
+for _module in (executors, azure_identity, azure_speech, onnxruntime, grpc):
     register_integration(_module.INTEGRATION)
-
-# onnxruntime and gRPC (issue 13) are being written; each registers once its module lands.
-for _name in ("onnxruntime", "grpc"):
-    try:
-        _module = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _error:
-        if _error.name != f"{__name__}.{_name}":
-            raise
-        continue
-    register_integration(_module.INTEGRATION)
-del _module, _name
+del _module

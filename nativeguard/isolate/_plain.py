@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterable
 
 from .._errors import NotPlainDataError
-from .._extract import FrozenMap
+from .._frozen import FrozenMap
 from .._integration import integration_for_module
 from .._redact import redact_text
 

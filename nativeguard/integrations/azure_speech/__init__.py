@@ -22,9 +22,6 @@ import sys
 from types import FrameType
 from typing import Any
 
-import azure.cognitiveservices.speech as speechsdk
-from azure.cognitiveservices.speech.interop import _Handle
-
 from nativeguard import Integration
 
 from ._handles import native_diagnostics_available, native_handle_count, native_handles
@@ -50,6 +47,36 @@ _SDK_SUBMODULES = (
     "languageconfig",
     "properties",
 )
+
+
+# -- the SDK, imported only once it is used ------------------------------------
+
+_handle: type | None = None
+"""The SDK's ``interop._Handle``, cached by the first call that needs it."""
+
+
+def _sdk() -> Any:
+    """The Speech SDK module (the integration is active, so it is imported already)."""
+    return importlib.import_module(SDK_PACKAGE)
+
+
+def _handle_type() -> type:
+    global _handle  # noqa: PLW0603 - a cache of one class
+    if _handle is None:
+        _handle = importlib.import_module(f"{SDK_PACKAGE}.interop")._Handle
+    return _handle
+
+
+def _plain(obj: object) -> object:
+    from ._extract import extract  # noqa: PLC0415 - imports the SDK: only when used
+
+    return extract(obj)
+
+
+def _detach_event(obj: object) -> object:
+    from ._extract import detach_event  # noqa: PLC0415 - imports the SDK: only when used
+
+    return detach_event(obj)
 
 
 # -- release steps ------------------------------------------------------------
@@ -97,35 +124,38 @@ def _close(obj: Any, timeout_s: float) -> None:
     obj.close()
 
 
-_RELEASE: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (
-    ("azure speech push stream", speechsdk.audio.PushAudioInputStream, (_close,)),
-    ("azure speech connection", speechsdk.Connection, (_close,)),
-    (
-        "azure speech synthesizer",
-        speechsdk.SpeechSynthesizer,
-        (_call_if_present("stop_speaking_async"),),
-    ),
-    (
-        "azure speech keyword recognizer",
-        speechsdk.KeywordRecognizer,
-        (_call_if_present("stop_recognition_async"),),
-    ),
-    (
-        "azure speech recognizer",
-        speechsdk.Recognizer,
-        (_no_stop_wait, _call_if_present("stop_continuous_recognition_async")),
-    ),
-    # Transcribers inherit stop_continuous_recognition_async only to raise
-    # NotImplementedError from it; they stop with stop_transcribing_async.
-    (
-        "azure speech transcriber",
+def _release() -> tuple[tuple[str, Any, tuple[Any, ...]], ...]:
+    """The release steps per SDK type; called when the SDK is imported."""
+    speechsdk: Any = _sdk()
+    return (
+        ("azure speech push stream", speechsdk.audio.PushAudioInputStream, (_close,)),
+        ("azure speech connection", speechsdk.Connection, (_close,)),
         (
-            speechsdk.transcription.ConversationTranscriber,
-            speechsdk.transcription.MeetingTranscriber,
+            "azure speech synthesizer",
+            speechsdk.SpeechSynthesizer,
+            (_call_if_present("stop_speaking_async"),),
         ),
-        (_no_stop_wait, _call_if_present("stop_transcribing_async")),
-    ),
-)
+        (
+            "azure speech keyword recognizer",
+            speechsdk.KeywordRecognizer,
+            (_call_if_present("stop_recognition_async"),),
+        ),
+        (
+            "azure speech recognizer",
+            speechsdk.Recognizer,
+            (_no_stop_wait, _call_if_present("stop_continuous_recognition_async")),
+        ),
+        # Transcribers inherit stop_continuous_recognition_async only to raise
+        # NotImplementedError from it; they stop with stop_transcribing_async.
+        (
+            "azure speech transcriber",
+            (
+                speechsdk.transcription.ConversationTranscriber,
+                speechsdk.transcription.MeetingTranscriber,
+            ),
+            (_no_stop_wait, _call_if_present("stop_transcribing_async")),
+        ),
+    )
 
 
 # -- tracked classes ----------------------------------------------------------
@@ -138,6 +168,7 @@ def native_classes() -> list[type]:
     names ``_Handle`` in its code. Every such class with its own ``__init__``
     is listed, so the most derived constructor is the one that notifies.
     """
+    handle_type = _handle_type()
     for submodule in _SDK_SUBMODULES:
         try:
             importlib.import_module(f"{SDK_PACKAGE}.{submodule}")
@@ -150,7 +181,7 @@ def native_classes() -> list[type]:
         for value in list(vars(module).values()):
             if (
                 isinstance(value, type)
-                and value is not _Handle
+                and value is not handle_type
                 and value.__module__.startswith(SDK_PACKAGE)
                 and "__init__" in value.__dict__
                 and _constructs_handle(value)
@@ -173,7 +204,8 @@ def holds_handle(obj: object) -> bool:
     namespace = getattr(obj, "__dict__", None)
     if type(namespace) is not dict:
         return False
-    return any(type(value) is _Handle for value in namespace.values())
+    handle_type = _handle or _handle_type()
+    return any(type(value) is handle_type for value in namespace.values())
 
 
 # -- callbacks ----------------------------------------------------------------
@@ -189,7 +221,11 @@ def event_signals(obj: object) -> list[Any]:
         values = list(vars(obj).values())
     except TypeError:
         return []
-    return [value for value in values if isinstance(value, speechsdk.EventSignal)]
+    sdk = sys.modules.get(SDK_PACKAGE)
+    signal_type = getattr(sdk, "EventSignal", None)
+    if not isinstance(signal_type, type):
+        return []  # the SDK is not imported: obj holds none of its signals
+    return [value for value in values if isinstance(value, signal_type)]
 
 
 def _callback_object(outermost: FrameType) -> object | None:
@@ -208,12 +244,14 @@ def _counters() -> dict[str, int]:
 INTEGRATION = Integration(
     name="azure_speech",
     modules=(SDK_PACKAGE,),
-    release=_RELEASE,
+    release=_release,
     classes=native_classes,
     holds_native=holds_handle,
     counters=_counters,
     callbacks=event_signals,
     callback_object=_callback_object,
+    plain=_plain,
+    detach_event=_detach_event,
     # Measured safe for SDK 1.53: importing it (and building a SpeechConfig)
     # starts no native thread, so a fork server stays single-threaded.
     preload=(SDK_PACKAGE,),

@@ -18,13 +18,14 @@ from __future__ import annotations
 import datetime
 import enum
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ._redact import redact_text
+from ..._frozen import FrozenMap
+from ..._redact import redact_text
 
 __all__ = [
     "TICKS_PER_SECOND",
@@ -32,6 +33,7 @@ __all__ = [
     "Cancellation",
     "CancellationErrorCodeName",
     "CancellationReasonName",
+    "DetachedEvent",
     "Extracted",
     "FrozenMap",
     "NoMatchReasonName",
@@ -44,6 +46,7 @@ __all__ = [
     "TranslationAudio",
     "Viseme",
     "WordBoundary",
+    "detach_event",
     "extract",
     "plain",
 ]
@@ -142,59 +145,6 @@ _ENUM_NAMES: dict[str, type[SdkEnumName]] = {
         BoundaryTypeName,
     )
 }
-
-
-class FrozenMap(Mapping[str, str]):
-    """An immutable, hashable, picklable ``str -> str`` mapping.
-
-    ``types.MappingProxyType`` cannot be pickled, so results carry this instead.
-    It compares equal to any mapping with the same items (a ``dict`` included)
-    and keeps insertion order. Enum keys (such as the SDK's ``PropertyId``
-    members) are looked up by member name, so code written against an SDK
-    result's ``properties`` dict keeps working on an extracted ``Segment``.
-    """
-
-    __slots__ = ("_data",)
-    _data: dict[str, str]
-
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        data = dict(items)
-        for key, value in data.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(
-                    f"FrozenMap maps str to str, got {type(key).__name__} -> {type(value).__name__}"
-                )
-        object.__setattr__(self, "_data", data)
-
-    def __getitem__(self, key: object) -> str:
-        name = getattr(key, "name", key) if not isinstance(key, str) else key
-        if not isinstance(name, str):
-            raise KeyError(key)
-        try:
-            return self._data[name]
-        except KeyError:
-            raise KeyError(key) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __reduce__(self) -> tuple[type[FrozenMap], tuple[tuple[tuple[str, str], ...]]]:
-        return (type(self), (tuple(self._data.items()),))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._data!r})"
 
 
 _EMPTY = FrozenMap()
@@ -590,3 +540,40 @@ def plain(
         return callback(extract(evt, secrets=hidden))  # type: ignore[arg-type]
 
     return receive_plain
+
+
+@dataclass(frozen=True, slots=True)
+class DetachedEvent:
+    """What a kept event becomes: the SDK event's common fields, as plain data."""
+
+    session_id: str | None
+    offset: int | None
+    result: object
+    cancellation_details: Cancellation | None
+
+    @classmethod
+    def of(cls, evt: Any) -> DetachedEvent:
+        result = getattr(evt, "result", None)
+        plain_result: object = None
+        cancellation: Cancellation | None = None
+        if result is not None:
+            extracted = extract(result)
+            plain_result = extracted
+            if isinstance(extracted, Cancellation):
+                cancellation = extracted
+        if getattr(evt, "cancellation_details", None) is not None:
+            extracted_evt = extract(evt)
+            if isinstance(extracted_evt, Cancellation):
+                cancellation = extracted_evt
+        offset = getattr(evt, "offset", None)
+        return cls(
+            session_id=getattr(evt, "session_id", None),
+            offset=offset if isinstance(offset, int) else None,
+            result=plain_result,
+            cancellation_details=cancellation,
+        )
+
+
+def detach_event(evt: object) -> DetachedEvent:
+    """What a Speech SDK event kept past its managed block becomes."""
+    return DetachedEvent.of(evt)

@@ -20,10 +20,11 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ._errors import RequestTimeout, detach_traceback
+from ..._errors import RequestTimeout, detach_traceback
+from ..._managed import Managed
+from ..._scope import Scope, _seconds
 from ._extract import Cancellation, Segment, SynthesisResult, extract
-from ._managed import Managed, managed_recognizer, managed_synthesizer, managed_transcriber
-from ._scope import Scope, _seconds
+from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
 
 __all__ = [
     "Transcript",

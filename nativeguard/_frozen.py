@@ -1,0 +1,65 @@
+"""``FrozenMap``: the immutable, picklable ``str -> str`` mapping plain results carry.
+
+Why here, apart from any SDK: the worker pools' plain-data check
+(``nativeguard.isolate``) accepts it without importing an SDK, and every
+integration's extractor can put one in its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+__all__ = ["FrozenMap"]
+
+
+class FrozenMap(Mapping[str, str]):
+    """An immutable, hashable, picklable ``str -> str`` mapping.
+
+    ``types.MappingProxyType`` cannot be pickled, so results carry this instead.
+    It compares equal to any mapping with the same items (a ``dict`` included)
+    and keeps insertion order. Enum keys (such as the SDK's ``PropertyId``
+    members) are looked up by member name, so code written against an SDK
+    result's ``properties`` dict keeps working on an extracted ``Segment``.
+    """
+
+    __slots__ = ("_data",)
+    _data: dict[str, str]
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        data = dict(items)
+        for key, value in data.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(
+                    f"FrozenMap maps str to str, got {type(key).__name__} -> {type(value).__name__}"
+                )
+        object.__setattr__(self, "_data", data)
+
+    def __getitem__(self, key: object) -> str:
+        name = getattr(key, "name", key) if not isinstance(key, str) else key
+        if not isinstance(name, str):
+            raise KeyError(key)
+        try:
+            return self._data[name]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[tuple[tuple[str, str], ...]]]:
+        return (type(self), (tuple(self._data.items()),))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
