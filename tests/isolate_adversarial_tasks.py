@@ -236,3 +236,12 @@ def sleep_or_fail(seconds: float) -> float:
 def isolated_getpid() -> int:
     """The pid of the worker it runs in (a shared @isolated pool)."""
     return os.getpid()
+
+
+def hold_once(flag: str, release: str) -> None:
+    """Initializer: the one worker that removes ``flag`` waits for ``release`` (30 s at most)."""
+    try:
+        os.unlink(flag)
+    except FileNotFoundError:
+        return
+    wait_for_file(release, None)

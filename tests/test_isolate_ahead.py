@@ -101,3 +101,38 @@ def test_a_worker_on_its_last_task_has_its_replacement_started_before_it_retires
     assert final.workers == ()
     assert len({r.pid for r in final.retirements}) == final.workers_started
     assert_all_gone(pids_of(pool, [first, last, after]))
+
+
+def test_a_ready_spare_takes_over_before_one_still_starting(tmp_path: Path) -> None:
+    """Two spares, the first started still in its start-up: the ready one gets the next task."""
+    flag, release, go = tmp_path / "hold", tmp_path / "release", tmp_path / "go"
+    pool = WorkerPool(
+        1, max_tasks=1, jitter=0, initializer=tasks.hold_once, initargs=(str(flag), str(release))
+    )
+    try:
+        assert pool.submit(tasks.add, 1, 1).result(HANG_S) == 2
+
+        def idle(count: int) -> bool:
+            return sum(w.state == "idle" for w in pool.statistics().workers) == count
+
+        wait_for(lambda: idle(2), "the active worker and the warm spare")
+        flag.write_text("")
+        # The next replacement (started while this task runs) holds in its start-up.
+        assert pool.submit(tasks.add, 2, 2).result(HANG_S) == 4
+        wait_for(lambda: not flag.exists(), "a worker to start and hold")
+        held = [w.pid for w in pool.statistics().workers if w.state == "starting"]
+        assert len(held) == 1
+        # This task's replacement starts normally: then two spares, the held one first.
+        slow = pool.submit(tasks.wait_for_file, str(go), "slow")
+        wait_for(lambda: idle(1) and slow.running(), "a second spare, ready")
+        go.write_text("")
+        assert slow.result(HANG_S) == "slow"
+        after = pool.submit(tasks.getpid)
+        assert after.result(HANG_S) not in held  # did not wait for the held worker
+        assert [w.state for w in pool.statistics().workers if w.pid in held] == ["starting"]
+        release.write_text("")
+        wait_for(lambda: idle(2), "the held worker to be ready too")
+    finally:
+        release.write_text("")
+        pool.shutdown(cancel_futures=True, terminate=True)
+    assert_all_gone(pids_of(pool, [slow, after]) | set(held))

@@ -480,7 +480,12 @@ class PoolManager:
         hand-over itself (the finished task's caller, the next dispatch).
         """
         active = sum(1 for w in self._workers if w.role == "active")
-        spares = [w for w in self._workers if w.role == "spare"]
+        # Ready spares first: one still starting would hold up the task it gets
+        # while another is idle (processes join in the order they were forked,
+        # not the order they got ready).
+        spares = sorted(
+            (w for w in self._workers if w.role == "spare"), key=lambda w: w.state != "idle"
+        )
         while active < self._workers_wanted and spares:
             spares.pop(0).role = "active"
             active += 1
