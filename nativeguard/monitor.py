@@ -22,8 +22,10 @@ and file descriptors.
   ``nativeguard_heap_in_use_bytes``, ``nativeguard_heap_retained_bytes``,
   ``nativeguard_native_resources{integration,type}``,
   ``nativeguard_live_objects{type}``, ``nativeguard_threads``,
-  ``nativeguard_fds``, ``nativeguard_releases_total`` (what
-  :meth:`Monitor.record_release` counted) and
+  ``nativeguard_fds``, ``nativeguard_releases_total`` (every scope this
+  process released since the Monitor started: managed blocks, ``@guarded``
+  calls, one-call helpers, from :func:`nativeguard.scopes_released`; plus what
+  :meth:`Monitor.record_release` added) and
   ``nativeguard_worker_retirements_total{reason}`` (of the pools given to
   :meth:`Monitor.watch_pool`, and what :meth:`Monitor.record_retirement`
   counted).
@@ -68,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import NativeGuardError
 from ._malloc import heap_stats
 from ._redact import redact_text
+from ._scope import scopes_released
 from .verify import snapshot
 
 if TYPE_CHECKING:
@@ -286,7 +289,7 @@ class _SharedCounters:
                 )
                 cls.releases = prometheus_client.Counter(
                     "nativeguard_releases",
-                    "Scopes released (Monitor.record_release)",
+                    "Scopes released (blocks, guarded calls, helpers; Monitor.record_release)",
                     registry=None,
                 )
             return cls.retirements, cls.releases
@@ -373,6 +376,9 @@ class Monitor:
         self._started = False
         self._requests = 0
         self._releases = 0
+        self._scopes_baseline = scopes_released()
+        self._scopes_shared = self._scopes_baseline
+        """In multiprocess mode: the process count already added to the shared counter."""
         self._warning: dict[str, bool] = {}
         self._pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
         self._pool_retired: collections.Counter[str] = collections.Counter()
@@ -480,6 +486,7 @@ class Monitor:
                 self._history.append(reading)
                 window = list(self._history)[-self.slope_window :]
             self._poll_pools()
+            self._push_releases()
             self._log(reading)
             self._check_slopes(window)
         return reading
@@ -493,8 +500,23 @@ class Monitor:
             due = self._requests % self.every_requests == 0
         return self.sample() if due else None
 
+    def _push_releases(self) -> None:
+        """Multiprocess mode: add this process's scope releases since the last push."""
+        if not self._multiprocess:
+            return
+        now = scopes_released()
+        with self._lock:
+            grown, self._scopes_shared = now - self._scopes_shared, now
+        if grown > 0:
+            _SharedCounters.get()[1].inc(grown)
+
     def record_release(self, count: int = 1) -> None:
-        """Count ``count`` released scopes (``nativeguard_releases_total``)."""
+        """Add ``count`` releases this process did not see (``nativeguard_releases_total``).
+
+        Scopes released in this process are counted already
+        (:func:`nativeguard.scopes_released`); this adds releases done elsewhere,
+        e.g. reported by a worker process without a Monitor.
+        """
         _check_number("count", count, minimum=0, integer=True)
         if self._multiprocess and count:
             _SharedCounters.get()[1].inc(count)
@@ -556,7 +578,8 @@ class Monitor:
 
     @property
     def releases(self) -> int:
-        return self._releases
+        """Scopes this process released since the Monitor started, plus :meth:`record_release`."""
+        return self._releases + scopes_released() - self._scopes_baseline
 
     @property
     def retirements(self) -> dict[str, int]:
@@ -623,7 +646,7 @@ class Monitor:
             "live_objects": {redact_text(t): n for t, n in reading.instances.items()},
             "threads": reading.threads,
             "fds": reading.fds,
-            "releases_total": self._releases,
+            "releases_total": self.releases,
         }
         self.logger.log(
             self.log_level,
@@ -773,7 +796,7 @@ class _Collector:
             return  # the counters are multiprocess ones: MultiProcessCollector exports them
         yield CounterMetricFamily(
             "nativeguard_releases",
-            "Scopes released (Monitor.record_release)",
+            "Scopes released (blocks, guarded calls, helpers; Monitor.record_release)",
             monitor.releases,
         )
         retired = CounterMetricFamily(
