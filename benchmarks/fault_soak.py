@@ -34,9 +34,9 @@ from typing import Any
 import psutil
 
 import nativeguard
-from nativeguard._snapshot import is_reaper_thread
 from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.testing import Faults, SpeechService, write_wav
+from nativeguard.verify._snapshot import is_reaper_thread
 
 FAULTS: dict[str, Faults] = {
     "refuse-503": Faults(refuse=True, refuse_status=503),

@@ -387,7 +387,7 @@ def _run_child(args: argparse.Namespace) -> None:
         run_sync(2, False)
         wall = run_sync(args.requests, True)
 
-    from nativeguard._reaper import get_reaper  # noqa: PLC0415
+    from nativeguard._core._reaper import get_reaper  # noqa: PLC0415
 
     get_reaper().wait_idle(30)  # background releases finish before the process exits
     del live

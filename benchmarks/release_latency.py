@@ -34,8 +34,8 @@ from pathlib import Path
 
 import azure.cognitiveservices.speech as speechsdk
 
-from nativeguard._reaper import get_reaper
-from nativeguard._scope import ReleaseMode, Scope
+from nativeguard._core._reaper import get_reaper
+from nativeguard._core._scope import ReleaseMode, Scope
 from nativeguard.testing import SpeechService, write_wav
 
 

@@ -73,8 +73,8 @@ def heap_part(objects: int, rounds: int) -> list[str]:
     import objgraph  # noqa: PLC0415 - bench extra
     from pympler import tracker  # noqa: PLC0415 - bench extra
 
-    from nativeguard import _registry  # noqa: PLC0415
-    from nativeguard._snapshot import snapshot  # noqa: PLC0415
+    from nativeguard.verify import _registry  # noqa: PLC0415
+    from nativeguard.verify._snapshot import snapshot  # noqa: PLC0415
 
     tracemalloc.start()
     heap = [Unrelated(i) for i in range(objects)]

@@ -12,9 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import isolate, verify
-from ._adapters import Adapter, ReleaseStep, register_adapter, run_bounded
-from ._check import Allow, assert_no_leaks, check
-from ._errors import (
+from ._core._adapters import Adapter, ReleaseStep, register_adapter, run_bounded
+from ._core._errors import (
     AsyncReleaseRequired,
     CallbackError,
     ClosedResourceError,
@@ -28,13 +27,11 @@ from ._errors import (
     RequestTimeout,
     ServiceError,
 )
-from ._frozen import FrozenMap
-from ._guarded import GuardStatistics, Survivor, SurvivorReport, bind, current_scope, guarded
-from ._integration import Integration, IntegrationError, register_integration
-from ._leakcheck import LeakCheck, leak_check
-from ._managed import Managed, managed, managed_credential, managed_executor
-from ._report import LeakReport
-from ._scope import (
+from ._core._frozen import FrozenMap
+from ._core._guarded import GuardStatistics, Survivor, SurvivorReport, bind, current_scope, guarded
+from ._core._integration import Integration, IntegrationError, register_integration
+from ._core._managed import Managed, managed, managed_credential, managed_executor
+from ._core._scope import (
     ReleaseMode,
     Scope,
     ScopeStatistics,
@@ -43,6 +40,9 @@ from ._scope import (
     scopes_released,
     set_creation_tracebacks,
 )
+from .verify._check import Allow, assert_no_leaks, check
+from .verify._leakcheck import LeakCheck, leak_check
+from .verify._report import LeakReport
 
 __version__ = "0.1.0"
 

@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
             "this process's phases, so the naive phase shows everything its reference cycles pin"
         ),
     )
-    from ._soak_cli import add_soak_parser  # noqa: PLC0415 - its own module, like run_demo
+    from ._cli.soak import add_soak_parser  # noqa: PLC0415 - its own module, like run_demo
 
     add_soak_parser(commands)
     return parser
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "soak":
-        from ._soak_cli import soak_command  # noqa: PLC0415
+        from ._cli.soak import soak_command  # noqa: PLC0415
 
         return soak_command(args, sys.stdout, sys.stderr)
     if args.command != "demo":  # pragma: no cover - argparse rejects other commands
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _integration_demo(args)
     try:
         # Imported here: the SDK loads only for a command that needs it.
-        from ._demo import run_demo  # noqa: PLC0415
+        from ._cli.demo import run_demo  # noqa: PLC0415
     except (ImportError, OSError) as error:
         print(
             f"nativeguard demo: the Azure Speech SDK could not be loaded: {error}",

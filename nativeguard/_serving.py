@@ -23,10 +23,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nativeguard._errors import NativeGuardError
-from nativeguard._guarded import GuardStatistics
-from nativeguard._malloc import heap_stats, rss_bytes
-from nativeguard._reaper import get_reaper
+from nativeguard._core._errors import NativeGuardError
+from nativeguard._core._guarded import GuardStatistics
+from nativeguard._core._malloc import heap_stats, rss_bytes
+from nativeguard._core._reaper import get_reaper
 from nativeguard.integrations.azure_speech._handles import native_handles
 from nativeguard.isolate._options import check_limit as _check_limit
 from nativeguard.isolate._recycle import MB, Decision, RecyclePolicy, RetirementPolicy

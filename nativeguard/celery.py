@@ -59,8 +59,8 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
         f"nativeguard.celery needs Celery (pip install 'nativeguard[celery]'): {_missing}"
     ) from _missing
 
-from nativeguard._errors import NativeGuardError
-from nativeguard._guarded import GuardStatistics, guarded
+from nativeguard._core._errors import NativeGuardError
+from nativeguard._core._guarded import GuardStatistics, guarded
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
 from nativeguard.isolate._recycle import RecyclePolicy
 from nativeguard.monitor import count_retirement

@@ -41,7 +41,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from nativeguard._errors import NativeGuardError
+from nativeguard._core._errors import NativeGuardError
 from nativeguard._serving import ProcessRecycler, UnitDeltas, check_options, recycle_policy
 from nativeguard.isolate._recycle import RecyclePolicy
 from nativeguard.monitor import count_retirement

@@ -67,10 +67,10 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._errors import NativeGuardError
-from ._malloc import heap_stats
-from ._redact import redact_text
-from ._scope import scopes_released
+from ._core._errors import NativeGuardError
+from ._core._malloc import heap_stats
+from ._core._redact import redact_text
+from ._core._scope import scopes_released
 from .verify import snapshot
 
 if TYPE_CHECKING:

@@ -12,14 +12,14 @@ enough; it does nothing until asked:
   ``FAILED``, as pytest-memray reports its limits, not as an error at
   teardown): the call phase's report is held back until the verdict, then
   turned into a failure whose text is the
-  :class:`~nativeguard._report.LeakReport`: what leaked and what holds it.
+  :class:`~nativeguard.verify._report.LeakReport`: what leaked and what holds it.
   Before declaring one, the test module's own finished frames are cleared
   (:func:`clear_finished_frames`: ``pytest.raises(...) as excinfo`` keeps
   them in a cycle). A test whose body failed or was skipped is not judged:
   its traceback keeps its frames, and so its locals, alive.
 - ``--nativeguard-repeat=WARMUP:RUNS`` (or ``no_leaks(repeat=(W, R))``) runs a
   checked test's function ``W + R`` times in its call phase and judges the
-  runs as :func:`~nativeguard._leakcheck.leak_check` does; the leak then
+  runs as :func:`~nativeguard.verify._leakcheck.leak_check` does; the leak then
   fails the call itself. Coroutine test functions are checked once instead.
 
 Session warm-up, measured rather than ignored: on the first checked test the
@@ -41,317 +41,25 @@ the process and is left out of thread counts by the snapshot itself.
 from __future__ import annotations
 
 import functools
-import gc
 import inspect
 import json
-import logging
-import time
-import types
-import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
 
-from ._check import DEFAULT_SETTLE_S, Allow, check, coerce_allow, type_names
-from ._leakcheck import LeakCheck, leak_check
-from ._report import LeakReport
-from ._snapshot import Snapshot, snapshot
+from ._plugin.checker import LeakChecker, Session
+from ._plugin.frames import call_then_clear, clear_finished_frames, item_files
+from ._plugin.marks import MARKER, MARKER_HELP, Settings, parse_repeat, settings_from_marker
+from .verify._check import DEFAULT_SETTLE_S
 
 __all__ = ["LeakChecker", "clear_finished_frames", "parse_repeat"]
 
-_MARKER = "no_leaks"
-_MARKER_KWARGS = (
-    "types",
-    "native_handles",
-    "threads",
-    "fds",
-    "rss_growth_mb",
-    "repeat",
-    "allow",
-)
-_MARKER_HELP = (
-    f"{_MARKER}(types=None, native_handles=True, threads=True, fds=True, rss_growth_mb=None, "
-    "repeat=None, allow=()): fail the test if it leaks Speech SDK instances (or instances "
-    "of `types`, names or classes), native handles, threads or fds; rss_growth_mb fails "
-    "it if RSS grows more than that; repeat=(WARMUP, RUNS) runs it refleak-style; "
-    "allow=[nativeguard.verify.Allow(what, reason)] excuses growth, with a reason"
-)
-_MB = 1 << 20
-
-
-def parse_repeat(value: object, *, where: str) -> tuple[int, int]:
-    """``"W:R"`` or ``(W, R)`` as ``(warmup, runs)``; ``pytest.UsageError`` with a fix otherwise."""
-    fix = f"{where} takes WARMUP:RUNS with WARMUP >= 0 and RUNS >= 2, e.g. 3:5"
-    parts: Sequence[object]
-    if isinstance(value, str):
-        parts = value.split(":")
-    elif isinstance(value, (tuple, list)):
-        parts = value
-    else:
-        raise pytest.UsageError(f"{fix}; got {value!r}")
-    if len(parts) != 2:
-        raise pytest.UsageError(f"{fix}; got {value!r}")
-    numbers: list[int] = []
-    for part in parts:
-        if isinstance(part, bool):
-            raise pytest.UsageError(f"{fix}; got {value!r}")
-        try:
-            numbers.append(int(part) if isinstance(part, (int, str)) else -1)
-        except ValueError:
-            raise pytest.UsageError(f"{fix}; got {value!r}") from None
-    warmup, runs = numbers
-    if warmup < 0 or runs < 2:
-        raise pytest.UsageError(f"{fix}; got {value!r}")
-    return warmup, runs
-
-
-# -- per-test settings ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """How one test is checked, from the command line and its marker."""
-
-    types: tuple[str | type, ...] | None = None
-    native_handles: bool = True
-    threads: bool = True
-    fds: bool = True
-    rss_growth_mb: float | None = None
-    repeat: tuple[int, int] | None = None
-    allow: tuple[Allow, ...] = ()
-
-
-def _settings_from_marker(marker: pytest.Mark, default_repeat: tuple[int, int] | None) -> _Settings:
-    where = f"@pytest.mark.{_MARKER}"
-    if marker.args:
-        raise pytest.UsageError(
-            f"{where} takes keyword arguments only, got positional {marker.args!r}; "
-            f"write e.g. @pytest.mark.{_MARKER}(types=['SpeechRecognizer'])"
-        )
-    unknown = sorted(set(marker.kwargs) - set(_MARKER_KWARGS))
-    if unknown:
-        raise pytest.UsageError(
-            f"{where} got unknown argument(s) {', '.join(unknown)}; "
-            f"it takes {', '.join(_MARKER_KWARGS)}"
-        )
-    kwargs = marker.kwargs
-    for name in ("native_handles", "threads", "fds"):
-        if not isinstance(kwargs.get(name, True), bool):
-            raise pytest.UsageError(
-                f"{where}({name}=...) takes True or False, got {kwargs[name]!r}"
-            )
-    rss = kwargs.get("rss_growth_mb")
-    if rss is not None and (
-        isinstance(rss, bool) or not isinstance(rss, (int, float)) or not rss > 0
-    ):
-        raise pytest.UsageError(
-            f"{where}(rss_growth_mb=...) takes a number of megabytes > 0 or None, got {rss!r}"
-        )
-    repeat = kwargs.get("repeat")
-    parsed = default_repeat if repeat is None else parse_repeat(repeat, where=f"{where}(repeat=)")
-    try:
-        allow = coerce_allow(kwargs.get("allow", ()))
-    except TypeError as error:
-        raise pytest.UsageError(f"{where}(allow=...): {error}") from None
-    return _Settings(
-        types=_marker_types(kwargs.get("types"), where),
-        native_handles=kwargs.get("native_handles", True),
-        threads=kwargs.get("threads", True),
-        fds=kwargs.get("fds", True),
-        rss_growth_mb=None if rss is None else float(rss),
-        repeat=parsed,
-        allow=allow,
-    )
-
-
-def _marker_types(types: object, where: str) -> tuple[str | type, ...] | None:
-    if types is None:
-        return None
-    entries = (types,) if isinstance(types, (str, type)) else types
-    if not isinstance(entries, Iterable):
-        raise pytest.UsageError(
-            f"{where}(types=...) takes type names or classes, got {types!r}; "
-            "write e.g. types=['SpeechRecognizer'] or types=[MyClient]"
-        )
-    found: list[str | type] = []
-    for entry in entries:
-        if isinstance(entry, type):
-            if not entry.__weakrefoffset__:
-                raise pytest.UsageError(
-                    f"{where}(types=...): {entry.__qualname__} instances do not support weak "
-                    "references, so they cannot be counted; add '__weakref__' to its "
-                    "__slots__ or leave it out"
-                )
-        elif not isinstance(entry, str) or not entry:
-            raise pytest.UsageError(
-                f"{where}(types=...) takes type names or classes, got {entry!r}; "
-                "write e.g. types=['SpeechRecognizer'] or types=[MyClient]"
-            )
-        found.append(entry)
-    return tuple(found)
-
-
-# -- session state ------------------------------------------------------------------
-
-
-@dataclass
-class _Session:
-    """Command-line options and what the session did."""
-
-    check_all: bool
-    repeat: tuple[int, int] | None
-    settle_s: float
-    warmup_s: float | None = None
-    tracked: tuple[str, ...] = ()
-    checked: int = 0
-    repeated: int = 0
-    leaked: list[str] = field(default_factory=list)
-
-    def warm_up(self) -> None:
-        """Once, before the first baseline: registry on, extra types tracked, SDK imported."""
-        if self.warmup_s is not None:
-            return
-        from . import _registry  # noqa: PLC0415 - the SDK is imported only when checking
-        from ._integration import activate_installed  # noqa: PLC0415
-
-        started = time.monotonic()
-        for failure in activate_installed():
-            warnings.warn(
-                f"nativeguard: an installed SDK failed to import at warm-up: {failure}",
-                pytest.PytestWarning,
-                stacklevel=2,
-            )
-        _registry.enable()
-        extra = _extra_types()
-        for cls in extra:
-            try:
-                _registry.track_types(cls)
-            except TypeError:
-                continue  # not weak-referenceable in this version: not countable
-        self.tracked = tuple(cls.__qualname__ for cls in extra)
-        snapshot()  # first reading: loads the SDK core and its handle table
-        self.warmup_s = time.monotonic() - started
-
-
-def _extra_types() -> list[type]:
-    """The classes every integration asks leak checks to count (executors, credentials)."""
-    from ._integration import counted_types  # noqa: PLC0415 - loads entry points when checking
-
-    return counted_types()
-
-
-_SESSION = pytest.StashKey[_Session]()
-_SETTINGS = pytest.StashKey[_Settings]()
+_SESSION = pytest.StashKey[Session]()
+_SETTINGS = pytest.StashKey[Settings]()
 _CHECKER = pytest.StashKey["LeakChecker"]()
 _CALL_OK = pytest.StashKey[bool]()
 _VERDICT = pytest.StashKey[str]()
-
-
-# -- the checker the fixture yields -------------------------------------------------
-
-
-class LeakChecker:
-    """What the ``nativeguard`` fixture yields: the test's baseline and allowlist.
-
-    The verdict is given at teardown; :meth:`check` asks for one now without
-    failing anything.
-    """
-
-    def __init__(
-        self, settings: _Settings, settle_s: float, *, test_files: frozenset[str] = frozenset()
-    ) -> None:
-        self._settings = settings
-        self._settle_s = settle_s
-        self._test_files = test_files
-        self._allow: list[Allow] = list(settings.allow)
-        self._names = type_names(settings.types)
-        self._before = self._baseline()
-        self.leak_check_result: LeakCheck | None = None
-        """Set in repeat mode: the judged runs."""
-
-    def _baseline(self) -> Snapshot:
-        if self._settings.rss_growth_mb is not None:
-            from ._memory import trim  # noqa: PLC0415
-
-            trim()
-        return snapshot()
-
-    @property
-    def before(self) -> Snapshot:
-        """The baseline the test is compared with."""
-        return self._before
-
-    @property
-    def allowed(self) -> tuple[Allow, ...]:
-        return tuple(self._allow)
-
-    def allow(self, what: str, reason: str) -> None:
-        """Excuse growth of ``what`` (see :class:`Allow`) for this test; ``reason`` is required."""
-        self._allow.append(Allow(what, reason))
-
-    def reset(self) -> Snapshot:
-        """Take a new baseline, e.g. after the test's own warm-up; returns it."""
-        self._before = self._baseline()
-        return self._before
-
-    def check(self) -> LeakReport | None:
-        """What leaked since the baseline, settled; None if nothing did. Never fails the test."""
-        return check(
-            self._before,
-            allow=self._allow,
-            types=self._names,
-            native_handles=self._settings.native_handles,
-            threads=self._settings.threads,
-            fds=self._settings.fds,
-            settle_s=self._settle_s,
-        )
-
-    def rss_growth_bytes(self) -> int:
-        """RSS now (after ``malloc_trim``) minus the baseline's."""
-        from ._memory import trim  # noqa: PLC0415
-
-        trim()
-        return snapshot().rss_bytes - self._before.rss_bytes
-
-    def leak_check(self, fn: Callable[[], object], **kwargs: Any) -> LeakCheck:
-        """:func:`~nativeguard._leakcheck.leak_check` with this test's switches and allowlist."""
-        options: dict[str, Any] = {
-            "allow": self._allow,
-            "types": self._names,
-            "native_handles": self._settings.native_handles,
-            "threads": self._settings.threads,
-            "fds": self._settings.fds,
-            "rss_growth_mb": self._settings.rss_growth_mb,
-            "settle_s": self._settle_s,
-        }
-        options.update(kwargs)
-        return leak_check(fn, **options)
-
-    def _verdict(self) -> str | None:
-        """The failure text at teardown, or None.
-
-        On a suspected leak, the test's own finished frames are cleared (see
-        :func:`clear_finished_frames`) and the check runs again.
-        """
-        report = self.check()
-        if report is not None:
-            # Checked again even when no frame was cleared: the heap walk that
-            # looks for them allocates, and the automatic collection it can
-            # trigger may just have freed the suspects (the verdict would be stale).
-            clear_finished_frames(self._test_files)
-            report = self.check()
-        lines = [] if report is None else [str(report)]
-        limit = self._settings.rss_growth_mb
-        if limit is not None:
-            grown = self.rss_growth_bytes()
-            if grown > limit * _MB:
-                lines.append(
-                    f"RSS grew by {grown / _MB:.1f} MB (after malloc_trim), more than the "
-                    f"{limit:g} MB no_leaks(rss_growth_mb=...) allows"
-                )
-        return "\n".join(lines) if lines else None
 
 
 # -- hooks --------------------------------------------------------------------------
@@ -384,7 +92,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", _MARKER_HELP)
+    config.addinivalue_line("markers", MARKER_HELP)
     repeat_option = config.getoption("nativeguard_repeat", None)
     repeat = (
         None if repeat_option is None else parse_repeat(repeat_option, where="--nativeguard-repeat")
@@ -401,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--nativeguard-settle takes a number of seconds >= 0, e.g. 1.5; "
                 f"got {settle_option!r}"
             )
-    config.stash[_SESSION] = _Session(
+    config.stash[_SESSION] = Session(
         check_all=bool(config.getoption("nativeguard", False)), repeat=repeat, settle_s=settle_s
     )
 
@@ -411,14 +119,14 @@ def pytest_collection_modifyitems(
 ) -> None:
     state = config.stash[_SESSION]
     for item in items:
-        marker = item.get_closest_marker(_MARKER)
+        marker = item.get_closest_marker(MARKER)
         if marker is not None:
             try:
-                settings = _settings_from_marker(marker, state.repeat)
+                settings = settings_from_marker(marker, state.repeat)
             except pytest.UsageError as error:
                 raise pytest.UsageError(f"{item.nodeid}: {error}") from None
         elif state.check_all or "nativeguard" in getattr(item, "fixturenames", ()):
-            settings = _Settings(repeat=state.repeat)
+            settings = Settings(repeat=state.repeat)
         else:
             continue
         item.stash[_SETTINGS] = settings
@@ -447,10 +155,10 @@ def _nativeguard_autocheck(request: pytest.FixtureRequest) -> Iterator[LeakCheck
     if settings.types:
         classes = [t for t in settings.types if isinstance(t, type)]
         if classes:
-            from . import _registry  # noqa: PLC0415
+            from .verify import _registry  # noqa: PLC0415
 
             _registry.track_types(*classes)
-    checker = LeakChecker(settings, state.settle_s, test_files=_test_files(item))
+    checker = LeakChecker(settings, state.settle_s, test_files=item_files(item))
     item.stash[_CHECKER] = checker
     state.checked += 1
     yield checker  # the verdict: pytest_runtest_teardown, once everything is torn down
@@ -517,98 +225,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
-def _test_files(item: pytest.Item) -> frozenset[str]:
-    path = getattr(item, "path", None)
-    return frozenset() if path is None else frozenset({str(path)})
-
-
-_FRAME_OWNERS = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
-
-
-def clear_finished_frames(files: frozenset[str], *, logged: bool = False) -> int:
-    """Clear the locals of finished frames the test's own bookkeeping keeps; how many.
-
-    - Frames of code in ``files`` (the test module): a test's frames outlive
-      it when a garbage cycle holds them, ``pytest.raises(...) as excinfo``
-      (the frame holds ``excinfo``, whose traceback holds the frame) or an
-      exception a callback stored. Their locals are the test's, not the code
-      under test's.
-    - With ``logged``, the traceback frames of exceptions that captured log
-      records hold: ``logger.warning("failed: %s", error)`` (azure-identity
-      does this) puts the exception and so every frame's locals in the
-      record, and pytest keeps a phase's records until its teardown, which
-      in repeat mode pins one set of objects per run. The records keep their
-      message and traceback text.
-
-    unittest clears frames the same way (``traceback.clear_frames`` in
-    ``assertRaises``). Executing frames, frames of suspended generators and
-    coroutines (``yield`` fixtures: clearing would close them) and module
-    bodies are left alone. One heap walk.
-    """
-    frames: dict[int, types.FrameType] = {}
-    if logged:
-        for frame in _logged_frames():
-            frames[id(frame)] = frame
-    if not files and not frames:
-        return 0
-    suspended: set[int] = set()
-    for obj in gc.get_objects():
-        kind = type(obj)  # not isinstance(): a dead weakproxy raises on it
-        if kind is types.FrameType:
-            if obj.f_code.co_filename in files and obj.f_code.co_name != "<module>":
-                frames[id(obj)] = obj
-        elif kind in _FRAME_OWNERS:
-            owned = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None)
-            owned = owned or getattr(obj, "ag_frame", None)
-            if owned is not None:  # None once the generator or coroutine finished
-                suspended.add(id(owned))
-    cleared = 0
-    for key, frame in frames.items():
-        if key in suspended:
-            continue
-        try:
-            frame.clear()
-        except RuntimeError:  # still executing
-            continue
-        # clear() empties the fast locals only; reading f_locals drops them from
-        # the dict a tracer or a traceback formatter materialised (3.11).
-        frame.f_locals  # noqa: B018
-        cleared += 1
-    frames.clear()
-    return cleared
-
-
-def _logged_frames() -> list[types.FrameType]:
-    """Traceback frames of exceptions in the records of the root logger's capturing handlers."""
-    found: list[types.FrameType] = []
-    for handler in logging.getLogger().handlers:
-        records = getattr(handler, "records", None)
-        if not isinstance(records, list):
-            continue
-        for record in records:
-            if not isinstance(record, logging.LogRecord):
-                continue
-            errors = list(record.args) if isinstance(record.args, tuple) else []
-            if record.exc_info:
-                errors.append(record.exc_info[1])
-            for error in errors:
-                found.extend(_traceback_frames(error))
-    return found
-
-
-def _traceback_frames(error: object) -> list[types.FrameType]:
-    frames: list[types.FrameType] = []
-    seen: set[int] = set()
-    while isinstance(error, BaseException) and id(error) not in seen:
-        seen.add(id(error))
-        tb = error.__traceback__
-        while tb is not None:
-            frames.append(tb.tb_frame)
-            tb = tb.tb_next
-        error = error.__cause__ or error.__context__
-    return frames
-
-
 @pytest.fixture
 def nativeguard(_nativeguard_autocheck: LeakChecker | None) -> LeakChecker:
     """A :class:`LeakChecker` for this test: at teardown, fail if anything leaked."""
@@ -622,22 +238,26 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     settings = pyfuncitem.stash.get(_SETTINGS, None)
     checker = pyfuncitem.stash.get(_CHECKER, None)
     original = pyfuncitem.obj
-    if (
-        settings is None
-        or settings.repeat is None
-        or checker is None
-        or inspect.iscoroutinefunction(original)
-    ):
+    if settings is None or checker is None or inspect.iscoroutinefunction(original):
         return (yield)
+    files = item_files(pyfuncitem)
+    if settings.repeat is None:
+
+        @functools.wraps(original)
+        def checked(*args: Any, **kwargs: Any) -> object:
+            return call_then_clear(original, args, kwargs, files)
+
+        pyfuncitem.obj = checked
+        try:
+            return (yield)
+        finally:
+            pyfuncitem.obj = original
     warmup, runs = settings.repeat
 
-    files = _test_files(pyfuncitem)
-
     def once(*args: Any, **kwargs: Any) -> None:
-        original(*args, **kwargs)
         # As at teardown: the test's frames are not the leak, and pytest keeps
         # this phase's log records (their exceptions' frames) until teardown.
-        clear_finished_frames(files, logged=True)
+        call_then_clear(original, args, kwargs, files, logged=True)
 
     @functools.wraps(original)
     def repeated(*args: Any, **kwargs: Any) -> None:

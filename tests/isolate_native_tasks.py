@@ -16,7 +16,7 @@ from typing import Any
 import azure.cognitiveservices.speech as speechsdk
 
 import nativeguard
-from nativeguard._reaper import get_reaper, get_step_runner
+from nativeguard._core._reaper import get_reaper, get_step_runner
 from nativeguard.testing import DEFAULT_KEY
 
 MB = 1 << 20

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from nativeguard._reaper import get_reaper
-from nativeguard._snapshot import is_reaper_thread
+from nativeguard._core._reaper import get_reaper
 from nativeguard.integrations.azure_speech import native_handles
+from nativeguard.verify._snapshot import is_reaper_thread
 
 SDK_MODULE = "azure.cognitiveservices.speech"
 

@@ -43,8 +43,8 @@ from hypothesis import strategies as st
 
 import nativeguard as ng
 from nativeguard import verify
-from nativeguard._adapters import _registry
-from nativeguard._reaper import get_reaper, get_step_runner
+from nativeguard._core._adapters import _registry
+from nativeguard._core._reaper import get_reaper, get_step_runner
 from nativeguard.isolate import WorkerPool
 from nativeguard.testing import Faults, Phrase, Script, SpeechService, write_wav
 

@@ -9,7 +9,7 @@ import pickle
 import pytest
 from leakcheck import assert_back_to, snapshot
 
-from nativeguard._errors import RequestTimeout
+from nativeguard._core._errors import RequestTimeout
 from nativeguard.integrations.azure_speech._calls import (
     Transcript,
     arecognize_once,

@@ -12,13 +12,13 @@ import weakref
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard import _registry
-from nativeguard._check import Allow, assert_no_leaks, check, findings, type_names
-from nativeguard._errors import LeakError
-from nativeguard._reaper import REAPER_THREAD_NAME
-from nativeguard._report import LeakReport
-from nativeguard._snapshot import Counts, Delta, snapshot
+from nativeguard._core._errors import LeakError
+from nativeguard._core._reaper import REAPER_THREAD_NAME
 from nativeguard.integrations.azure_speech._managed import managed_recognizer
+from nativeguard.verify import _registry
+from nativeguard.verify._check import Allow, assert_no_leaks, check, findings, type_names
+from nativeguard.verify._report import LeakReport
+from nativeguard.verify._snapshot import Counts, Delta, snapshot
 
 
 def delta(instances=None, handles=None, threads=(), os_threads=0, fds=0, rss=0, blocks=0) -> Delta:
@@ -245,7 +245,7 @@ def test_after_snapshot_is_compared_as_is(speech_service, wav_path):
 
 def test_verify_is_the_public_facade():
     import nativeguard.verify as verify
-    from nativeguard import _check, _leakcheck, _memory, _report, _snapshot
+    from nativeguard.verify import _check, _leakcheck, _memory, _report, _snapshot
 
     assert sorted(verify.__all__) == [
         "Allow",
@@ -431,7 +431,7 @@ def test_a_user_thread_named_like_the_reaper_is_checked():
 
 def test_check_waits_for_releases_queued_on_the_reaper():
     """A release handed to the reaper is "later", not "never": check() waits for it."""
-    from nativeguard._reaper import get_reaper
+    from nativeguard._core._reaper import get_reaper
 
     before = snapshot()
     kept = [speechsdk.SpeechConfig(subscription="k", region="westus")]

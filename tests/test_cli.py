@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nativeguard._demo import CollectReport, DemoReport, IsolationReport, PhaseReport, render
+from nativeguard._cli.demo import CollectReport, DemoReport, IsolationReport, PhaseReport, render
 
 REQUESTS = 5
 PHRASES = 2  # per request, in the demo's script

@@ -18,7 +18,7 @@ from typing import Any
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard._redact import REDACTED
+from nativeguard._core._redact import REDACTED
 from nativeguard.integrations.azure_speech._extract import (
     Cancellation,
     FrozenMap,

@@ -12,10 +12,10 @@ import wave
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard import _guarded
-from nativeguard._adapters import register_adapter
-from nativeguard._errors import LeakError, ReleaseError
-from nativeguard._guarded import (
+from nativeguard._core import _guarded
+from nativeguard._core._adapters import register_adapter
+from nativeguard._core._errors import LeakError, ReleaseError
+from nativeguard._core._guarded import (
     GuardStatistics,
     Survivor,
     SurvivorReport,
@@ -23,7 +23,7 @@ from nativeguard._guarded import (
     current_scope,
     guarded,
 )
-from nativeguard._scope import Scope
+from nativeguard._core._scope import Scope
 from nativeguard.integrations.azure_speech import native_handles
 
 

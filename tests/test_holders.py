@@ -16,7 +16,7 @@ from typing import ClassVar
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard._holders import (
+from nativeguard._core._holders import (
     INVISIBLE,
     MAX_VISITED,
     UNREACHABLE,

@@ -16,10 +16,10 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 
 import nativeguard
-from nativeguard import _leakcheck, _snapshot
-from nativeguard._check import Allow
-from nativeguard._leakcheck import LeakCheck, judge, leak_check, series, theil_sen_slope
-from nativeguard._snapshot import Counts, Snapshot
+from nativeguard.verify import _leakcheck, _snapshot
+from nativeguard.verify._check import Allow
+from nativeguard.verify._leakcheck import LeakCheck, judge, leak_check, series, theil_sen_slope
+from nativeguard.verify._snapshot import Counts, Snapshot
 
 MB = 1 << 20
 
@@ -237,8 +237,8 @@ FIRST_USE = textwrap.dedent(
     import threading
     import azure.cognitiveservices.speech as speechsdk
     from nativeguard.testing import SpeechService, write_wav
-    from nativeguard._check import check
-    from nativeguard._snapshot import snapshot
+    from nativeguard.verify._check import check
+    from nativeguard.verify._snapshot import snapshot
 
     wav = write_wav({wav!r}, 3.0)
     with SpeechService() as service:

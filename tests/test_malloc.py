@@ -1,4 +1,4 @@
-"""nativeguard._malloc against this process's real glibc heap (2.36 here)."""
+"""nativeguard._core._malloc against this process's real glibc heap (2.36 here)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from nativeguard import _malloc
-from nativeguard._malloc import HeapStats, TrimResult, heap_stats, malloc_trim, trim
+from nativeguard._core import _malloc
+from nativeguard._core._malloc import HeapStats, TrimResult, heap_stats, malloc_trim, trim
 
 MiB = 1 << 20
 

@@ -10,8 +10,8 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 from leakcheck import assert_back_to, snapshot
 
-from nativeguard._errors import CallbackError, ClosedResourceError
-from nativeguard._managed import managed, managed_executor
+from nativeguard._core._errors import CallbackError, ClosedResourceError
+from nativeguard._core._managed import managed, managed_executor
 from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.integrations.azure_speech._extract import Segment
 from nativeguard.integrations.azure_speech._managed import (
@@ -171,7 +171,7 @@ def test_synthesizer_and_its_connection(service):
 def test_credential_is_closed(service):
     from azure.identity import ManagedIdentityCredential
 
-    from nativeguard._managed import managed_credential
+    from nativeguard._core._managed import managed_credential
     from nativeguard.testing import TokenService
 
     scope_url = "https://cognitiveservices.azure.com/.default"
@@ -345,7 +345,7 @@ def test_managed_objects_refuse_reuse_and_bad_input(service):
 
 
 def test_executor_tasks_belong_to_the_guarded_call(service):
-    from nativeguard._guarded import GuardStatistics, guarded
+    from nativeguard._core._guarded import GuardStatistics, guarded
 
     seen: list[GuardStatistics] = []
 
@@ -390,7 +390,7 @@ def test_async_credential_is_closed_on_the_event_loop():
 
     from azure.identity.aio import ManagedIdentityCredential
 
-    from nativeguard._managed import managed_credential
+    from nativeguard._core._managed import managed_credential
     from nativeguard.testing import TokenService
 
     async def main():

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard import _malloc, _registry
-from nativeguard._integration import native_counters
-from nativeguard._memory import MemoryBreakdown, memory_breakdown, trim
+from nativeguard._core import _malloc
+from nativeguard._core._integration import native_counters
+from nativeguard.verify import _registry
+from nativeguard.verify._memory import MemoryBreakdown, memory_breakdown, trim
 
 MiB = 1 << 20
 

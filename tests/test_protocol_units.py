@@ -8,7 +8,7 @@ import wave
 import pytest
 
 from nativeguard import ProtocolError
-from nativeguard._redact import REDACTED, redact_headers, redact_text
+from nativeguard._core._redact import REDACTED, redact_headers, redact_text
 from nativeguard.testing import TICKS_PER_SECOND, Phrase, Script, write_wav
 from nativeguard.testing._audio import (
     AudioFormat,

@@ -18,10 +18,10 @@ import weakref
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard import _reaper
-from nativeguard._errors import ClosedResourceError, ReleaseError
-from nativeguard._reaper import REAPER_THREAD_NAME, Reaper, get_reaper
-from nativeguard._scope import Scope
+from nativeguard._core import _reaper
+from nativeguard._core._errors import ClosedResourceError, ReleaseError
+from nativeguard._core._reaper import REAPER_THREAD_NAME, Reaper, get_reaper
+from nativeguard._core._scope import Scope
 from nativeguard.integrations.azure_speech import native_handles
 
 
@@ -429,7 +429,7 @@ def test_a_deferred_release_waits_for_the_callback_to_return(speech_service, wav
 
 
 def test_deferred_release_errors_are_raised_by_wait_released(speech_service, wav_path):
-    from nativeguard._adapters import register_adapter
+    from nativeguard._core._adapters import register_adapter
 
     class Fragile(Node):
         pass

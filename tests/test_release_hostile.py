@@ -20,7 +20,7 @@ import pytest
 
 import nativeguard as ng
 from nativeguard import ReleaseError, Scope
-from nativeguard._adapters import _registry, register_adapter
+from nativeguard._core._adapters import _registry, register_adapter
 
 
 class Thing:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from nativeguard._holders import INVISIBLE, UNREACHABLE
-from nativeguard._report import (
+from nativeguard._core._holders import INVISIBLE, UNREACHABLE
+from nativeguard.integrations.azure_speech import native_handles
+from nativeguard.verify._report import (
     MAX_COUNTS_SHOWN,
     MAX_LINKS_SHOWN,
     MAX_OBJECTS_DESCRIBED,
@@ -23,7 +24,6 @@ from nativeguard._report import (
     build_report,
     creation_traceback,
 )
-from nativeguard.integrations.azure_speech import native_handles
 
 KEY = "0123456789abcdef0123456789abcdef"
 

@@ -19,10 +19,15 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 
 import nativeguard
-from nativeguard import _malloc
-from nativeguard._adapters import register_adapter, run_bounded
-from nativeguard._errors import ClosedResourceError, NativeGuardError, ReleaseError, ReleaseTimeout
-from nativeguard._scope import Scope, creation_tracebacks_enabled, set_creation_tracebacks
+from nativeguard._core import _malloc
+from nativeguard._core._adapters import register_adapter, run_bounded
+from nativeguard._core._errors import (
+    ClosedResourceError,
+    NativeGuardError,
+    ReleaseError,
+    ReleaseTimeout,
+)
+from nativeguard._core._scope import Scope, creation_tracebacks_enabled, set_creation_tracebacks
 from nativeguard.integrations.azure_speech import native_handles
 from nativeguard.testing import TokenService
 
@@ -482,7 +487,7 @@ def test_released_survivors_and_living_objects_do_not_warn():
 
 def test_objects_alive_at_interpreter_exit_do_not_warn():
     script = (
-        "from nativeguard._scope import Scope\n"
+        "from nativeguard._core._scope import Scope\n"
         "class Node: pass\n"
         "scope = Scope()\n"
         "node = scope.register(Node())\n"
@@ -556,7 +561,7 @@ def test_new_arguments_are_checked():
 def test_a_collection_skipped_by_another_threads_collection_is_retried(monkeypatch):
     # Simulate CPython's behaviour while another thread collects: the first
     # call returns at once and the collection counter does not move.
-    import nativeguard._scope as scope_module
+    import nativeguard._core._scope as scope_module
 
     calls: list[int] = []
     real_collect = gc.collect

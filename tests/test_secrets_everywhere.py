@@ -35,8 +35,8 @@ from websockets.sync.client import connect
 
 import nativeguard as ng
 from nativeguard import verify
-from nativeguard._adapters import _registry
-from nativeguard._errors import add_note
+from nativeguard._core._adapters import _registry
+from nativeguard._core._errors import add_note
 from nativeguard.isolate import (
     NotPlainDataError,
     RemoteTaskError,

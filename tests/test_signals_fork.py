@@ -340,7 +340,7 @@ def test_keyboard_interrupt_in_a_release_step_fails_only_that_step(kind: str) ->
 def test_a_reaper_job_that_raises_is_reported_and_the_reaper_recovers() -> None:
     result = run_script(
         """
-        from nativeguard._reaper import get_reaper
+        from nativeguard._core._reaper import get_reaper
         reaper = get_reaper()
         def failing():
             raise RuntimeError("job failed")

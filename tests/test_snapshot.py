@@ -15,10 +15,11 @@ import azure.cognitiveservices.speech as speechsdk
 import psutil
 import pytest
 
-from nativeguard import _construction, _registry
-from nativeguard._reaper import REAPER_THREAD_NAME, get_reaper
-from nativeguard._snapshot import Counts, Delta, Snapshot, settle, snapshot
+from nativeguard._core import _construction
+from nativeguard._core._reaper import REAPER_THREAD_NAME, get_reaper
 from nativeguard.integrations.azure_speech import native_handles
+from nativeguard.verify import _registry
+from nativeguard.verify._snapshot import Counts, Delta, Snapshot, settle, snapshot
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nativeguard._soak import (
+from nativeguard._cli.soak_run import (
     LEAK,
     NO_LEAK,
     PLATEAU,
@@ -421,7 +421,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_on_a_terminal_is_a_rich_bar_and_elsewhere_plain_lines() -> None:
-    from nativeguard._soak_cli import _PlainProgress, _progress_printer, _RichProgress
+    from nativeguard._cli.soak import _PlainProgress, _progress_printer, _RichProgress
 
     terminal = _Terminal()
     progress = _progress_printer(terminal, "soak_targets:plain_clean")

@@ -11,7 +11,7 @@ a function into one that runs in such a pool.
 
 from __future__ import annotations
 
-from .._errors import (
+from .._core._errors import (
     NotPlainDataError,
     RemoteTaskError,
     TaskTimeout,

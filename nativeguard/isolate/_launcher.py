@@ -27,7 +27,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .._errors import WorkerStartError
+from .._core._errors import WorkerStartError
 from ._guardian import run_guardian
 from ._recycle import RecyclePolicy
 from ._worker import WorkerSettings, run_worker

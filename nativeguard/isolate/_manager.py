@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from types import MappingProxyType
 from typing import Any
 
-from .._errors import (
+from .._core._errors import (
     ClosedResourceError,
     RemoteTaskError,
     TaskTimeout,
@@ -35,7 +35,7 @@ from .._errors import (
     WorkerStartError,
     add_note,
 )
-from .._redact import redact_text
+from .._core._redact import redact_text
 from ._launcher import Launcher
 from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._recycle import MB, RecyclePolicy

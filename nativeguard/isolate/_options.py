@@ -8,7 +8,7 @@ import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
-from .._integration import preload_modules
+from .._core._integration import preload_modules
 from ._plain import check_picklable, check_plain
 
 __all__ = [

@@ -23,10 +23,10 @@ import uuid
 import weakref
 from collections.abc import Iterable
 
-from .._errors import NotPlainDataError
-from .._frozen import FrozenMap
-from .._integration import integration_for_module
-from .._redact import redact_text
+from .._core._errors import NotPlainDataError
+from .._core._frozen import FrozenMap
+from .._core._integration import integration_for_module
+from .._core._redact import redact_text
 
 __all__ = ["check_picklable", "check_plain", "describe_type"]
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from .._errors import ClosedResourceError, NotPlainDataError
+from .._core._errors import ClosedResourceError, NotPlainDataError
 from ._manager import PoolConfig, PoolManager
 from ._options import DEFAULT_PRELOAD, StartMethod, check_pool_options, function_name
 from ._plain import check_picklable, check_plain

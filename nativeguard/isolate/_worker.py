@@ -32,9 +32,9 @@ from typing import Any
 if sys.platform != "win32":
     import resource
 
-from .._errors import NotPlainDataError, RemoteTaskError, add_note
-from .._malloc import malloc_trim, rss_bytes
-from .._redact import redact_text
+from .._core._errors import NotPlainDataError, RemoteTaskError, add_note
+from .._core._malloc import malloc_trim, rss_bytes
+from .._core._redact import redact_text
 from ._guardian import join_guardian, kill_descendants
 from ._messages import RunTask, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._plain import check_picklable, check_plain, describe_type

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from .._redact import REDACTED, SECRET_HEADERS, redact_text
+from .._core._redact import REDACTED, SECRET_HEADERS, redact_text
 
 __all__ = ["SERVICE_LOGGER", "RedactingFilter", "service_logger"]
 

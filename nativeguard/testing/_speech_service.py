@@ -31,8 +31,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from .._errors import ProtocolError, ServiceError, add_note
-from .._redact import redact_headers, redact_text
+from .._core._errors import ProtocolError, ServiceError, add_note
+from .._core._redact import redact_headers, redact_text
 from ._audio import (
     AudioFormat,
     SynthesizedSpeech,

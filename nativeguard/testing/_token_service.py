@@ -24,8 +24,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .._errors import ServiceError
-from .._redact import redact_text
+from .._core._errors import ServiceError
+from .._core._redact import redact_text
 from ._speech_service import _check_loopback
 
 __all__ = ["MAX_TOKEN_REQUESTS", "TokenRequest", "TokenService"]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import ProtocolError
+from .._core._errors import ProtocolError
 
 __all__ = [
     "Message",

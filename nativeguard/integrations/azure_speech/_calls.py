@@ -20,9 +20,9 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ..._errors import RequestTimeout, detach_traceback
-from ..._managed import Managed
-from ..._scope import Scope, _seconds
+from ..._core._errors import RequestTimeout, detach_traceback
+from ..._core._managed import Managed
+from ..._core._scope import Scope, _seconds
 from ._extract import Cancellation, Segment, SynthesisResult, extract
 from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ..._managed import Managed, _unwrap
-from ..._scope import ReleaseMode, Scope
+from ..._core._managed import Managed, _unwrap
+from ..._core._scope import ReleaseMode, Scope
 
 __all__ = [
     "managed_connection",

@@ -43,7 +43,7 @@ def test_importing_the_integration_does_not_import_grpc() -> None:
 
 
 def test_integration_is_registered_and_declares_grpc() -> None:
-    from nativeguard._integration import integrations
+    from nativeguard._core._integration import integrations
 
     assert INTEGRATION in integrations()
     assert INTEGRATION.modules == ("grpc",)

@@ -166,7 +166,7 @@ def test_an_output_ortvalue_of_an_io_binding_pins_the_session_and_is_reported(
 def test_the_trim_after_release_gives_the_arena_back(
     big_model: bytes, feeds: Feeds, no_automatic_gc: None
 ) -> None:
-    from nativeguard._malloc import rss_bytes
+    from nativeguard._core._malloc import rss_bytes
 
     ngo.infer(big_model, feeds(rows=1024))  # warm: first-use state of onnxruntime
     verify.trim()

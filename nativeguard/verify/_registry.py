@@ -56,7 +56,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _construction
+from .._core import _construction
 
 __all__ = [
     "collected",

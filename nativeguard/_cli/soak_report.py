@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ._soak import LEAK, NOT_JUDGED, PLATEAU, Sample, SoakRun, Verdict, slope_band
+from .soak_run import LEAK, NOT_JUDGED, PLATEAU, Sample, SoakRun, Verdict, slope_band
 
 __all__ = [
     "MissingPlotExtra",

@@ -51,10 +51,11 @@ INVISIBLE = (
     "or a C extension)"
 )
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # The search's own frames: their locals hold the objects while we look.
 _SEARCH_FILES = frozenset(
-    os.path.join(_PACKAGE_DIR, name) for name in ("_holders.py", "_report.py")
+    os.path.join(_PACKAGE_DIR, name)
+    for name in (os.path.join("_core", "_holders.py"), os.path.join("verify", "_report.py"))
 )
 # References our bookkeeping holds to each non-leaf object when they are
 # counted: the `nodes` dict, the loop variable, getrefcount's argument.

@@ -36,14 +36,14 @@ from typing import IO, Any, Literal, TextIO
 import azure.cognitiveservices.speech as speechsdk
 import psutil
 
-from ._errors import NativeGuardError
-from ._malloc import heap_stats
-from ._reaper import get_reaper
-from .integrations.azure_speech._calls import _pcm_wav
-from .integrations.azure_speech._handles import native_handles
-from .integrations.azure_speech._managed import managed_transcriber
-from .isolate._pool import PoolStatistics, WorkerPool
-from .testing import DEFAULT_KEY, Phrase, SpeechService, write_wav
+from .._core._errors import NativeGuardError
+from .._core._malloc import heap_stats
+from .._core._reaper import get_reaper
+from ..integrations.azure_speech._calls import _pcm_wav
+from ..integrations.azure_speech._handles import native_handles
+from ..integrations.azure_speech._managed import managed_transcriber
+from ..isolate._pool import PoolStatistics, WorkerPool
+from ..testing import DEFAULT_KEY, Phrase, SpeechService, write_wav
 
 __all__ = [
     "CollectReport",
@@ -242,7 +242,7 @@ class _ServiceProcess:
 
     def __enter__(self) -> str:
         self._stderr = tempfile.TemporaryFile()
-        code = "from nativeguard._demo import _serve; _serve()"
+        code = "from nativeguard._cli.demo import _serve; _serve()"
         # The child imports this very nativeguard, wherever sys.path found it.
         package_root = str(Path(__file__).resolve().parent.parent)
         inherited = os.environ.get("PYTHONPATH")

@@ -7,7 +7,7 @@ the same rules as :func:`~nativeguard.verify.leak_check`:
 
 - counts (native handles per integration and type, live tracked instances per
   type, Python threads, native threads, file descriptors) go through
-  :func:`~nativeguard._leakcheck.judge`: CPython's ``-R`` rule, a leak only if
+  :func:`~nativeguard.verify._leakcheck.judge`: CPython's ``-R`` rule, a leak only if
   *every* measured call grew it (fds: any net growth);
 - bytes (RSS, glibc's heap in use) get a Theil-Sen slope per call with a 95 %
   confidence band (Sen's rank interval). A leak is a fitted growth over the
@@ -43,12 +43,12 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._errors import NativeGuardError
-from ._leakcheck import DEFAULT_RSS_GROWTH_MB, judge, theil_sen_slope
-from ._malloc import heap_stats
-from ._memory import trim
-from ._snapshot import settle  # private helper: poll until counts stop moving
-from .verify import Snapshot, snapshot
+from .._core._errors import NativeGuardError
+from .._core._malloc import heap_stats
+from ..verify import Snapshot, snapshot
+from ..verify._leakcheck import DEFAULT_RSS_GROWTH_MB, judge, theil_sen_slope
+from ..verify._memory import trim
+from ..verify._snapshot import settle  # private helper: poll until counts stop moving
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -436,7 +436,7 @@ class _Sampler:
         """The leak report of the last call: what it left that is still alive, and its holders."""
         if self.before_last is None:
             return None, None
-        from .verify import check  # noqa: PLC0415
+        from ..verify import check  # noqa: PLC0415
 
         report = check(self.before_last, settle_s=max(self.settle_s, 0.05))
         if report is None:
@@ -536,7 +536,7 @@ def _f(value: int | None) -> float | None:
 def judge_samples(samples: Sequence[Sample], *, growth_limit_bytes: int) -> tuple[Verdict, ...]:
     """A verdict per metric over the measured samples (and the one reading before them); pure.
 
-    Counts: :func:`~nativeguard._leakcheck.judge`'s ``-R`` rule, and
+    Counts: :func:`~nativeguard.verify._leakcheck.judge`'s ``-R`` rule, and
     ``"plateau"`` for a count that grew over the run but not in its second
     half. Bytes: see the module notes. Everything else is ``"not judged"``.
     """
@@ -853,7 +853,7 @@ def _worker_close() -> str | None:
 
 
 def _isolated_runner(settings: _Settings, add: Callable[[Sample], None]) -> _Outcome:
-    from . import isolate  # noqa: PLC0415 - the pool's machinery only when asked for
+    from .. import isolate  # noqa: PLC0415 - the pool's machinery only when asked for
 
     _cwd_importable()
     # Resolve here too: a usage error before any process starts, named the same way.

@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ._leakcheck import DEFAULT_RSS_GROWTH_MB
-from ._soak import (
+from ..verify._leakcheck import DEFAULT_RSS_GROWTH_MB
+from .soak_run import (
     DEFAULT_ITERATIONS,
     DEFAULT_SETTLE_S,
     DEFAULT_WARMUP,
@@ -188,7 +188,7 @@ def soak_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     if args.compare and args.json:
         return _usage("--json writes a soak's samples; --compare reads two, it writes none", stderr)
     if args.plot or args.html:
-        from ._soak_report import MissingPlotExtra, require_matplotlib  # noqa: PLC0415
+        from .soak_report import MissingPlotExtra, require_matplotlib  # noqa: PLC0415
 
         try:
             require_matplotlib()
@@ -203,7 +203,7 @@ def soak_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _compare(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from ._soak_report import compare_table, write_html, write_plot  # noqa: PLC0415
+    from .soak_report import compare_table, write_html, write_plot  # noqa: PLC0415
 
     try:
         runs = [load_run(path) for path in args.compare]
@@ -261,7 +261,7 @@ def _soak(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _table(run: SoakRun) -> str:
-    from ._soak_report import verdict_table  # noqa: PLC0415
+    from .soak_report import verdict_table  # noqa: PLC0415
 
     return verdict_table(run)
 
@@ -271,7 +271,7 @@ def _outputs(run: SoakRun, args: argparse.Namespace, stdout: TextIO) -> None:
         _write_json(run, args.json)
         print(f"samples and verdicts: {args.json}", file=stdout)
     if args.plot or args.html:
-        from ._soak_report import write_html, write_plot  # noqa: PLC0415
+        from .soak_report import write_html, write_plot  # noqa: PLC0415
 
         if args.plot:
             write_plot([run], args.plot)

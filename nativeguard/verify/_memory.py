@@ -11,7 +11,7 @@ How the figures relate (CPython 3.11 on Linux with glibc):
   freed, by any code: the SDK core, every C extension, and CPython itself for
   objects larger than 512 bytes (``PyObject_Malloc`` hands those to
   ``malloc``) and its internal tables. ``native_free_bytes`` is heap glibc
-  keeps after ``free()``, resident or not (see ``nativeguard._malloc``).
+  keeps after ``free()``, resident or not (see ``nativeguard._core._malloc``).
 - Python's small objects (512 bytes or less) live in pymalloc arenas, 1 MiB
   blocks CPython maps with ``mmap`` directly: they are *not* in the glibc
   figures. Their bytes are not published; ``python_allocated_blocks`` counts
@@ -38,9 +38,9 @@ import tracemalloc
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import _malloc
-from ._integration import native_counters
-from ._malloc import TrimResult
+from .._core import _malloc
+from .._core._integration import native_counters
+from .._core._malloc import TrimResult
 
 __all__ = ["MemoryBreakdown", "TrimResult", "memory_breakdown", "trim"]
 

@@ -11,7 +11,7 @@ than pytest-memray's): releases queued on nativeguard's reaper are waited
 for exactly, then snapshots are taken 10 ms apart until two agree (bounded
 by ``settle_s``). A leak is growth in *every* run, so a release that lags
 one run behind shows once and is forgiven. File descriptors, judged on net
-growth, get one full settle (as :func:`~nativeguard._check.check` does)
+growth, get one full settle (as :func:`~nativeguard.verify._check.check` does)
 before a growth is called a leak. The verdict, per metric:
 
 - counts (live instances per type, native handles per type, Python threads,
@@ -284,7 +284,7 @@ def leak_check(
     Returns a :class:`LeakCheck`; never raises for a leak (``fn``'s own
     exceptions propagate). ``rss_growth_mb=None`` leaves RSS unjudged.
     ``allow``, ``types`` and the switches mean what they mean for
-    :func:`~nativeguard._check.check`; an ``allow`` list is read again after
+    :func:`~nativeguard.verify._check.check`; an ``allow`` list is read again after
     the runs, so ``fn`` may add entries to it. ``settle_s`` bounds the wait
     after each run for counts that are still moving (and the final settle
     when file descriptors grew); counts that stand still cost one 10 ms

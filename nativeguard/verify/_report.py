@@ -2,11 +2,11 @@
 
 A report holds only text and counts, never the leaked objects (it would keep
 them alive): for each described object its type, the chain of holders from a
-root (:mod:`nativeguard._holders`) and, while ``tracemalloc`` traces, where it
+root (:mod:`nativeguard._core._holders`) and, while ``tracemalloc`` traces, where it
 was created; plus the native handles, SDK instances, threads and file
 descriptors that grew. ``str(report)`` is for people, :meth:`LeakReport.to_dict`
 for machines (JSON-serialisable). Both are bounded, and every string passes
-through :func:`~nativeguard._redact.redact_text` when the report is built:
+through :func:`~nativeguard._core._redact.redact_text` when the report is built:
 descriptions name types, attributes, functions and variables, never values.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._holders import MAX_CHAIN_DEPTH, MAX_VISITED, holder_chains
-from ._redact import redact_text
+from .._core._holders import MAX_CHAIN_DEPTH, MAX_VISITED, holder_chains
+from .._core._redact import redact_text
 
 __all__ = [
     "MAX_COUNTS_SHOWN",

@@ -3,7 +3,7 @@
 The SDK-specific factories (``managed_transcriber`` and friends for Azure
 Speech) live with their integration and build on :class:`Managed`.
 
-Each yields a :class:`~nativeguard._proxy.ManagedProxy` of the real object and,
+Each yields a :class:`~nativeguard._core._proxy.ManagedProxy` of the real object and,
 on exit (success or failure), stops it, disconnects its signals, detaches kept
 events, cuts the proxy's reference and checks that the native object is gone.
 """

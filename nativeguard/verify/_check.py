@@ -1,6 +1,6 @@
 """``check(before)`` and ``assert_no_leaks(before)``: what a block left behind, as a report.
 
-A check compares a :class:`~nativeguard._snapshot.Snapshot` taken before the
+A check compares a :class:`~nativeguard.verify._snapshot.Snapshot` taken before the
 code under test with the process now. It first waits for releases queued on
 nativeguard's reaper, then settles (polls, bounded by ``settle_s``, never
 collecting garbage): the SDK ends sessions and tears down native objects on
@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .._core._errors import LeakError
 from . import _registry
-from ._errors import LeakError
 from ._report import LeakReport, build_report
 from ._snapshot import Delta, Snapshot, settle
 
@@ -135,7 +135,7 @@ def type_names(types: Iterable[str | type] | None) -> frozenset[str] | None:
             if not issubclass(entry, tracked):
                 raise ValueError(
                     f"{entry.__qualname__} is not a tracked type; track it before taking "
-                    "the baseline snapshot (nativeguard._registry.track_types), or use "
+                    "the baseline snapshot (nativeguard.verify._registry.track_types), or use "
                     "the no_leaks(types=...) marker, which does"
                 )
             names.add(entry.__qualname__)
@@ -272,7 +272,7 @@ def wait_for_releases(timeout: float = RELEASE_WAIT_S) -> bool:
 
     Returns at once when it is idle, or when called on the reaper itself.
     """
-    from ._reaper import get_reaper  # noqa: PLC0415 - _reaper imports little, but late is safer
+    from .._core._reaper import get_reaper  # noqa: PLC0415 - _reaper imports little, but late is safer
 
     reaper = get_reaper()
     if reaper.is_current() or not reaper.pending():

@@ -5,7 +5,7 @@ While a guarded call runs, every native-backed Speech SDK object constructed
 weakly for the active call, found through a
 :class:`contextvars.ContextVar`, so concurrent calls, threads and asyncio tasks
 never mix. At exit, on success and on every failure path, the objects still
-alive go to the call's :class:`~nativeguard._scope.Scope`, which releases them:
+alive go to the call's :class:`~nativeguard._core._scope.Scope`, which releases them:
 recognition stopped, every event signal disconnected, callbacks dropped. That
 breaks the closure -> cell -> recognizer cycles that otherwise keep native
 handles alive until a full ``gc.collect()``, even when the function stored the

@@ -33,7 +33,7 @@ count: a thread the code leaked is new even when another thread ended meanwhile
   growth is a real leak signal.
 
 Objects an automatic garbage collection freed since the baseline count as
-grown too (``collected``, see ``nativeguard._registry``): a reference cycle is
+grown too (``collected``, see ``nativeguard.verify._registry``): a reference cycle is
 a leak whether or not the collector ran before the check looked.
 """
 
@@ -50,9 +50,9 @@ from typing import Any
 
 import psutil
 
+from .._core._integration import native_counters
+from .._core._reaper import REAPER_THREAD_NAME, Reaper
 from . import _registry
-from ._integration import native_counters
-from ._reaper import REAPER_THREAD_NAME, Reaper
 
 __all__ = ["Counts", "Delta", "Snapshot", "settle", "snapshot"]
 
@@ -173,7 +173,7 @@ class Snapshot:
     """One reading; compare two with :meth:`diff`. Cheap unless ``full_heap``.
 
     ``instances`` counts tracked objects by type qualname (see
-    ``nativeguard._registry``); ``native_handles`` is the SDK core's own
+    ``nativeguard.verify._registry``); ``native_handles`` is the SDK core's own
     handle table (empty if this SDK build cannot report it). Threads: see the
     module notes (``python_threads`` is sorted; nativeguard's reaper is left
     out of both thread figures).
@@ -308,7 +308,7 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
 
 
 def is_reaper_thread(thread: threading.Thread) -> bool:
-    """Whether ``thread`` runs a :class:`~nativeguard._reaper.Reaper`'s loop (its name aside).
+    """Whether ``thread`` runs a :class:`~nativeguard._core._reaper.Reaper`'s loop (its name aside).
 
     Any Reaper counts (one made for a test, the parent's before a fork): they
     all live for the process. ``_target`` is set until the thread's run ends.
