@@ -1,6 +1,7 @@
 """Failure-path soak: every fault x kind x way out, N times each, exit times and drift.
 
-The suite runs each cell of the fault matrix once (tests/test_fault_matrix.py);
+The suite runs each cell of the fault matrix once
+(tests/integrations/azure_speech/test_fault_matrix.py);
 this runs each cell ``--reps`` times (default 20) against the real SDK and the
 bundled SpeechService, and prints per cell the caller's exit time after the
 body ended (p50/p95/max) and the drift after all repetitions: native handles,

@@ -62,7 +62,7 @@ def leaky(megabytes: int) -> int:
     return os.getpid()
 
 
-def _demo() -> None:  # run by tests/test_celery.py
+def _demo() -> None:  # run by tests/serving/test_celery.py
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -33,7 +33,7 @@ classes) and tracks the classes the
 integrations ask leak checks to count (``ThreadPoolExecutor``, every
 azure-identity credential class), all before the first baseline. Measured with SDK 1.53, the
 first recognition, transcription, translation or synthesis in a process
-leaves no thread, fd or handle behind once released (tests/test_leakcheck.py
+leaves no thread, fd or handle behind once released (tests/verify/test_leakcheck.py
 asserts it in a fresh interpreter); nativeguard's own reaper thread lives for
 the process and is left out of thread counts by the snapshot itself.
 """

@@ -1,4 +1,4 @@
-"""Task functions for tests/test_isolate_adversarial.py: misbehaving tasks, importable by workers.
+"""Misbehaving tasks for tests/isolate/test_isolate_adversarial.py, importable by workers.
 
 Module level, so a worker unpickles them by ``module.qualname`` (tests/ is on the
 workers' ``sys.path``). Nothing here starts a pool or a process at import.

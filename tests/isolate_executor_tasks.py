@@ -1,4 +1,4 @@
-"""Tasks and initializers for tests/test_isolate_executor.py (importable by the workers)."""
+"""Tasks and initializers for tests/isolate/test_isolate_executor.py (importable by the workers)."""
 
 from __future__ import annotations
 

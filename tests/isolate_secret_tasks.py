@@ -1,4 +1,4 @@
-"""Tasks whose failures carry real-looking credentials, for tests/test_isolate_secrets.py."""
+"""Tasks whose failures carry real-looking credentials (tests/isolate/test_isolate_secrets.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Worker-pool tasks for tests/test_secrets_everywhere.py: they take credentials as arguments.
+"""Worker-pool tasks for tests/core/test_secrets_everywhere.py: they take credentials as arguments.
 
 Importable by the pool's worker processes (they run by reference); each one
 fails in a different way (crash, overrun, unpicklable exception) with the

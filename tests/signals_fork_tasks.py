@@ -1,4 +1,4 @@
-"""A worker-pool task for tests/test_signals_fork.py: nested descendants, still running.
+"""A worker-pool task for tests/core/test_signals_fork.py: nested descendants, still running.
 
 Importable by the pool's worker processes. ``start_nested_and_block`` starts a
 ``Popen`` child that starts its own child, and an ``os.fork()`` child that

@@ -11,7 +11,7 @@ import pytest
 
 import nativeguard
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(script: str) -> list[str]:

@@ -24,7 +24,7 @@ from isolate_support import HANG_S, assert_all_gone
 
 pytestmark = pytest.mark.timeout(90)
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 
 

@@ -40,7 +40,7 @@ from nativeguard.isolate import (
 
 pytestmark = [pytest.mark.usefixtures("fork_server"), pytest.mark.timeout(60)]
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 
 # ------------------------------------------------------------------- helpers

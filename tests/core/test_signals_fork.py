@@ -39,7 +39,7 @@ from isolate_support import assert_all_gone
 
 pytestmark = pytest.mark.timeout(120)
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 RUN_TIMEOUT_S = 60
 

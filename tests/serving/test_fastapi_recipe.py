@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nativeguard.testing import Phrase, SpeechService, write_wav
 from nativeguard.verify import Allow, check, snapshot
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_service.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_service.py"
 REQUESTS = 6
 POOL_THREADS = [
     Allow("thread:asyncio_", "asyncio.to_thread's executor grows to its bound, then reuses")

@@ -45,7 +45,7 @@ from nativeguard.isolate import (
 
 pytestmark = pytest.mark.usefixtures("fork_server")
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 
 # ------------------------------------------------------------------- helpers

@@ -37,7 +37,7 @@ from nativeguard._cli.soak_run import (
 from nativeguard.testing import DEFAULT_KEY
 from nativeguard.verify import snapshot
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 

@@ -342,7 +342,7 @@ def test_worker_with_task_events_sends_the_deltas_as_events(tmp_path: Path, clie
 
 
 def test_celery_example_runs() -> None:
-    example = Path(__file__).resolve().parent.parent / "examples" / "celery_app.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "celery_app.py"
     done = subprocess.run(
         [sys.executable, str(example)], capture_output=True, text=True, timeout=180, check=False
     )
