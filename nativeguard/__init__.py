@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import isolate, verify
-from ._core._adapters import Adapter, ReleaseStep, register_adapter, run_bounded
+from ._core._adapters import Adapter, ReleaseStep, quick_step, register_adapter, run_bounded
 from ._core._errors import (
     AsyncReleaseRequired,
     CallbackError,
@@ -107,6 +107,7 @@ __all__ = [
     "managed_translation_recognizer",
     "monitor",
     "plain",
+    "quick_step",
     "recognize_once",
     "register_adapter",
     "register_integration",

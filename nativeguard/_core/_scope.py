@@ -23,7 +23,7 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _malloc
-from ._adapters import ReleaseStep, adapter_for
+from ._adapters import ReleaseStep, adapter_for, is_quick
 from ._errors import (
     AsyncReleaseRequired,
     ClosedResourceError,
@@ -143,6 +143,8 @@ class _StepCall:
     what: str
     pending: concurrent.futures.Future[object] | None = None
     """Set by the driver when the step overran its bound and is still running."""
+    interrupt: BaseException | None = None
+    """A quick step run on this thread was interrupted (KeyboardInterrupt): raised later."""
 
 
 @dataclass
@@ -172,6 +174,10 @@ class _Release:
     adopted: int = 0
     deferred: bool = False
     queue_full: bool = False
+    interrupt: BaseException | None = None
+    """An interrupt that reached the closing thread during a quick step, raised by close()."""
+    step_timeout_s: float | None = None
+    """The bound of each step when the closing thread runs them (the exit budget)."""
     reaper_dropped: int = 0
     caller_seconds: float = 0.0
     budget_exceeded: bool = False
@@ -507,13 +513,66 @@ class Scope:
         if origin is not None:
             self._defer(release, origin, start)
             return
-        if _submit_or_run(release, "scope release", self._run_release, release, None):
+        if self._all_quick(release):
+            self._release_here(release)
+        elif _submit_or_run(release, "scope release", self._run_release, release, None):
             self._wait_within_budget(release, start)
         release.caller_seconds = time.perf_counter() - start
         error = self._close_error(release)
+        interrupt, release.interrupt = release.interrupt, None
+        if interrupt is not None:
+            with release.lock:
+                release.raised_by_close = 0  # not raised: wait_released() reports them
         del release
+        if interrupt is not None:
+            raise interrupt
         if error is not None:
             raise error
+
+    def _all_quick(self, release: _Release) -> bool:
+        """Whether close() may run this release's steps on the calling thread.
+
+        Only when every step of every object is a :func:`quick_step`, the scope
+        has no finalizers (user code, unbounded), and this thread holds none of
+        the locks the reaper path would need (a signal handler's close()).
+        """
+        if release.finalizers or self._lock._is_owned() or get_reaper().held_by_caller():  # type: ignore[attr-defined]
+            return False
+        for entry in release.tracked:
+            obj = entry.ref()
+            if obj is None:
+                continue
+            try:
+                adapter = adapter_for(obj)
+            except Exception:
+                return False  # the normal path records the predicate's failure
+            finally:
+                del obj
+            if adapter is not None and not all(is_quick(step) for step in adapter.steps):
+                return False
+        return True
+
+    def _release_here(self, release: _Release) -> None:
+        """The quick path: steps on this thread; inline, the whole release too.
+
+        In background mode the drop and the judgement still go to the reaper
+        (they can collect garbage and trim the heap), without close() waiting.
+        Each step is bounded by the exit budget instead of ``step_timeout_s``.
+        """
+        release.step_timeout_s = min(self._step_timeout_s, self._exit_budget_s) or None
+        if self._release_mode == "inline":
+            self._run_release(release, None)
+            return
+        _drive_sync(self._release_steps(release))
+        _mark_steps_done(release)
+        _submit_or_run(
+            release,
+            "scope release (drop)",
+            self._drop_and_finish,
+            release,
+            None,
+            time.perf_counter(),
+        )
 
     async def aclose(self) -> None:
         """Release everything like close(), awaiting steps that return awaitables.
@@ -685,9 +744,7 @@ class Scope:
         self, release: _Release, unsafe_origin: ForeignOrigin | None, job_start: float
     ) -> None:
         """Drop the scope's references, wait for overrunning steps, judge, publish."""
-        with release.lock:
-            release.step_errors = len(release.errors)
-        release.steps_done.set()
+        _mark_steps_done(release)
         adopted = self._take_adopted(release)
         release.keep.extend(adopted)
         adopted.clear()
@@ -740,9 +797,15 @@ class Scope:
             for step in steps:
                 release.steps_run += 1
                 call = _StepCall(
-                    step, obj, self._step_timeout_s, f"{entry.type_name}: {_step_name(step)}"
+                    step,
+                    obj,
+                    release.step_timeout_s or self._step_timeout_s,
+                    f"{entry.type_name}: {_step_name(step)}",
                 )
                 error = yield call
+                if call.interrupt is not None and release.interrupt is None:
+                    release.interrupt = call.interrupt
+                call.interrupt = None
                 if call.pending is not None:
                     release.pending.append(call.pending)
                     release.steps_timed_out += 1
@@ -906,6 +969,15 @@ class Scope:
         )
 
 
+def _mark_steps_done(release: _Release) -> None:
+    """The steps are over: the errors found so far are theirs (what close() may raise)."""
+    with release.lock:
+        if release.steps_done.is_set():
+            return
+        release.step_errors = len(release.errors)
+        release.steps_done.set()
+
+
 def _submit_or_run(release: _Release, what: str, fn: Callable[..., None], *args: Any) -> bool:
     """Hand ``fn(*args)`` to the reaper (True), or run it here when its queue is full.
 
@@ -932,8 +1004,23 @@ def _interrupted_step(exc: BaseException, what: str) -> Exception:
 
 
 def _start_step(call: _StepCall) -> concurrent.futures.Future[object]:
-    """Run ``call`` on a step-runner thread; the future holds its outcome, never its frames."""
+    """Run ``call`` on a step-runner thread; the future holds its outcome, never its frames.
+
+    A :func:`~nativeguard.quick_step` runs here instead, on the driving thread.
+    """
     future: concurrent.futures.Future[object] = concurrent.futures.Future()
+    if is_quick(call.step):
+        future.set_running_or_notify_cancel()
+        try:
+            outcome = call.step(call.obj, call.timeout_s)
+        except Exception as exc:
+            future.set_exception(detach_traceback(exc))
+        except BaseException as exc:  # e.g. Ctrl-C while the step ran on the closing thread
+            call.interrupt = exc.with_traceback(None)
+            future.set_exception(detach_traceback(exc))
+        else:
+            future.set_result(outcome)
+        return future
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():

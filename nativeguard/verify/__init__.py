@@ -16,6 +16,7 @@ raise; everything else returns data.
 
 from __future__ import annotations
 
+from .._core._malloc import HeapStats, heap_stats
 from ._check import Allow, assert_no_leaks, check
 from ._leakcheck import LeakCheck, leak_check
 from ._memory import MemoryBreakdown, memory_breakdown, trim
@@ -25,12 +26,14 @@ from ._snapshot import Delta, Snapshot, snapshot
 __all__ = [
     "Allow",
     "Delta",
+    "HeapStats",
     "LeakCheck",
     "LeakReport",
     "MemoryBreakdown",
     "Snapshot",
     "assert_no_leaks",
     "check",
+    "heap_stats",
     "leak_check",
     "memory_breakdown",
     "snapshot",

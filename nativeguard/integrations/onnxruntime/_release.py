@@ -41,7 +41,8 @@ import time
 import weakref
 from typing import Any
 
-from nativeguard.verify import memory_breakdown, trim
+from nativeguard import quick_step
+from nativeguard.verify import heap_stats, trim
 
 from . import _sdk
 from ._errors import SessionPinnedError, SessionReleasedError
@@ -155,6 +156,7 @@ def _describe_session(namespace: dict[str, Any]) -> str:
 # -- release steps ---------------------------------------------------------------
 
 
+@quick_step
 def release_session(obj: Any, timeout_s: float) -> None:
     """Release step for ``onnxruntime.InferenceSession`` (see the module notes)."""
     namespace: dict[str, Any] = object.__getattribute__(obj, "__dict__")
@@ -189,6 +191,7 @@ def release_session(obj: Any, timeout_s: float) -> None:
         raise failure
 
 
+@quick_step
 def release_io_binding(obj: Any, timeout_s: float) -> None:
     """Release step for ``IOBinding``: unbind, drop its native binding and its session."""
     namespace: dict[str, Any] = object.__getattribute__(obj, "__dict__")
@@ -210,6 +213,7 @@ def release_io_binding(obj: Any, timeout_s: float) -> None:
         raise failure
 
 
+@quick_step
 def release_ort_value(obj: Any, timeout_s: float) -> None:
     """Release step for ``OrtValue``: drop its native tensor, its numpy buffer and session."""
     taken = _empty(obj, "onnxruntime OrtValue")
@@ -265,13 +269,13 @@ def _wait_freed(ref: weakref.ReferenceType[Any], timeout_s: float) -> None:
 
 
 def _free_heap() -> int | None:
-    return memory_breakdown().native_free_bytes if _trim_threshold is not None else None
+    return heap_stats().free_bytes if _trim_threshold is not None else None
 
 
 def _trim_if_worth_it(heap_before: int | None) -> None:
     threshold = _trim_threshold
     if threshold is None or heap_before is None:
         return
-    after = memory_breakdown().native_free_bytes
+    after = heap_stats().free_bytes
     if after is not None and after - heap_before >= threshold:
         trim()
