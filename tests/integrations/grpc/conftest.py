@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -112,6 +113,16 @@ def grpc_server() -> Iterator[Server]:
                 for _ in range(workers)
             ]
             assert [call.result() for call in calls] == [b"slept"] * workers
+        # Channels made and released from many threads at once, as the
+        # concurrency tests do: nativeguard's step runner grows to its size.
+        target = server.target
+
+        def churn(_: int) -> None:
+            for _ in range(5):
+                with managed_channel(target) as channel:
+                    method(channel, "Echo")(b"warm", timeout=10)
+
+        list(clients.map(churn, range(workers)))
     yield server
     server.stop()
 
@@ -121,21 +132,64 @@ class Counts:
     counters: dict[str, int]
     threads: frozenset[int]
     fds: frozenset[int]
+    names: dict[int, str] = field(default_factory=dict, compare=False)
+    fd_links: dict[int, str] = field(default_factory=dict, compare=False)
 
 
 def _fds() -> frozenset[int]:
     return frozenset(int(name) for name in os.listdir("/proc/self/fd"))
 
 
+_POOL = "event_engine"
+"""grpc core's worker pool (grpcio 1.85.4): process-wide, no channel's or server's. It sizes
+itself to load (grows while many channels connect at once, shrinks after idling), so its
+threads are left out of the identity comparison; every other thread is compared by id."""
+
+
 def _threads() -> frozenset[int]:
-    return frozenset(int(name) for name in os.listdir("/proc/self/task"))
+    """Kernel ids of this process's threads, minus grpc's pool and nativeguard's reaper pool.
+
+    The reaper pool (``nativeguard-reaper``) lives for the process, grows while
+    releases run concurrently and retires idle workers after 10 s; the
+    snapshot leaves it out too.
+    """
+    reapers = {
+        thread.native_id
+        for thread in threading.enumerate()
+        if thread.name.startswith("nativeguard-reaper")
+    }
+    ids = set()
+    for name in os.listdir("/proc/self/task"):
+        if int(name) in reapers:
+            continue
+        try:
+            with open(f"/proc/self/task/{name}/comm") as comm:
+                if comm.read().strip() == _POOL:
+                    continue
+        except OSError:
+            continue  # ended meanwhile
+        ids.add(int(name))
+    return frozenset(ids)
 
 
 def counts() -> Counts:
     return Counts(grpc_counters(), _threads(), _fds())
 
 
+def fd_links(fds: frozenset[int]) -> dict[int, str]:
+    """What each fd is (``socket:[...]``, ``anon_inode:[eventfd]``, a path)."""
+    links = {}
+    for fd in fds:
+        try:
+            links[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            links[fd] = "<gone>"
+    return links
+
+
 def thread_names(ids: frozenset[int]) -> dict[int, str]:
+    """The kernel's name of each thread, with the Python thread's name when it has one."""
+    python = {thread.native_id: thread.name for thread in threading.enumerate()}
     names = {}
     for tid in ids:
         try:
@@ -143,7 +197,30 @@ def thread_names(ids: frozenset[int]) -> dict[int, str]:
                 names[tid] = comm.read().strip()
         except OSError:
             names[tid] = "<gone>"
+        if tid in python:
+            names[tid] += f" ({python[tid]})"
     return names
+
+
+def baseline_names(before: Counts) -> list[str]:
+    """The names of the baseline's threads (recorded when the baseline was taken)."""
+    return sorted(before.names.values())
+
+
+def collect() -> None:
+    """A full ``gc.collect()`` that really ran.
+
+    While another thread is collecting (grpc's pollers and nativeguard's
+    reaper allocate, so automatic collections run there), ``gc.collect()``
+    returns at once without collecting; the generation-2 counter tells.
+    """
+    for _ in range(200):
+        before = gc.get_stats()[2]["collections"]
+        gc.collect()
+        if gc.get_stats()[2]["collections"] != before:
+            return
+        time.sleep(0.005)
+    raise AssertionError("gc.collect() was skipped 200 times: another thread keeps collecting")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -174,7 +251,7 @@ def assert_back_to(before: Counts, timeout: float = 10.0) -> None:
 @pytest.fixture
 def baseline(grpc_server: Server) -> Counts:
     """Counts with the session server running and nothing else of grpc's alive."""
-    gc.collect()
+    collect()
     previous = counts()
 
     def stable() -> bool:
@@ -184,16 +261,22 @@ def baseline(grpc_server: Server) -> Counts:
         return now == previous
 
     assert wait_for(stable, 10), "grpc's counts did not settle before the test"
-    return previous
+    return Counts(
+        previous.counters,
+        previous.threads,
+        previous.fds,
+        thread_names(previous.threads),
+        fd_links(previous.fds),
+    )
 
 
 @pytest.fixture
 def no_gc() -> Iterator[None]:
     """No automatic collection during the test: cycles stay until the test collects."""
-    gc.collect()
+    collect()
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
-        gc.collect()
+        collect()
