@@ -139,7 +139,8 @@ def main() -> int:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert child.stdout is not None and child.stdin is not None
+    if child.stdout is None or child.stdin is None:  # pragma: no cover - PIPE was asked for
+        raise SystemExit("no pipes to the benchmark's server")
     ready, _, _ = select.select([child.stdout], [], [], 60)
     if not ready:
         child.kill()
