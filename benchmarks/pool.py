@@ -20,7 +20,8 @@ rotated order), median and spread (min..max) over the rounds:
 2. The latency a recycle adds: 1-worker pools that recycle after every task
    (``max_tasks=1``), 20 ms tasks submitted one after another; "added" is the
    caller's submit-to-result time minus the task's own run time, measured in
-   the task. p50 and p99 per pool.
+   the task. p50 and p99 per pool, and for ``WorkerPool(1)`` without
+   recycling: what the same path costs on this machine at this load.
 
 Peers come from the ``bench`` extra: ``pip install -e '.[bench]'``.
 
@@ -165,6 +166,9 @@ class Stdlib(Contender):
 
 class Hung(Exception):
     pass
+
+
+HUNG_POOLS: set[str] = set()  # pools that hung in this run (see the end of the script)
 
 
 def _results(
@@ -312,6 +316,7 @@ def main() -> None:
                     rate, parent, workers, own = run()
                 except Hung as error:
                     hung[name] = str(error)
+                    HUNG_POOLS.add(name)
                     continue
                 rates.setdefault(name, []).append(rate)
                 cpus.setdefault(name, []).append((parent, workers, own))
@@ -394,6 +399,7 @@ def latency_part(
         make
         for make in (
             lambda: Nativeguard(1, 1),
+            lambda: Nativeguard(1, None),  # the same path without a recycle: what the machine adds
             lambda: Pebble(1, 1),
             lambda: Stdlib(1, 1),
         )
@@ -416,6 +422,7 @@ def latency_part(
             except Hung as error:
                 latencies.setdefault(contender.name, [])
                 stuck.add(contender.name)
+                HUNG_POOLS.add(contender.name)
                 print(f"  {contender.name}: HUNG: {error}")
     print(
         f"  {'pool':34} {'p50':>9} {'p99':>9}  tasks   (load average {load_before} before, "
@@ -426,10 +433,14 @@ def latency_part(
         if values:
             p50, p99 = quantile(values, 0.5) * 1000, quantile(values, 0.99) * 1000
             print(f"  {name:34} {p50:7.2f}ms {p99:7.2f}ms  {len(values)}")
-            if name.startswith("WorkerPool"):
+            if name == "WorkerPool max_tasks=1":
                 found["recycle p99"] = p99
     return found
 
 
 if __name__ == "__main__":
     main()
+    if HUNG_POOLS:
+        # A hung stdlib pool's management thread would hold up interpreter exit forever.
+        sys.stdout.flush()
+        os._exit(0)
