@@ -14,7 +14,7 @@ from concurrent import futures
 from typing import Any
 
 import pytest
-from conftest import (
+from grpc_support import (
     Counts,
     assert_back_to,
     baseline_names,

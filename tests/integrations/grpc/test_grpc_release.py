@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Counts, assert_back_to, collect, counts, method, start_server, wait_for
+from grpc_support import Counts, assert_back_to, collect, counts, method, start_server, wait_for
 
 import nativeguard
 from nativeguard import AsyncReleaseRequired, ReleaseError, Scope
@@ -186,7 +186,7 @@ def test_aio_channel_refuses_a_plain_with(grpc_server: Any, baseline: Counts) ->
 
 
 def test_aio_server_and_channel_released_by_scope_aclose(baseline: Counts) -> None:
-    from conftest import handlers
+    from grpc_support import handlers
 
     async def main() -> None:
         server = grpc.aio.server()
