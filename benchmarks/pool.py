@@ -280,6 +280,7 @@ def main() -> None:
         "--only", default="", help="comma-separated name prefixes of the pools to run (all)"
     )
     parser.add_argument("--no-latency", action="store_true", help="skip the recycle latency part")
+    parser.add_argument("--latency-only", action="store_true", help="only the recycle latency part")
     options = parser.parse_args()
     rounds = options.rounds or (3 if options.quick else 5)
     sizes = {1.0: 300 if options.quick else 1000, 20.0: 40 if options.quick else 100}
@@ -296,7 +297,7 @@ def main() -> None:
     makers = [make for make in contenders(100) if chosen(make)]
     summary: dict[str, float] = {}  # goal label -> WorkerPool's median
     peers: dict[str, dict[str, float]] = {}  # goal label -> peer name -> median
-    for ms, tasks in sizes.items():
+    for ms, tasks in {} if options.latency_only else sizes.items():
         load_before = load()
         rates: dict[str, list[float]] = {}
         cpus: dict[str, list[tuple[float, float, float]]] = {}
