@@ -68,11 +68,22 @@ _SWEEP_ROUNDS = 50
 _PID = struct.Struct("=i")  # one registration: a worker's pid
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - no C library to load
+        return None
+
+
+# Loaded once, at import (in the fork server, where this module is preloaded),
+# not in every worker start-up.
+_LIBC = _load_libc()
+
+
 def _prctl(option: int, value: int | bytes) -> bool:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(option, value, 0, 0, 0)) == 0
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return _LIBC is not None and int(_LIBC.prctl(option, value, 0, 0, 0)) == 0
+    except AttributeError:  # pragma: no cover - no prctl
         return False
 
 

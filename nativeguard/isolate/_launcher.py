@@ -88,8 +88,10 @@ class Launcher:
             server = _fork_server_pid()
         guardian = self._guardian
         if guardian is not None and (guardian.server != server or not guardian.alive()):
+            # Its fork server is gone: it is killing that server's workers, and
+            # exits by itself; killed now, it could leave some of them alive.
             self._guardian = None
-            guardian.close()
+            guardian.close(kill=False)
         if self._guardian is None:
             self._guardian = _Guardian.start(self._context, self._pool_pid, server)
         return self._guardian.writer
@@ -207,11 +209,14 @@ class _Guardian:
     def alive(self) -> bool:
         return self.process.exitcode is None
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = True) -> None:
         self.writer.close()
-        with contextlib.suppress(OSError, ValueError):
-            self.process.kill()
-        self.process.join()
+        if kill:
+            with contextlib.suppress(OSError, ValueError):
+                self.process.kill()
+            self.process.join()
+        else:  # reaped now if it is done; else by whoever its parent is now
+            self.process.join(0)
 
 
 _checked_fork_servers: set[int] = set()

@@ -37,9 +37,16 @@ def _check_endpoint(endpoint: str, target: str, function: str) -> None:
     port = match.group("port")
     if port is None:
         return
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not port.isdigit():
+        # Not shown: "host:password" pasted as a target must not reach a log.
+        masked = target[: len(target) - len(endpoint)] + endpoint[: -len(port)] + "<redacted>"
         raise ChannelTargetError(
-            f"{function}: target {shown_target(target)!r} has port {port[:12]!r}; a port is "
+            f"{function}: target {shown_target(masked)!r} has a port that is not a number "
+            f"({len(port)} characters, shown redacted); a port is a number from 1 to 65535"
+        )
+    if not 1 <= int(port) <= 65535:
+        raise ChannelTargetError(
+            f"{function}: target {shown_target(target)!r} has port {port[:12]}; a port is "
             "a number from 1 to 65535"
         )
     if match.group("v6") is None and not match.group("host"):

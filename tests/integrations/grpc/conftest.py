@@ -1,97 +1,29 @@
-"""Shared fixtures for the gRPC integration tests: a real server on 127.0.0.1 and exact counts.
-
-The server is grpcio's own (``grpc.server``) with a hand-written generic
-service (bytes in, bytes out; no protobuf): ``Echo`` returns the request,
-``Sleep`` waits the request's seconds (or until the call is cancelled),
-``Fail`` aborts with the request as its details, ``Many`` streams the
-request three times, ``Metadata`` returns the caller's metadata as text.
-
-``Counts`` is what "back to baseline" means here, exactly: grpc's own
-counters (channelz channels, servers, sockets; grpc's Python threads), the
-kernel ids of the process's threads and its open fd numbers.
-"""
+"""Fixtures of the gRPC integration tests (helpers: grpc_support.py)."""
 
 from __future__ import annotations
 
 import gc
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-grpc = pytest.importorskip(
-    "grpc", reason="the gRPC tests need grpcio: pip install 'nativeguard[grpc]'"
+pytest.importorskip("grpc", reason="the gRPC tests need grpcio: pip install 'nativeguard[grpc]'")
+
+from grpc_support import (
+    Counts,
+    Server,
+    collect,
+    counts,
+    fd_links,
+    method,
+    start_server,
+    thread_names,
+    wait_for,
 )
 
-from nativeguard.integrations.grpc import grpc_counters, managed_channel  # noqa: E402
-
-SERVICE = "nativeguard.test.Service"
-
-
-def _sleep(request: bytes, context: Any) -> bytes:
-    deadline = time.monotonic() + float(request.decode() or "0")
-    while time.monotonic() < deadline and context.is_active():
-        time.sleep(0.01)
-    return b"slept"
-
-
-def _fail(request: bytes, context: Any) -> bytes:
-    context.abort(grpc.StatusCode.FAILED_PRECONDITION, request.decode(errors="replace"))
-    raise AssertionError("abort() returns only by raising")
-
-
-def _many(request: bytes, context: Any) -> Iterator[bytes]:
-    for _ in range(3):
-        yield request
-
-
-def _metadata(request: bytes, context: Any) -> bytes:
-    return repr(sorted(context.invocation_metadata())).encode()
-
-
-def handlers() -> Any:
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
-            "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
-            "Fail": grpc.unary_unary_rpc_method_handler(_fail),
-            "Many": grpc.unary_stream_rpc_method_handler(_many),
-            "Metadata": grpc.unary_unary_rpc_method_handler(_metadata),
-        },
-    )
-
-
-@dataclass
-class Server:
-    """A running grpc server: ``target`` is ``127.0.0.1:<port>``."""
-
-    server: Any
-    pool: futures.ThreadPoolExecutor
-    target: str
-
-    def stop(self) -> None:
-        self.server.stop(None).wait(10)
-        self.pool.shutdown(wait=True)
-
-
-def start_server(workers: int = 8) -> Server:
-    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-test-server")
-    server = grpc.server(pool)
-    server.add_generic_rpc_handlers((handlers(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return Server(server, pool, f"127.0.0.1:{port}")
-
-
-def method(channel: Any, name: str) -> Any:
-    """The unary-unary callable for ``name`` (``Many`` is unary-stream)."""
-    path = f"/{SERVICE}/{name}"
-    return channel.unary_stream(path) if name == "Many" else channel.unary_unary(path)
+from nativeguard.integrations.grpc import managed_channel
 
 
 @pytest.fixture(scope="session")
@@ -112,69 +44,24 @@ def grpc_server() -> Iterator[Server]:
                 for _ in range(workers)
             ]
             assert [call.result() for call in calls] == [b"slept"] * workers
+        # Channels made and released from many threads at once, as the
+        # concurrency tests do: nativeguard's step runner grows to its size.
+        target = server.target
+
+        def churn(_: int) -> None:
+            for _ in range(5):
+                with managed_channel(target) as channel:
+                    method(channel, "Echo")(b"warm", timeout=10)
+
+        list(clients.map(churn, range(workers)))
     yield server
     server.stop()
-
-
-@dataclass(frozen=True)
-class Counts:
-    counters: dict[str, int]
-    threads: frozenset[int]
-    fds: frozenset[int]
-
-
-def _fds() -> frozenset[int]:
-    return frozenset(int(name) for name in os.listdir("/proc/self/fd"))
-
-
-def _threads() -> frozenset[int]:
-    return frozenset(int(name) for name in os.listdir("/proc/self/task"))
-
-
-def counts() -> Counts:
-    return Counts(grpc_counters(), _threads(), _fds())
-
-
-def thread_names(ids: frozenset[int]) -> dict[int, str]:
-    names = {}
-    for tid in ids:
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as comm:
-                names[tid] = comm.read().strip()
-        except OSError:
-            names[tid] = "<gone>"
-    return names
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` until true or ``timeout``: grpc tears down on its own threads."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-
-
-def assert_back_to(before: Counts, timeout: float = 10.0) -> None:
-    """Counters, thread ids and fd numbers exactly as in ``before`` (after grpc's teardown)."""
-    wait_for(lambda: counts() == before, timeout)
-    after = counts()
-    assert after.counters == before.counters
-    assert after.threads == before.threads, (
-        f"new threads {thread_names(after.threads - before.threads)}, "
-        f"gone {sorted(before.threads - after.threads)}"
-    )
-    assert after.fds == before.fds, (
-        f"new fds {sorted(after.fds - before.fds)}, gone {sorted(before.fds - after.fds)}"
-    )
 
 
 @pytest.fixture
 def baseline(grpc_server: Server) -> Counts:
     """Counts with the session server running and nothing else of grpc's alive."""
-    gc.collect()
+    collect()
     previous = counts()
 
     def stable() -> bool:
@@ -184,16 +71,22 @@ def baseline(grpc_server: Server) -> Counts:
         return now == previous
 
     assert wait_for(stable, 10), "grpc's counts did not settle before the test"
-    return previous
+    return Counts(
+        previous.counters,
+        previous.threads,
+        previous.fds,
+        thread_names(previous.threads),
+        fd_links(previous.fds),
+    )
 
 
 @pytest.fixture
 def no_gc() -> Iterator[None]:
     """No automatic collection during the test: cycles stay until the test collects."""
-    gc.collect()
+    collect()
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
-        gc.collect()
+        collect()

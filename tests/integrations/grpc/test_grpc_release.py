@@ -8,14 +8,13 @@ numbers, all back to the baseline taken with the session server running.
 from __future__ import annotations
 
 import asyncio
-import gc
 import subprocess
 import sys
 import time
 from typing import Any
 
 import pytest
-from conftest import Counts, assert_back_to, counts, method, start_server, wait_for
+from grpc_support import Counts, assert_back_to, collect, counts, method, start_server, wait_for
 
 import nativeguard
 from nativeguard import AsyncReleaseRequired, ReleaseError, Scope
@@ -81,13 +80,19 @@ def test_twenty_cycled_channels_hold_threads_until_gc_guarded_loop_ends_flat(
         assert method(channel, "Echo")(b"x", timeout=10) == b"x"
         Holder(channel)
         del channel
-    assert wait_for(
-        lambda: grpc_counters()["grpc.threads"] == baseline.counters["grpc.threads"] + 20
-    )
-    naive = counts()
+    readings: list[Counts] = []
+
+    def twenty_more() -> bool:  # a transient delivery thread may come and go meanwhile
+        readings.append(counts())
+        return (
+            readings[-1].counters["grpc.threads"] == baseline.counters["grpc.threads"] + 20
+            and len(readings[-1].threads - baseline.threads) == 20
+        )
+
+    assert wait_for(twenty_more)
+    naive = readings[-1]
     assert naive.counters["grpc.channels"] == baseline.counters["grpc.channels"] + 20
-    assert len(naive.threads - baseline.threads) == 20
-    gc.collect()
+    collect()
     assert_back_to(baseline)
 
     for _ in range(20):
@@ -109,10 +114,12 @@ def test_subscribed_callback_that_references_its_channel_is_dropped(
     naive.subscribe(lambda state, held=[naive]: held, try_to_connect=True)
     ref = weakref.ref(naive)
     del naive
-    gc.collect()
+    collect()
     assert ref() is not None
     assert grpc_counters()["grpc.channels"] == baseline.counters["grpc.channels"] + 1
-    ref().close()  # type: ignore[union-attr]
+    cleanup = Scope(release="inline")  # unsubscribes first: a bare close() races the poller
+    cleanup.register(ref())
+    cleanup.close()
     assert_back_to(baseline)
 
     with managed_channel(grpc_server.target) as channel:
@@ -179,7 +186,7 @@ def test_aio_channel_refuses_a_plain_with(grpc_server: Any, baseline: Counts) ->
 
 
 def test_aio_server_and_channel_released_by_scope_aclose(baseline: Counts) -> None:
-    from conftest import handlers
+    from grpc_support import handlers
 
     async def main() -> None:
         server = grpc.aio.server()
@@ -196,7 +203,7 @@ def test_aio_server_and_channel_released_by_scope_aclose(baseline: Counts) -> No
         assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
     asyncio.run(main())
-    gc.collect()
+    collect()
     assert_back_to(baseline)
 
 
@@ -210,10 +217,11 @@ def test_sync_close_refuses_an_aio_channel_whose_loop_runs(
         with pytest.raises(ReleaseError) as caught:
             scope.close()  # on the loop's own thread: nothing can await the close
         assert caught.group_contains(AsyncReleaseRequired)
+        del caught  # its traceback holds this frame, and so the channel
         await channel.close()
 
     asyncio.run(main())
-    gc.collect()
+    collect()
     assert_back_to(baseline)
 
 
@@ -232,7 +240,7 @@ def test_aio_channel_whose_loop_is_gone_is_destroyed_synchronously(
     assert scope.statistics().release_errors == 0
     assert channel._channel.closed()
     del channel
-    gc.collect()
+    collect()
     assert_back_to(baseline)
 
 
@@ -264,7 +272,7 @@ def test_aclose_on_another_loop_hops_to_the_channel_loop(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-    gc.collect()
+    collect()
     assert_back_to(baseline)
 
 

@@ -1,0 +1,206 @@
+"""gRPC: what nativeguard's release costs per request, against a hand-written correct release.
+
+Side by side in one run (interleaved rounds in shuffled order, medians and
+spread; no pass/fail), each request making a new channel to a real grpcio
+server on 127.0.0.1 (in a child process, so its CPU is not this process's
+GIL), one unary call, and the release:
+
+* ``hand``: ``channel = grpc.insecure_channel(t)``; call; ``channel.close()``
+  in ``finally`` (the correct release, written by hand);
+* ``managed``: ``with managed_channel(t) as channel`` (default
+  ``release="background"``);
+* ``managed-inline``: the same with ``release="inline"``;
+* ``guarded``: a ``@nativeguard.guarded`` function that makes the channel
+  and calls; the guard's scope closes it.
+
+Workloads:
+
+* ``echo``: the call returns at once (the worst case: nothing but the
+  channel's life cycle, ~1 ms on loopback);
+* ``work5ms``: the server works 5 ms per call (a short real RPC);
+* ``reused``: one channel per 50 calls (how gRPC clients are meant to be
+  written), cost given per call.
+
+Per variant: the median of each round's per-request median, the spread
+(lowest-highest round median), and the ratio to ``hand``.
+
+Run: python benchmarks/grpc_release.py [--rounds N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+import nativeguard
+from nativeguard.integrations.grpc import managed_channel
+
+SERVICE = "bench.Service"
+REQUESTS = {"echo": 200, "work5ms": 40, "reused": 200}
+REUSE = 50
+
+
+def serve() -> None:
+    """Child entry: Echo and Work (5 ms) on 127.0.0.1 until stdin closes."""
+
+    def work(request: bytes, context: Any) -> bytes:
+        time.sleep(0.005)
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+            "Work": grpc.unary_unary_rpc_method_handler(work),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.readline()
+    server.stop(None).wait(10)
+
+
+def call(channel: Any, workload: str) -> bytes:
+    method = "Work" if workload == "work5ms" else "Echo"
+    return bytes(channel.unary_unary(f"/{SERVICE}/{method}")(b"x", timeout=30))
+
+
+def hand(target: str, workload: str, calls: int) -> None:
+    channel = grpc.insecure_channel(target)
+    try:
+        for _ in range(calls):
+            call(channel, workload)
+    finally:
+        channel.close()
+
+
+def managed(target: str, workload: str, calls: int) -> None:
+    with managed_channel(target) as channel:
+        for _ in range(calls):
+            call(channel, workload)
+
+
+def managed_inline(target: str, workload: str, calls: int) -> None:
+    with managed_channel(target, release="inline") as channel:
+        for _ in range(calls):
+            call(channel, workload)
+
+
+@nativeguard.guarded
+def guarded(target: str, workload: str, calls: int) -> None:
+    channel = grpc.insecure_channel(target)
+    for _ in range(calls):
+        call(channel, workload)
+
+
+VARIANTS: dict[str, Callable[[str, str, int], None]] = {
+    "hand": hand,
+    "managed": managed,
+    "managed-inline": managed_inline,
+    "guarded": guarded,
+}
+
+
+def batch(variant: str, target: str, workload: str) -> float:
+    """Median seconds per call over one batch of ``REQUESTS[workload]`` calls."""
+    run = VARIANTS[variant]
+    per_channel = REUSE if workload == "reused" else 1
+    samples = []
+    for _ in range(REQUESTS[workload] // per_channel):
+        start = time.perf_counter()
+        run(target, workload, per_channel)
+        samples.append((time.perf_counter() - start) / per_channel)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if child.stdout is None or child.stdin is None:  # pragma: no cover - PIPE was asked for
+        raise SystemExit("no pipes to the benchmark's server")
+    ready, _, _ = select.select([child.stdout], [], [], 60)
+    if not ready:
+        child.kill()
+        raise SystemExit("the benchmark's server did not start within 60 s")
+    target = f"127.0.0.1:{child.stdout.readline().strip()}"
+    results: dict[str, dict[str, list[float]]] = {}
+    try:
+        for workload in REQUESTS:
+            for variant in VARIANTS:  # warm-up: first channel, reaper, step runner
+                batch(variant, target, workload)
+            rounds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            for _ in range(args.rounds):
+                order = list(VARIANTS)
+                random.shuffle(order)
+                for variant in order:
+                    rounds[variant].append(batch(variant, target, workload))
+            results[workload] = rounds
+    finally:
+        child.stdin.write("\n")
+        child.stdin.close()
+        child.wait(15)
+    report: dict[str, Any] = {
+        "grpcio": grpc.__version__,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "rounds": args.rounds,
+        "workloads": {},
+    }
+    for workload, rounds in results.items():
+        base = statistics.median(rounds["hand"])
+        report["workloads"][workload] = {
+            variant: {
+                "median_ms": statistics.median(values) * 1000,
+                "spread_ms": [min(values) * 1000, max(values) * 1000],
+                "ratio": statistics.median(values) / base,
+            }
+            for variant, values in rounds.items()
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"grpcio {report['grpcio']}, Python {report['python']}, {report['cpus']} CPUs, "
+        f"load {report['loadavg'][0]:.2f}; {args.rounds} interleaved rounds; "
+        "per call: median of round medians [lowest-highest round], ratio to hand"
+    )
+    for workload, variants in report["workloads"].items():
+        print(f"\n{workload} ({REQUESTS[workload]} calls per round)")
+        for variant, row in variants.items():
+            low, high = row["spread_ms"]
+            print(
+                f"  {variant:<15} {row['median_ms']:8.3f} ms  [{low:.3f}-{high:.3f}]  "
+                f"{row['ratio']:.3f}x"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        raise SystemExit(main())
