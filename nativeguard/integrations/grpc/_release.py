@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from nativeguard import ReleaseTimeout
+from nativeguard import ReleaseTimeout, quick_step
 
 from ._kinds import is_aio_channel, is_aio_server, is_sync_channel, is_sync_server
 
@@ -83,6 +83,7 @@ def _poller_busy(state: object) -> bool:
     return False
 
 
+@quick_step  # its waits are bounded (the poller settle, grpc's own close)
 def _close_channel(obj: Any, timeout_s: float) -> None:
     """Unsubscribe, cancel a pending connect, let the poller park, then ``close()``.
 
@@ -115,6 +116,7 @@ def _close_channel(obj: Any, timeout_s: float) -> None:
     obj.close()
 
 
+@quick_step  # bounded by timeout_s
 def _stop_server(obj: Any, timeout_s: float) -> None:
     event = obj.stop(None)
     if not event.wait(timeout_s):

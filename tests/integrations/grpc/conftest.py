@@ -26,9 +26,12 @@ from grpc_support import (
 from nativeguard.integrations.grpc import managed_channel
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def grpc_server() -> Iterator[Server]:
-    """One server for the session, warmed up: its pool threads and grpc core's threads exist.
+    """One server per test module, warmed up: its pool threads and grpc core's threads exist.
+
+    Per module, not per session: a server alive for the session would be counted
+    by every later test of other subsystems (its threads, sockets, channelz entries).
 
     Warm-up also starts nativeguard's reaper and step runner, which live for
     the process, and grows the server pool to its size (each worker thread
@@ -90,3 +93,11 @@ def no_gc() -> Iterator[None]:
     finally:
         gc.enable()
         collect()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_what_the_module_left_in_cycles() -> Iterator[None]:
+    """Some tests leave objects in reference cycles on purpose (the naive pattern);
+    collected at the end of the module, so other subsystems' tests do not count them."""
+    yield
+    gc.collect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,10 @@ def test_a_secret_in_a_pinned_sessions_release_error_is_redacted(
 
     from nativeguard import register_adapter
 
-    register_adapter(lambda obj: obj is session, [fail_with_the_path], name="hostile")
+    # Adapters are process-wide and stay registered: the predicate holds the
+    # session weakly, or it would keep it alive for every later test.
+    target = weakref.ref(session)
+    register_adapter(lambda obj: obj is target(), [fail_with_the_path], name="hostile")
     with pytest.raises(NativeGuardError) as caught:
         scope.close()
     failures = caught.value.exceptions  # type: ignore[attr-defined]
