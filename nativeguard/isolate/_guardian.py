@@ -9,10 +9,11 @@ this module, Linux 6.18, Python 3.11).
 
 So (Linux with ``pidfd_open``) each pool starts one *guardian*: a small
 single-threaded process (named ``ng-guardian``) started like a worker (a
-child of the fork server), that holds pidfds of the pool's process, of its own
-parent (the fork server) and of every worker, and blocks in ``select``. No
-GIL of the pool's or a worker's is involved, so a task stuck in native code
-does not delay it. Each worker, at start:
+child of the fork server; of the pool's process under fork/spawn), that
+holds pidfds of the pool's process, of its own parent (the fork server) and
+of every worker, and blocks in ``select``. No GIL of the pool's or a
+worker's is involved, so a task stuck in native code does not delay it. Each
+worker, at start:
 
 * leads a process group of its own, which its children join unless they
   leave it;

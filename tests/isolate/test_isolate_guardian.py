@@ -76,3 +76,38 @@ def test_a_worker_killed_mid_task_has_its_process_group_killed(tmp_path: Path) -
         assert_all_gone([child])
         assert pool.submit(isolate_tasks.add, 1, 2).result(HANG_S) == 3
     assert_all_gone(pids_of(pool, [future]))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "spawn",
+        pytest.param(
+            "fork",
+            marks=pytest.mark.filterwarnings(
+                "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+            ),
+        ),
+    ],
+)
+def test_under_fork_and_spawn_the_guardian_is_this_process_child_and_reaped(method: str) -> None:
+    """fork/spawn: workers and the guardian are this process's children; none is left, no zombie."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children()}
+    with WorkerPool(1, max_tasks=2, jitter=0, start_method=method) as pool:  # type: ignore[arg-type]
+        futures = [pool.submit(isolate_tasks.getpid) for _ in range(4)]
+        assert [f.result(HANG_S) for f in futures] == [f.pid for f in futures]
+
+        def settled() -> bool:
+            workers = pool.statistics().workers
+            return len(workers) == 2 and all(w.state == "idle" for w in workers)
+
+        wait_for(settled, "the active worker and the warm spare")
+        ours = {c.pid: c.name() for c in me.children() if c.pid not in before}
+        guardians = {pid for pid, name in ours.items() if name == "ng-guardian"}
+        assert len(guardians) == 1, ours
+        # Exactly the two workers and the guardian: the retired ones were reaped.
+        assert set(ours) == {w.pid for w in pool.statistics().workers} | guardians, ours
+    left = [(c.pid, c.status()) for c in me.children() if c.pid not in before]
+    assert left == []
+    assert_all_gone(pids_of(pool, futures) | guardians)

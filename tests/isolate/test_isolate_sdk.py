@@ -154,6 +154,18 @@ def _threads_of(pid: int) -> int:
     raise AssertionError(f"no Threads: line for pid {pid}")
 
 
+def _thread_names(pid: int) -> list[str]:
+    """The names of ``pid``'s threads (``comm``), to say which thread is there."""
+    names = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm", encoding="ascii", errors="replace") as comm:
+                names.append(f"{tid}:{comm.read().strip()}")
+        except OSError:
+            continue
+    return names
+
+
 def _maps_of(pid: int) -> str:
     with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as maps:
         return maps.read()
@@ -183,10 +195,11 @@ def test_preloading_the_sdk_keeps_the_fork_server_single_threaded(
         assert server_pid is not None
         assert server_pid != os.getpid()
         server_threads = _threads_of(server_pid)
+        server_thread_names = _thread_names(server_pid)
         server_maps = _maps_of(server_pid)
     print(f"\nfork server pid {server_pid}: {server_threads} thread(s); worker threads {counts}")
     assert "libMicrosoft.CognitiveServices.Speech.core.so" in server_maps
-    assert server_threads == 1
+    assert server_threads == 1, server_thread_names
     assert counts["text"] == again["text"] == PHRASE
     # The SDK really ran native threads in the worker, and every one of them ended.
     assert counts["peak"] > counts["before"]
