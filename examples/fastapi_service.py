@@ -43,29 +43,27 @@ ASGIApp = Callable[..., Any]
 
 
 class GuardedRequests:
-    """ASGI middleware: every HTTP request runs in a guarded call; counts releases."""
+    """ASGI middleware: every HTTP request runs in a guarded call.
 
-    def __init__(self, app: ASGIApp, monitor: Callable[[], Monitor | None]) -> None:
+    The monitor counts each guarded call's release by itself
+    (``nativeguard_releases_total`` is every scope the process released).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.monitor = monitor
 
         # An ``async def``, not the app object itself: @guarded tells async from
         # sync by the function, and an ASGI app is an object whose __call__ is async.
         async def guarded_request(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await app(scope, receive, send)
 
-        self.guarded_request = nativeguard.guarded(guarded_request, on_release=self._released)
+        self.guarded_request = nativeguard.guarded(guarded_request)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         await self.guarded_request(scope, receive, send)
-
-    def _released(self, statistics: nativeguard.GuardStatistics) -> None:
-        monitor = self.monitor()
-        if monitor is not None and not monitor.closed:
-            monitor.record_release()
 
 
 def create_app(
@@ -97,7 +95,7 @@ def create_app(
     app = FastAPI(lifespan=lifespan)
     app.state.monitor = None
     if guard:
-        app.add_middleware(GuardedRequests, monitor=lambda: app.state.monitor)
+        app.add_middleware(GuardedRequests)
 
     @app.post("/transcribe")
     async def transcribe(request: Request) -> dict[str, Any]:

@@ -85,6 +85,43 @@ def test_recognize_once(service, wav_path):
     assert segment.text == "alpha beta"
 
 
+def test_recognize_once_feeds_a_short_wav_through_a_push_stream_once_connected(
+    service, wav_path, monkeypatch
+):
+    """The audio goes when the connection opens; the fallback timer, never needed here,
+    is cancelled and joined: no thread, stream or Connection is left behind."""
+    from nativeguard.integrations.azure_speech import _calls
+
+    fed: list[str] = []
+    original = _calls._Feed.when_connected
+
+    def spy(self, scope, recognizer):
+        original(self, scope, recognizer)
+        fed.append(type(self.connection).__name__)
+
+    monkeypatch.setattr(_calls._Feed, "when_connected", spy)
+    before = snapshot()
+    segment = recognize_once(service.speech_config(), wav_path, timeout=20)
+    assert_back_to(before)
+    assert fed == ["Connection"]
+    assert isinstance(segment, Segment)
+    assert segment.text == "alpha beta"
+
+
+def test_recognize_once_feeds_from_the_fallback_when_connected_never_comes(
+    service, wav_path, monkeypatch
+):
+    """With the fallback due at once, the audio goes from the timer thread; same result."""
+    from nativeguard.integrations.azure_speech import _calls
+
+    monkeypatch.setattr(_calls, "_FEED_FALLBACK_S", 0.0)
+    before = snapshot()
+    segment = recognize_once(service.speech_config(), wav_path, timeout=20)
+    assert_back_to(before)
+    assert isinstance(segment, Segment)
+    assert segment.text == "alpha beta"
+
+
 def test_recognize_once_canceled(wav_path):
     with SpeechService(require_key="right") as service:
         outcome = recognize_once(service.speech_config(subscription="wrong"), wav_path)

@@ -272,8 +272,11 @@ def test_fork_inside_a_managed_block(grpc_server: Any, baseline: Counts) -> None
     # subsystems' tests first, an unrelated native thread may end meanwhile.
     gone = [baseline.names.get(t) for t in baseline.threads - after.threads]
     assert set(new.values()) <= core, new  # the kernel's names only: no Python thread is new
-    assert len(new) == len([name for name in gone if name in core]), (new, gone)
-    assert {name for name in gone if name not in core} <= set(baseline.names.values()) - core
+    # grpc's named core threads come back one for one; unnamed ("python") ones may
+    # include another subsystem's native thread that ended meanwhile.
+    for name in ("grpc_global_tim", "lifeguard"):
+        assert list(new.values()).count(name) == gone.count(name), (name, new, gone)
+    assert list(new.values()).count("python") <= gone.count("python"), (new, gone)
 
 
 # -- secrets ------------------------------------------------------------------------
