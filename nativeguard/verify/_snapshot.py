@@ -44,12 +44,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import psutil
 
+from .._core._frozen import FrozenMapping
 from .._core._integration import native_counters
 from .._core._reaper import REAPER_THREAD_NAME, Reaper
 from . import _registry
@@ -57,36 +58,16 @@ from . import _registry
 __all__ = ["Counts", "Delta", "Snapshot", "settle", "snapshot"]
 
 
-class Counts(Mapping[str, int]):
+class Counts(FrozenMapping[int]):
     """An immutable, hashable, picklable ``name -> count`` mapping, sorted by name.
 
     Compares equal to any mapping with the same items (a ``dict`` included).
     """
 
-    __slots__ = ("_data",)
-    _data: dict[str, int]
+    __slots__ = ()
 
     def __init__(self, items: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> None:
-        data = dict(items)
-        object.__setattr__(self, "_data", dict(sorted(data.items())))
-
-    def __getitem__(self, key: str) -> int:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("Counts is immutable")
-
-    def __reduce__(self) -> tuple[type[Counts], tuple[dict[str, int]]]:
-        return (Counts, (self._data,))
+        super().__init__(dict(sorted(dict(items).items())))
 
     def __repr__(self) -> str:
         return repr(self._data)
