@@ -253,6 +253,9 @@ def test_ten_thousand_registrations_are_linear():
         scope.register(thing)
     assert len(scope._index) == 10_000
     scope.close()
+    # close() returns within its exit budget; on a loaded machine the rest of the
+    # 10,000 steps finish on the reaper.
+    assert scope.wait_released(60)
     assert sum(thing.closed for thing in things) == 10_000
 
 
