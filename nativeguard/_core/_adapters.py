@@ -40,7 +40,7 @@ Return None, or an awaitable for ``Scope.aclose()`` to await (bounded by ``timeo
 
 
 _QUICK = "__nativeguard_quick__"
-_S = TypeVar("_S", bound=Callable[[Any, float], object])
+_S = TypeVar("_S", bound=Callable[..., object])
 
 
 def quick_step(step: _S) -> _S:
@@ -49,10 +49,11 @@ def quick_step(step: _S) -> _S:
     A Scope runs every other step on a step-runner thread with a bounded wait,
     and the whole release as a job on the reaper, so a hanging SDK call cannot
     hold the caller: two thread hand-offs, 0.1-0.4 ms on an idle machine and
-    milliseconds on a loaded one. When every step of a release is quick (and
-    the scope has no finalizers), ``close()`` runs the steps on the calling
-    thread instead; an interrupt (``KeyboardInterrupt``) that arrives meanwhile
-    is raised once the release finished. Mark only steps that cannot block on
+    milliseconds on a loaded one. When every step of a release is quick, and
+    every finalizer of the scope too (``Scope.add_finalizer(quick_step(fn))``;
+    nativeguard's own are), ``close()`` runs them on the calling thread
+    instead; an interrupt (``KeyboardInterrupt``) that arrives meanwhile is
+    raised once the release finished. Mark only steps that cannot block on
     a remote party or a lock held elsewhere: dropping references, freeing
     native memory, a ``close()`` whose waits have their own deadline.
     Returns ``step`` (a decorator).

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._adapters import _has_async_close
+from ._adapters import _has_async_close, quick_step
 from ._errors import CallbackError, ReleaseError, add_note
 from ._guarded import bind
 from ._proxy import ManagedProxy, _events_of, callback_errors
@@ -105,7 +105,7 @@ class Managed(Generic[T]):
             # the reference: inline on this thread, or on its reaper thread.
             scope.adopt(proxy._self_release(scope.closed_at or "<unknown>"))
 
-        scope.add_finalizer(cut)
+        scope.add_finalizer(quick_step(cut))
         result: T = proxy  # type: ignore[assignment]
         return result
 

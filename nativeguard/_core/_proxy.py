@@ -17,6 +17,7 @@ from typing import Any
 
 import wrapt
 
+from ._adapters import quick_step
 from ._errors import ClosedResourceError, add_note, detach_traceback
 from ._integration import callbacks_of, to_detached_event, to_plain
 from ._scope import Scope
@@ -94,7 +95,7 @@ class SignalProxy(wrapt.ObjectProxy[Any]):
             if proxy is not None:
                 proxy.__wrapped__ = _Released("EventSignal", scope.closed_at or "<unknown>")
 
-        scope.add_finalizer(cut)
+        scope.add_finalizer(quick_step(cut))
 
     def connect(self, callback: Callable[[Any], Any], *, plain: bool | None = None) -> None:
         """Connect ``callback``; with ``plain=True`` it receives ``extract(evt)``."""
@@ -129,7 +130,7 @@ def _events_of(scope: Scope) -> _ScopeEvents:
         if events is None:
             events = _ScopeEvents(weakref.WeakSet(), [], threading.Lock())
             _scope_events[scope] = events
-            scope.add_finalizer(lambda: detach_events(events))
+            scope.add_finalizer(quick_step(lambda: detach_events(events)))
         return events
 
 

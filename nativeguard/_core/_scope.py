@@ -532,11 +532,14 @@ class Scope:
     def _all_quick(self, release: _Release) -> bool:
         """Whether close() may run this release's steps on the calling thread.
 
-        Only when every step of every object is a :func:`quick_step`, the scope
-        has no finalizers (user code, unbounded), and this thread holds none of
-        the locks the reaper path would need (a signal handler's close()).
+        Only when every step of every object is a :func:`quick_step`, so is
+        every finalizer (nativeguard's own, which cut proxies and detach kept
+        events, are; a user's may block), and this thread holds none of the
+        locks the reaper path would need (a signal handler's close()).
         """
-        if release.finalizers or self._lock._is_owned() or get_reaper().held_by_caller():  # type: ignore[attr-defined]
+        if self._lock._is_owned() or get_reaper().held_by_caller():  # type: ignore[attr-defined]
+            return False
+        if not all(is_quick(finalizer) for finalizer in release.finalizers):
             return False
         for entry in release.tracked:
             obj = entry.ref()

@@ -108,6 +108,22 @@ def test_finalizers_keep_the_release_off_this_thread() -> None:
     assert obj.released_on != threading.get_ident()
 
 
+def test_quick_finalizers_and_managed_blocks_keep_the_fast_path() -> None:
+    """nativeguard's own finalizers (a managed block cuts its proxy) are quick steps."""
+    ran_on: list[int] = []
+    scope = Scope(release="inline")
+    obj = Quick()
+    scope.register(obj)
+    scope.add_finalizer(quick_step(lambda: ran_on.append(threading.get_ident())))
+    scope.close()
+    assert ran_on == [threading.get_ident()]
+    assert obj.released_on == threading.get_ident()
+    with nativeguard.managed(Quick(), release="inline") as proxy:
+        assert proxy.released_on is None
+    with pytest.raises(nativeguard.ClosedResourceError):
+        proxy.released_on  # noqa: B018 - the proxy was cut on this thread, at exit
+
+
 def test_an_inline_close_returns_released_and_judged() -> None:
     obj = Quick()
     ref = weakref.ref(obj)

@@ -54,6 +54,9 @@ def test_success_path_counts_back_exactly(grpc_server: Any, baseline: Counts) ->
         assert method(channel, "Echo")(b"ping", timeout=10) == b"ping"
         assert list(method(channel, "Many")(b"x", timeout=10)) == [b"x"] * 3
         channel.subscribe(seen.append, try_to_connect=True)
+        # The poller calls back on its own thread: wait for it before the block
+        # ends (the release may now run on this thread at once).
+        assert wait_for(lambda: bool(seen))
         inside = grpc_counters()
         assert inside["grpc.channels"] == baseline.counters["grpc.channels"] + 1
         assert inside["grpc.threads"] == baseline.counters["grpc.threads"] + 1  # the poller
