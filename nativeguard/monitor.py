@@ -91,6 +91,8 @@ __all__ = [
 
 LOGGER_NAME = "nativeguard"
 INTEGRATION = "azure_speech"
+"""The ``integration`` label of the Speech SDK core's handle table (every integration's
+native resources carry their own integration's name)."""
 _MB = 1 << 20
 _HOUR = 3600.0
 
@@ -200,7 +202,7 @@ def read_sample() -> MonitorSample:
         heap_in_use_bytes=heap.in_use_bytes,
         heap_retained_bytes=heap.free_bytes,
         python_allocated_blocks=snap.allocated_blocks,
-        native={INTEGRATION: dict(snap.native_handles)} if snap.native_handles else {},
+        native={name: dict(counts) for name, counts in snap.native_by_integration.items()},
         instances=dict(snap.instances),
         threads=snap.os_threads,
         fds=snap.fds,

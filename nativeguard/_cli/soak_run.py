@@ -55,7 +55,6 @@ __all__ = [
     "DEFAULT_SETTLE_S",
     "DEFAULT_WARMUP",
     "FORMAT",
-    "INTEGRATION",
     "Sample",
     "SoakError",
     "SoakRun",
@@ -74,8 +73,6 @@ DEFAULT_WARMUP = 3
 DEFAULT_ITERATIONS = 100
 DEFAULT_SETTLE_S = 0.5
 """Up to this long after each call for counts to come back; a call that leaks costs half."""
-INTEGRATION = "azure_speech"
-"""The integration label of the Speech SDK core's handle table."""
 _MB = 1 << 20
 _Z95 = 1.959963984540054
 _MAX_SLOPE_POINTS = 400
@@ -464,7 +461,7 @@ def _sample(
         heap_in_use_bytes=in_use,
         heap_retained_bytes=retained,
         python_allocated_blocks=snap.allocated_blocks,
-        native={INTEGRATION: dict(snap.native_handles)} if snap.native_handles else {},
+        native={name: dict(counts) for name, counts in snap.native_by_integration.items()},
         instances=dict(snap.instances),
         python_threads=python_threads,
         native_threads=snap.os_threads - python_threads,

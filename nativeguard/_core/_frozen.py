@@ -21,15 +21,15 @@ class FrozenMapping(Mapping[str, V]):
     """A ``str``-keyed mapping that cannot change, hashes by its items and pickles.
 
     It compares equal to any mapping with the same items (a ``dict``
-    included). Subclasses check or order the items in ``__init__`` and pass
-    the finished dict to this one.
+    included) and keeps the items' order. Subclasses check or order the items
+    in ``__init__`` and pass them on to this one.
     """
 
     __slots__ = ("_data",)
     _data: dict[str, V]
 
-    def __init__(self, data: dict[str, V]) -> None:
-        object.__setattr__(self, "_data", data)
+    def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
+        object.__setattr__(self, "_data", dict(items))
 
     def __getitem__(self, key: str) -> V:
         return self._data[key]
@@ -51,6 +51,9 @@ class FrozenMapping(Mapping[str, V]):
 
     def __reduce__(self) -> tuple[type[Any], tuple[tuple[tuple[str, V], ...]]]:
         return (type(self), (tuple(self._data.items()),))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
 
 
 class FrozenMap(FrozenMapping[str]):
@@ -82,6 +85,3 @@ class FrozenMap(FrozenMapping[str]):
             return self._data[name]
         except KeyError:
             raise KeyError(key) from None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._data!r})"

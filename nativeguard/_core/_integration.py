@@ -55,7 +55,9 @@ __all__ = [
     "integration_for_module",
     "integrations",
     "is_active",
+    "merged_counters",
     "native_counters",
+    "native_counters_by_integration",
     "on_activate",
     "preload_modules",
     "register_integration",
@@ -371,15 +373,15 @@ def counted_types() -> list[type]:
     return list(found)
 
 
-def native_counters() -> dict[str, int]:
-    """Every integration's live native resources, merged (zero counts dropped).
+def native_counters_by_integration() -> dict[str, dict[str, int]]:
+    """Every active integration's live native resources, by integration name (zeros dropped).
 
     An integration whose counters are unavailable here (it raised
     :class:`~nativeguard.NativeDiagnosticsUnavailable`) contributes nothing.
     """
     from ._errors import NativeDiagnosticsUnavailable  # noqa: PLC0415
 
-    merged: dict[str, int] = {}
+    found: dict[str, dict[str, int]] = {}
     for integration in active_integrations():
         if integration.counters is None:
             continue
@@ -387,10 +389,24 @@ def native_counters() -> dict[str, int]:
             counts = integration.counters()
         except NativeDiagnosticsUnavailable:
             continue
+        kept = {name: count for name, count in counts.items() if count}
+        if kept:
+            found[integration.name] = kept
+    return found
+
+
+def merged_counters(by_integration: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """One ``name -> count`` dict of :func:`native_counters_by_integration`'s answer."""
+    merged: dict[str, int] = {}
+    for counts in by_integration.values():
         for name, count in counts.items():
-            if count:
-                merged[name] = merged.get(name, 0) + count
+            merged[name] = merged.get(name, 0) + count
     return merged
+
+
+def native_counters() -> dict[str, int]:
+    """Every integration's live native resources, merged (zero counts dropped)."""
+    return merged_counters(native_counters_by_integration())
 
 
 def callbacks_of(obj: object) -> list[Any]:

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import sys
 import tracemalloc
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._core import _malloc
-from .._core._integration import native_counters
+from .._core._integration import merged_counters, native_counters_by_integration
 from .._core._malloc import TrimResult
 
 __all__ = ["MemoryBreakdown", "TrimResult", "memory_breakdown", "trim"]
@@ -67,6 +68,9 @@ class MemoryBreakdown:
     unaccounted_bytes: int | None
     """RSS minus the native heap in use and free, floored at 0: code, stacks,
     pymalloc arenas, other mappings."""
+    native_resources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Each active integration's live native resources, by integration name
+    (``{"azure_speech": {"ISpxRecognizer": 1}, "onnxruntime": {...}}``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -88,6 +92,10 @@ class MemoryBreakdown:
             ),
             ("SDK native handles", f"{self.sdk_native_handles:,}"),
         ]
+        for integration, counts in sorted(self.native_resources.items()):
+            rows.extend(
+                (f"  {integration}: {name}", f"{count:,}") for name, count in sorted(counts.items())
+            )
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:<{width}}  {value:>12}" for label, value in rows)
 
@@ -98,7 +106,8 @@ def memory_breakdown() -> MemoryBreakdown:
     Microseconds on a quiet heap; ``mallinfo2`` walks glibc's free lists, so it
     grows with fragmentation. Never raises for a missing glibc or SDK table.
     """
-    counters = native_counters()
+    by_integration = native_counters_by_integration()
+    counters = merged_counters(by_integration)
     # A counter named *_bytes is a size (onnxruntime.session_bytes), not a count.
     handles = sum(n for name, n in counters.items() if not name.endswith("_bytes"))
     traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
@@ -116,6 +125,7 @@ def memory_breakdown() -> MemoryBreakdown:
         native_free_bytes=heap.free_bytes,
         sdk_native_handles=handles,
         unaccounted_bytes=unaccounted,
+        native_resources=by_integration,
     )
 
 

@@ -51,7 +51,7 @@ from typing import Any
 import psutil
 
 from .._core._frozen import FrozenMapping
-from .._core._integration import native_counters
+from .._core._integration import merged_counters, native_counters_by_integration
 from .._core._reaper import REAPER_THREAD_NAME, Reaper
 from . import _registry
 
@@ -174,6 +174,8 @@ class Snapshot:
     """``(native_id, name)`` of each thread in ``python_threads``; None if unknown."""
     os_thread_ids: frozenset[int] | None = None
     """The kernel's ids of the process's threads, the reaper's left out; None if unknown."""
+    native_by_integration: Mapping[str, Mapping[str, int]] = field(default_factory=FrozenMapping)
+    """``native_handles`` by integration name (``{"grpc": {"grpc.channels": 1}}``)."""
 
     def diff(self, after: Snapshot) -> Delta:
         """What grew from this snapshot to ``after``.
@@ -225,6 +227,9 @@ class Snapshot:
             None if self.python_thread_ids is None else [list(t) for t in self.python_thread_ids]
         )
         data["os_thread_ids"] = None if self.os_thread_ids is None else sorted(self.os_thread_ids)
+        data["native_by_integration"] = {
+            name: dict(counts) for name, counts in self.native_by_integration.items()
+        }
         return data
 
 
@@ -261,7 +266,8 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
         _registry.enable()
         instances = Counts(_registry.counts())
     collected = Counts(_registry.collected())
-    handles = Counts(native_counters())
+    by_integration = native_counters_by_integration()
+    handles = Counts(merged_counters(by_integration))
     named, own_ids = _python_threads()
     process = _process()
     task_ids = _os_thread_ids()
@@ -285,6 +291,9 @@ def snapshot(*, full_heap: bool = False) -> Snapshot:
         collected=collected,
         python_thread_ids=tuple(sorted(named)),
         os_thread_ids=None if task_ids is None else frozenset(task_ids),
+        native_by_integration=FrozenMapping(
+            {name: Counts(counts) for name, counts in by_integration.items()}
+        ),
     )
 
 

@@ -410,3 +410,26 @@ def test_after_fork_a_childs_retirement_is_its_own() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert monitor.retirements == {"max_tasks": 1}  # the child's count stayed in the child
     monitor.close()
+
+
+def test_native_resources_carry_their_own_integrations_label() -> None:
+    """A gRPC channel is labelled grpc, the Speech handle table azure_speech: exactly."""
+    grpc = pytest.importorskip("grpc", reason="the grpc extra is not installed")
+    registry = CollectorRegistry()
+    config = speechsdk.SpeechConfig(subscription=SECRET, region="westus")
+    channel = grpc.insecure_channel("127.0.0.1:9")  # never connected: no socket, no thread
+    try:
+        with Monitor(interval_s=None, prometheus=True, registry=registry, slope_limits=None) as m:
+            reading = m.sample()
+            metrics = _metrics(registry)
+    finally:
+        channel.close()
+        del channel
+    native = {
+        (labels["integration"], labels["type"]): value
+        for labels, value in metrics["nativeguard_native_resources"]
+    }
+    assert native[("grpc", "grpc.channels")] == reading.native["grpc"]["grpc.channels"] >= 1
+    assert ("azure_speech", "grpc.channels") not in native
+    assert native[("azure_speech", "ISpxSpeechConfig")] >= 1
+    assert config is not None

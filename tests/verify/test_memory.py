@@ -190,3 +190,20 @@ def test_str_is_a_table_in_megabytes():
     assert lines[5].endswith("off")
     assert lines[6].endswith("3")
     assert reading.to_dict()["native_free_bytes"] == 80 * MiB
+
+
+def test_native_resources_are_listed_by_integration() -> None:
+    """memory_breakdown() shows each integration's counters under its own name."""
+    config = speechsdk.SpeechConfig(subscription="k" * 32, region="westus")
+    reading = memory_breakdown()
+    speech = reading.native_resources["azure_speech"]
+    assert speech["ISpxSpeechConfig"] >= 1
+    assert reading.sdk_native_handles == sum(
+        count
+        for counts in reading.native_resources.values()
+        for name, count in counts.items()
+        if not name.endswith("_bytes")
+    )
+    assert "azure_speech: ISpxSpeechConfig" in str(reading)
+    assert json.loads(json.dumps(reading.to_dict()))["native_resources"]["azure_speech"]
+    del config
