@@ -26,11 +26,13 @@ from ._core._errors import (
     ReleaseTimeout,
     RequestTimeout,
     ServiceError,
+    detach_traceback,
 )
 from ._core._frozen import FrozenMap
 from ._core._guarded import GuardStatistics, Survivor, SurvivorReport, bind, current_scope, guarded
 from ._core._integration import Integration, IntegrationError, register_integration
 from ._core._managed import Managed, managed, managed_credential, managed_executor
+from ._core._redact import redact_text as redact
 from ._core._scope import (
     ReleaseMode,
     Scope,
@@ -92,6 +94,7 @@ __all__ = [
     "configure",
     "creation_tracebacks_enabled",
     "current_scope",
+    "detach_traceback",
     "extract",
     "guarded",
     "integrations",
@@ -109,6 +112,7 @@ __all__ = [
     "plain",
     "quick_step",
     "recognize_once",
+    "redact",
     "register_adapter",
     "register_integration",
     "run_bounded",
@@ -129,6 +133,7 @@ _LAZY: dict[str, str] = {
             "asynthesize",
             "atranscribe",
             "recognize_once",
+            "redact",
             "synthesize",
             "transcribe",
         ),

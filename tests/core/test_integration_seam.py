@@ -444,6 +444,8 @@ def test_the_import_parser_sees_an_integration_import() -> None:
     assert "azure.cognitiveservices.speech" in imported_modules(
         PACKAGE / "integrations" / "azure_speech" / "_extract.py"
     )
+    # and sees a core-private module, as the public-faces check below needs
+    assert "nativeguard._core._scope" in imported_modules(PACKAGE / "_core" / "_guarded.py")
 
 
 def _fresh(code: str) -> str:
@@ -494,3 +496,24 @@ def test_a_lazy_speech_name_imports_the_sdk_on_first_use() -> None:
 def test_an_unknown_name_is_an_attribute_error_naming_it() -> None:
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         nativeguard.no_such_thing  # noqa: B018
+
+
+INTEGRATION_MODULES = sorted(
+    str(path.relative_to(PACKAGE)) for path in (PACKAGE / "integrations").rglob("*.py")
+)
+
+
+@pytest.mark.parametrize("relative", INTEGRATION_MODULES)
+def test_integrations_use_only_nativeguards_public_faces(relative: str) -> None:
+    """Written as an outside author would: `nativeguard`, `.verify`, `.isolate`, `.testing`,
+    and the integration's own modules; nothing private of the core."""
+    parts = [part for part in Path(relative).with_suffix("").parts[:2] if part != "__init__"]
+    own = "nativeguard." + ".".join(parts)
+    private = sorted(
+        name
+        for name in imported_modules(PACKAGE / relative)
+        if name.startswith("nativeguard")
+        and not name.startswith(own)
+        and any(part.startswith("_") for part in name.split(".")[1:])
+    )
+    assert private == [], f"{relative} imports {private}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import os
 import threading
 import time
@@ -20,9 +21,8 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ..._core._errors import RequestTimeout, detach_traceback
-from ..._core._managed import Managed
-from ..._core._scope import Scope, _seconds
+from nativeguard import Managed, RequestTimeout, Scope, detach_traceback
+
 from ._extract import Cancellation, Segment, SynthesisResult, extract
 from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
 
@@ -40,6 +40,8 @@ AudioSource = str | os.PathLike[str] | Any
 """A WAV file path, or an SDK ``AudioConfig`` built by the caller."""
 
 _DEFAULT_TIMEOUT_S = 300.0
+_MAX_TIMEOUT_S = 86_400.0
+"""The longest timeout a helper takes: one day (as for every nativeguard wait)."""
 _STEP_TIMEOUT_S = 30.0
 
 
@@ -72,7 +74,10 @@ def _audio_config(audio: AudioSource) -> Any:
 
 
 def _check_timeout(timeout: float) -> None:
-    _seconds("timeout", timeout, zero_ok=False)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and 0 < timeout <= _MAX_TIMEOUT_S):
+        raise ValueError(f"timeout must be > 0 and at most {_MAX_TIMEOUT_S:g} s, got {timeout!r}")
 
 
 @dataclass

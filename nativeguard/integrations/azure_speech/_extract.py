@@ -24,8 +24,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ..._core._frozen import FrozenMap
-from ..._core._redact import redact_text
+from nativeguard import FrozenMap
+from nativeguard import redact as redact_text
 
 __all__ = [
     "TICKS_PER_SECOND",
@@ -452,7 +452,7 @@ def extract(obj: object, *, secrets: str | Iterable[str] = ()) -> Extracted:
       connection events -> :class:`SessionEvent`;
     - translation synthesis results/events -> :class:`TranslationAudio`.
 
-    Error texts are passed through :func:`~nativeguard._core._redact.redact_text`,
+    Error texts are passed through :func:`nativeguard.redact`,
     which also masks ``secrets`` (a value or several, e.g. the subscription key).
     An already extracted value is returned unchanged. Anything else raises
     ``TypeError``.

@@ -14,8 +14,13 @@ from typing import Any, Protocol
 
 import azure.cognitiveservices.speech as speechsdk
 
-from ..._core._managed import Managed, _unwrap
-from ..._core._scope import ReleaseMode, Scope
+from nativeguard import Managed, ReleaseMode, Scope
+
+
+def _unwrap(obj: Any) -> Any:
+    """The SDK object behind a managed proxy (or ``obj`` itself)."""
+    return getattr(obj, "__wrapped__", obj)
+
 
 __all__ = [
     "managed_connection",
