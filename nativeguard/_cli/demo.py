@@ -244,7 +244,7 @@ class _ServiceProcess:
         self._stderr = tempfile.TemporaryFile()
         code = "from nativeguard._cli.demo import _serve; _serve()"
         # The child imports this very nativeguard, wherever sys.path found it.
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])  # holds nativeguard/
         inherited = os.environ.get("PYTHONPATH")
         env = {
             **os.environ,

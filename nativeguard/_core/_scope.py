@@ -83,7 +83,8 @@ _MAX_WAIT_S = 86_400.0
 """Longest bound accepted for any wait: a day (threading's own limit is ~49 days)."""
 _PENDING_STEP_WAIT_S = 30.0
 """How long a release job waits for a step that overran its bound before judging."""
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+"""The nativeguard package (this module is in its _core/): frames in it are ours."""
 
 # Scope life cycle. adopt() is accepted until the drop phase begins.
 _OPEN, _RELEASING, _DROPPING, _RELEASED = "open", "releasing", "dropping", "released"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +203,23 @@ def test_quick_step_is_public_and_returns_the_step() -> None:
         return None
 
     assert nativeguard.quick_step(step) is step
+
+
+def test_closed_at_names_the_callers_line_not_nativeguards() -> None:
+    """The location a closed scope reports is the user's code, even through a managed block
+    (whose code lives in nativeguard/_core/ since the layout change)."""
+    with nativeguard.managed(Quick(), release="inline") as proxy:
+        pass
+    line = sys._getframe().f_lineno - 2
+    with pytest.raises(nativeguard.ClosedResourceError, match=rf"{Path(__file__).name}:{line}"):
+        proxy.released_on  # noqa: B018
+
+
+def test_every_module_of_the_package_counts_as_nativeguards_own_code() -> None:
+    """A scope closed by a helper in integrations/ reports the helper's caller."""
+    from nativeguard._core import _scope
+    from nativeguard.integrations import executors
+
+    assert _scope._in_package(executors.__file__)
+    assert _scope._in_package(_scope.__file__)
+    assert not _scope._in_package(__file__)
