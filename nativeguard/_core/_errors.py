@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -32,9 +33,55 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "WorkerStartError",
+    "aclosed_with",
     "add_note",
+    "closed_with",
+    "conclude_exit",
     "detach_traceback",
+    "release_note",
 ]
+
+
+_E = TypeVar("_E", bound=Exception)
+
+
+def closed_with(close: Callable[[], object], errors: type[_E]) -> _E | None:
+    """Call ``close()``; the ``errors`` it raised, returned instead (anything else propagates)."""
+    try:
+        close()
+    except errors as error:
+        return error
+    return None
+
+
+async def aclosed_with(aclose: Callable[[], Awaitable[object]], errors: type[_E]) -> _E | None:
+    """:func:`closed_with` for an ``async`` close."""
+    try:
+        await aclose()
+    except errors as error:
+        return error
+    return None
+
+
+def conclude_exit(
+    body_error: BaseException | None, close_error: _E | None, note: Callable[[_E], str]
+) -> None:
+    """How every nativeguard context manager ends once it closed what it owns.
+
+    A failure to close is raised when the block itself succeeded; when the block
+    raised, its exception goes on and the close failure becomes a note on it
+    (never the other way round: the block's error is the one the caller needs).
+    """
+    if close_error is None:
+        return
+    if body_error is None:
+        raise close_error
+    add_note(body_error, note(close_error))
+
+
+def release_note(error: ReleaseError) -> str:
+    """The note a release failure leaves on the block's own exception."""
+    return f"nativeguard: {error.message}: {error.exceptions!r}"
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._adapters import _has_async_close, quick_step
-from ._errors import CallbackError, ReleaseError, add_note
+from ._errors import CallbackError, ReleaseError, add_note, conclude_exit, release_note
 from ._guarded import bind
 from ._proxy import ManagedProxy, _events_of, callback_errors
 from ._scope import ReleaseMode, Scope
@@ -146,8 +146,7 @@ class Managed(Generic[T]):
     def _conclude(self, exc: BaseException | None, release_error: ReleaseError | None) -> None:
         failures = callback_errors(self.scope)
         if exc is not None:
-            if release_error is not None:
-                add_note(exc, f"nativeguard: {release_error.message}: {release_error.exceptions!r}")
+            conclude_exit(exc, release_error, release_note)
             for failure in failures:
                 add_note(exc, f"nativeguard: a callback raised {failure!r}")
             return
@@ -158,8 +157,7 @@ class Managed(Generic[T]):
             if release_error is not None:
                 add_note(group, f"nativeguard: {release_error.message}")
             raise group
-        if release_error is not None:
-            raise release_error
+        conclude_exit(exc, release_error, release_note)
 
 
 def _close(scope: Scope) -> ReleaseError | None:

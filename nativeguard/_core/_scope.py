@@ -29,8 +29,12 @@ from ._errors import (
     ClosedResourceError,
     ReleaseError,
     ReleaseTimeout,
+    aclosed_with,
     add_note,
+    closed_with,
+    conclude_exit,
     detach_traceback,
+    release_note,
 )
 from ._integration import callbacks_of, integrations
 from ._reaper import (
@@ -942,12 +946,7 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.close()
-        except ReleaseError as error:
-            if exc is None:
-                raise
-            add_note(exc, f"nativeguard: {error.message}: {error.exceptions!r}")
+        conclude_exit(exc, closed_with(self.close, ReleaseError), release_note)
 
     async def __aenter__(self) -> Scope:
         return self.__enter__()
@@ -958,12 +957,7 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            await self.aclose()
-        except ReleaseError as error:
-            if exc is None:
-                raise
-            add_note(exc, f"nativeguard: {error.message}: {error.exceptions!r}")
+        conclude_exit(exc, await aclosed_with(self.aclose, ReleaseError), release_note)
 
     def __repr__(self) -> str:
         state = f"closed at {self._closed_at}" if self._closed_at else "open"

@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from .._core._errors import ProtocolError, ServiceError, add_note
+from .._core._errors import ProtocolError, ServiceError, closed_with, conclude_exit
 from .._core._redact import redact_headers, redact_text
 from ._audio import (
     AudioFormat,
@@ -509,12 +509,7 @@ class SpeechService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.stop()
-        except ServiceError as error:
-            if exc is None:
-                raise
-            add_note(exc, str(error))
+        conclude_exit(exc, closed_with(self.stop, ServiceError), str)
 
     async def __aenter__(self) -> SpeechService:
         return self.start()
