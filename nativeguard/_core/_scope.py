@@ -23,7 +23,7 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _malloc
-from ._adapters import ReleaseStep, adapter_for, is_quick
+from ._adapters import Adapter, ReleaseStep, adapter_for, is_quick
 from ._errors import (
     AsyncReleaseRequired,
     ClosedResourceError,
@@ -183,6 +183,9 @@ class _Release:
     """An interrupt that reached the closing thread during a quick step, raised by close()."""
     step_timeout_s: float | None = None
     """The bound of each step when the closing thread runs them (the exit budget)."""
+    adapters: dict[int, Adapter | None] = field(default_factory=dict)
+    """Adapters already looked up for tracked entries (by ``id(entry)``), so the
+    quick-path check and the steps match each object once."""
     reaper_dropped: int = 0
     caller_seconds: float = 0.0
     budget_exceeded: bool = False
@@ -556,6 +559,7 @@ class Scope:
                 return False  # the normal path records the predicate's failure
             finally:
                 del obj
+            release.adapters[id(entry)] = adapter
             if adapter is not None and not all(is_quick(step) for step in adapter.steps):
                 return False
         return True
@@ -794,7 +798,11 @@ class Scope:
                 continue
             context = f"while releasing {entry.type_name}"
             try:
-                adapter = adapter_for(obj)
+                adapter = (
+                    release.adapters[id(entry)]
+                    if id(entry) in release.adapters
+                    else adapter_for(obj)
+                )
             except Exception as exc:
                 adapter = None
                 release.record(

@@ -24,7 +24,7 @@ import azure.cognitiveservices.speech as speechsdk
 from nativeguard import Managed, RequestTimeout, Scope, detach_traceback
 
 from ._extract import Cancellation, Segment, SynthesisResult, extract
-from ._managed import managed_recognizer, managed_synthesizer, managed_transcriber
+from ._managed import _unwrap, managed_recognizer, managed_synthesizer, managed_transcriber
 
 __all__ = [
     "Transcript",
@@ -329,10 +329,6 @@ class _SdkWait:
             raise RequestTimeout(f"{self.what} did not finish within {timeout:g} s") from None
 
 
-def _unwrapped(proxy: Any) -> Any:
-    return getattr(proxy, "__wrapped__", proxy)
-
-
 def recognize_once(
     speech_config: Any, audio: AudioSource, *, timeout: float = _DEFAULT_TIMEOUT_S
 ) -> Segment | Cancellation:
@@ -343,10 +339,10 @@ def recognize_once(
     feed.config = None
     with block as recognizer:
         try:
-            feed.when_connected(block.scope, _unwrapped(recognizer))
+            feed.when_connected(block.scope, _unwrap(recognizer))
             wait = _SdkWait(
                 recognizer.recognize_once_async(),
-                _unwrapped(recognizer),
+                _unwrap(recognizer),
                 block.scope,
                 "recognize_once",
             )
@@ -366,10 +362,10 @@ async def arecognize_once(
     feed.config = None
     async with block as recognizer:
         try:
-            feed.when_connected(block.scope, _unwrapped(recognizer))
+            feed.when_connected(block.scope, _unwrap(recognizer))
             wait = _SdkWait(
                 recognizer.recognize_once_async(),
-                _unwrapped(recognizer),
+                _unwrap(recognizer),
                 block.scope,
                 "recognize_once",
             )
@@ -397,7 +393,7 @@ def _check_text(text_or_ssml: object) -> bool:
 
 def _speak(block: Managed[Any], synthesizer: Any, text_or_ssml: str, is_ssml: bool) -> _SdkWait:
     speak = synthesizer.speak_ssml_async if is_ssml else synthesizer.speak_text_async
-    return _SdkWait(speak(text_or_ssml), _unwrapped(synthesizer), block.scope, "synthesis")
+    return _SdkWait(speak(text_or_ssml), _unwrap(synthesizer), block.scope, "synthesis")
 
 
 def synthesize(
