@@ -1,4 +1,4 @@
-"""No descendant of a worker outlives the pool: process groups, subreapers and one guardian.
+"""No descendant of a worker outlives the pool: process groups, subreapers and a guardian.
 
 A task may leave processes behind: a ``subprocess.Popen`` it never waited
 for, an ``os.fork()`` child, a child in a session of its own. When the pool's
@@ -7,13 +7,12 @@ what the worker started: those were re-parented to init and kept running (a
 ``sleep 300`` child, measured alive 10 s after the parent's SIGKILL before
 this module, Linux 6.18, Python 3.11).
 
-So (Linux with ``pidfd_open``) each pool starts one *guardian*: a small
-single-threaded process (named ``ng-guardian``) started like a worker (a
-child of the fork server; of the pool's process under fork/spawn), that
-holds pidfds of the pool's process, of its own parent (the fork server) and
-of every worker, and blocks in ``select``. No GIL of the pool's or a
-worker's is involved, so a task stuck in native code does not delay it. Each
-worker, at start:
+So (Linux with ``pidfd_open``) each pool has one guardian: its template
+process (:mod:`._template`, ``ng-template`` in ``ps``), the parent of every
+worker, single-threaded, blocked in ``poll`` on pidfds of the pool's process
+and of every worker. No GIL of the pool's or a worker's is involved, so a
+task stuck in native code does not delay it. Each worker, right after the
+fork (:func:`become_guarded_worker`):
 
 * leads a process group of its own, which its children join unless they
   leave it;
@@ -21,27 +20,24 @@ worker, at start:
   parent exits is re-parented to the worker, not to init, so the whole tree
   stays reachable from the worker while it lives, including children that
   left the group (``start_new_session=True``);
-* registers its pid with the pool's guardian (4 bytes on a pipe), then checks
-  that the pool is still alive.
+* dies with the template (``PR_SET_PDEATHSIG``: the template forks from its
+  only thread, so the "parent thread" is the whole template).
 
-When the pool's process or the fork server dies, the guardian stops each
-worker (SIGSTOP: it can start nothing more), SIGKILLs every descendant of it
-until none is left, then the worker, then its group. When a worker dies first
-(a crash, a timeout's SIGKILL), the guardian SIGKILLs that worker's process
-group. A worker that ends normally (retired, stopped) kills its own
-descendants first.
+When the pool's process dies, the template stops each worker (SIGSTOP: it
+can start nothing more), SIGKILLs every descendant of it until none is left,
+then the worker, then its group (:func:`kill_worker_trees`). When a worker
+dies first (a crash, a timeout's SIGKILL), the template SIGKILLs that
+worker's process group. A worker that ends normally (retired, stopped) kills
+its own descendants first (:func:`kill_descendants`).
 
-Until nativeguard 0.1.0 at b83aeb4 every worker forked a guardian of its own: ~6 ms of CPU
-per worker start-up (the fork of a ~40 MB process, the guardian's
-copy-on-write faults and its exit; measured with the speech SDK preloaded,
-Linux 6.18, glibc 2.36, Python 3.11.7), a third of a start-up, paid again on
-every recycle. One per pool costs that once.
+History (nativeguard 0.1.0, Linux 6.18, glibc 2.36, Python 3.11.7): until
+b83aeb4 every worker forked a guardian of its own (~6 ms of CPU per worker
+start-up); then one guardian process per pool, a child of the fork server
+that workers registered with over a pipe; now the template is the guardian,
+and a pool has one helper process, not two.
 
-The worker no longer uses ``PR_SET_PDEATHSIG``: it would race the guardian
-for the worker's life, and the guardian needs the worker alive to find
-descendants that left the group. Where the guardian cannot run (no
-``pidfd_open``: Linux < 5.3, other systems) workers fall back to
-``PR_SET_PDEATHSIG`` alone.
+Where no template can run (no ``pidfd_open``: Linux < 5.3, other systems)
+workers fall back to ``PR_SET_PDEATHSIG`` alone (:func:`die_with_parent`).
 
 Known limit: a descendant that left the worker's process group survives a
 worker that was killed (crash, timeout) rather than ended, since by then it
@@ -53,20 +49,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import select
 import signal
-import struct
 import sys
-from multiprocessing.connection import Connection
 
-__all__ = ["die_with_parent", "join_guardian", "kill_descendants", "run_guardian"]
+__all__ = [
+    "become_guarded_worker",
+    "die_with_parent",
+    "kill_descendants",
+    "kill_worker_trees",
+    "set_process_name",
+]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
-_GUARDIAN_NAME = b"ng-guardian"
 _SWEEP_ROUNDS = 50
-_PID = struct.Struct("=i")  # one registration: a worker's pid
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -86,6 +83,24 @@ def _prctl(option: int, value: int | bytes) -> bool:
         return _LIBC is not None and int(_LIBC.prctl(option, value, 0, 0, 0)) == 0
     except AttributeError:  # pragma: no cover - no prctl
         return False
+
+
+def set_process_name(name: bytes) -> None:
+    """This process's name in ``ps`` and ``/proc/PID/comm`` (Linux; 15 bytes at most)."""
+    _prctl(_PR_SET_NAME, name)
+
+
+def become_guarded_worker(template: int) -> None:
+    """In a worker just forked by ``template``: own group, subreaper, dies with the template.
+
+    Exits at once if the template died before ``PR_SET_PDEATHSIG`` took effect.
+    """
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != template:
+        os._exit(1)
 
 
 def die_with_parent() -> None:
@@ -155,143 +170,16 @@ def kill_descendants(root: int, exclude: frozenset[int] = frozenset()) -> int:
     return killed
 
 
-def join_guardian(pool_pid: int, registrations: int | None) -> bool:
-    """Make this worker a group leader and subreaper, and register it with the pool's guardian.
-
-    ``registrations`` is the write end of the guardian's pipe (closed here).
-    Returns False (after arranging ``PR_SET_PDEATHSIG`` instead) where no
-    guardian watches this worker. Exits at once if the pool is already gone:
-    registered first, checked second, so a guardian that is killing the
-    pool's workers either finds this one or this one finds the pool gone.
-    """
-    parent = os.getppid()
-    if registrations is None or not sys.platform.startswith("linux"):
-        die_with_parent()
-        return False
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    try:
-        os.write(registrations, _PID.pack(os.getpid()))  # atomic: 4 bytes < PIPE_BUF
-    except OSError:  # no guardian reads the pipe any more
-        registered = False
-    else:
-        registered = True
-    finally:
-        os.close(registrations)
-    if os.getppid() != parent or not _exists(pool_pid):
-        os._exit(1)  # the pool (or the fork server) died before this worker started
-    if not registered:
-        die_with_parent()
-    return registered
-
-
-def run_guardian(registrations: Connection, pool_pid: int) -> None:
-    """The guardian process's whole life (a ``multiprocessing.Process`` target).
-
-    Waits for the pool, its own parent (the fork server, or the pool itself
-    under fork/spawn) or a registered worker to die, and acts as the module
-    docstring says. Ends when the pool, after its last worker, kills it.
-    """
-    try:
-        _guard(registrations.fileno(), pool_pid)
-    finally:
-        os._exit(0)
-
-
-def _guard(registrations: int, pool_pid: int) -> None:
-    _prctl(_PR_SET_NAME, _GUARDIAN_NAME)
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(number, signal.SIG_IGN)
-    watched: list[int] = []
-    try:
-        for pid in dict.fromkeys((pool_pid, os.getppid())):  # one process under fork/spawn
-            watched.append(os.pidfd_open(pid))
-    except OSError:
-        return  # the pool (or the fork server) is gone: its workers see it and exit
-    # Hold nothing else open (under fork the pool's fds came along): a copy of
-    # another pipe's end here would hide its closing from the pool.
-    keep = {0, 1, 2, registrations, *watched}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-    os.set_blocking(registrations, False)
-    workers: dict[int, int] = {}  # pidfd -> worker pid
-    pending = b""
+def kill_worker_trees(workers: list[int]) -> None:
+    """The pool is gone: end every worker (the caller's children) and everything it started."""
     me = frozenset({os.getpid()})
-    reading = True
-    while True:
-        wanted = [*watched, *workers]
-        if reading:
-            wanted.append(registrations)
-        try:
-            ready, _, _ = select.select(wanted, [], [])
-        except InterruptedError:  # pragma: no cover - retried by Python itself
-            continue
-        if registrations in ready or any(fd in ready for fd in watched):
-            # On the pool's death too: a worker that registered just before it
-            # is killed with the others.
-            pending, reading = _register(registrations, pending, workers, reading)
-        if any(fd in ready for fd in watched):
-            _kill_all(workers, me)
-            return
-        for fd in ready:
-            if fd in workers:
-                # The worker is gone: what stayed in its group goes with it.
-                with contextlib.suppress(OSError):
-                    os.killpg(workers.pop(fd), signal.SIGKILL)
-                os.close(fd)
-
-
-def _register(
-    registrations: int, pending: bytes, workers: dict[int, int], reading: bool
-) -> tuple[bytes, bool]:
-    """Read every registration waiting in the pipe; watch each worker through a pidfd."""
-    while reading:
-        try:
-            chunk = os.read(registrations, 4096)
-        except BlockingIOError:
-            break
-        except OSError:
-            chunk = b""
-        if not chunk:  # every writer closed: no worker can register any more
-            reading = False
-            break
-        pending += chunk
-        while len(pending) >= _PID.size:
-            (pid,) = _PID.unpack(pending[: _PID.size])
-            pending = pending[_PID.size :]
-            try:
-                workers[os.pidfd_open(pid)] = pid
-            except OSError:  # already gone: its group goes now
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-    return pending, reading
-
-
-def _kill_all(workers: dict[int, int], me: frozenset[int]) -> None:
-    """The pool (or the fork server) is gone: end every worker and everything it started."""
-    for pid in workers.values():
+    for pid in workers:
         # Frozen first, so its tree stays put and grows no more.
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGSTOP)
-    for pid in workers.values():
+    for pid in workers:
         kill_descendants(pid, me)
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True

@@ -1,25 +1,27 @@
 """The launcher: a thread that starts worker processes when the manager asks for them.
 
-Starting one takes milliseconds (the fork server round trip); done by the
-manager, a task submitted meanwhile would wait for it, which is the latency
-the warm spare exists to avoid. Under ``fork`` this thread is the workers'
-parent, so it lives until the manager is done with them (a child's
-parent-death signal fires when the forking *thread* exits).
+Starting one takes a round trip to another process; done by the manager, a
+task submitted meanwhile would wait for it, which is the latency the warm
+spare exists to avoid.
 
-It also keeps the pool's one guardian process (:mod:`._guardian`) running:
-started before the first worker, and again before the next worker if the
-fork server was replaced (the old guardian, a child of the dead server, has
-killed that server's workers and exited); the manager ends it after the last
-worker (:meth:`Launcher.close`).
+On Linux each worker is forked by the pool's template process
+(:mod:`._template`), which this thread starts through multiprocessing before
+the first worker, and again before the next worker if it died; the manager
+ends it after the last worker (:meth:`Launcher.close`). Elsewhere (no
+``pidfd_open``) each worker is a ``multiprocessing.Process``; under ``fork``
+this thread is then the workers' parent, so it lives until the manager is
+done with them (a child's parent-death signal fires when the forking
+*thread* exits).
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.process
 import os
+import pickle
+import socket
 import sys
 import threading
 import warnings
@@ -28,14 +30,22 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .._core._errors import WorkerStartError
-from ._guardian import run_guardian
 from ._recycle import RecyclePolicy
+from ._template import Template
 from ._worker import WorkerSettings, run_worker
 
 if TYPE_CHECKING:
     from ._manager import PoolManager, Worker
 
-__all__ = ["Launcher"]
+__all__ = ["TEMPLATED", "Launcher"]
+
+TEMPLATED = (
+    sys.platform.startswith("linux")
+    and hasattr(os, "pidfd_open")
+    and hasattr(os, "fork")
+    and hasattr(socket, "send_fds")
+)
+"""Whether workers are forked by a template process (else each is a ``multiprocessing.Process``)."""
 
 
 class Launcher:
@@ -58,7 +68,7 @@ class Launcher:
         self._initializer = initializer
         self._initargs = initargs
         self._pool_pid = os.getpid()
-        self._guardian: _Guardian | None = None
+        self._template: Template | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -68,33 +78,10 @@ class Launcher:
         self._thread.join()
 
     def close(self) -> None:
-        """End the guardian (after the last worker: it has nothing left to guard). Idempotent."""
-        guardian, self._guardian = self._guardian, None
-        if guardian is not None:
-            guardian.close()
-
-    def _guardian_writer(self) -> Connection | None:
-        """Where the next worker registers: the guardian of the current fork server.
-
-        None where no guardian can run (no ``pidfd_open``): workers then fall
-        back to ``PR_SET_PDEATHSIG``. Raises ``OSError``/``ValueError`` when
-        it cannot be started (counted as a failed worker start).
-        """
-        if not _GUARDED:
-            return None
-        server = None
-        if self._start_method == "forkserver":
-            multiprocessing.forkserver.ensure_running()
-            server = _fork_server_pid()
-        guardian = self._guardian
-        if guardian is not None and (guardian.server != server or not guardian.alive()):
-            # Its fork server is gone: it is killing that server's workers, and
-            # exits by itself; killed now, it could leave some of them alive.
-            self._guardian = None
-            guardian.close(kill=False)
-        if self._guardian is None:
-            self._guardian = _Guardian.start(self._context, self._pool_pid, server)
-        return self._guardian.writer
+        """End the template (after the last worker: it has nothing left to fork or guard)."""
+        template, self._template = self._template, None
+        if template is not None:
+            template.close()
 
     def _loop(self) -> None:
         manager = self._manager
@@ -108,115 +95,102 @@ class Launcher:
                 worker, error = None, WorkerStartError(f"starting a worker failed: {unexpected!r}")
                 error.__cause__ = unexpected
             manager.launched(worker, error)
-            if worker is not None and self._start_method == "forkserver":
+
+    def _settings(self, policy: RecyclePolicy, claims: Connection | None) -> WorkerSettings:
+        return WorkerSettings(
+            policy, self._plain_types, self._pool_pid, self._initializer, self._initargs, claims
+        )
+
+    def _live_template(self) -> Template:
+        """The pool's template, started (again) if there is none or it died."""
+        template = self._template
+        if template is not None and not template.alive():
+            self._template = None
+            template.close()  # its workers died with it
+        if self._template is None:
+            self._template = Template.start(self._context, self._pool_pid)
+            if self._start_method == "forkserver":
                 _check_forkserver_threads()
+        return self._template
 
     def launch(self, policy: RecyclePolicy) -> tuple[Worker | None, WorkerStartError | None]:
         """Start one worker process (a spare until the manager promotes it)."""
         from ._manager import ClaimPipe, Worker  # noqa: PLC0415 - the manager imports this
 
         try:
-            guardian = self._guardian_writer()
-        except (OSError, ValueError) as error:  # EMFILE, a fork server that cannot start
-            failure = WorkerStartError(f"starting the pool's guardian failed: {error!r}")
-            failure.__cause__ = error
-            return None, failure
-        try:
             parent_end, child_end = self._context.Pipe(duplex=True)
         except OSError as error:  # EMFILE, ENFILE: no fds for the worker's pipe
-            failure = WorkerStartError(f"creating a worker's pipe failed: {error!r}")
-            failure.__cause__ = error
-            return None, failure
+            return None, _start_error("creating a worker's pipe failed", error)
         try:
             claims, claim_writer = self._context.Pipe(duplex=False)
         except OSError as error:
             parent_end.close()
             child_end.close()
-            failure = WorkerStartError(f"creating a worker's claim pipe failed: {error!r}")
-            failure.__cause__ = error
-            return None, failure
+            return None, _start_error("creating a worker's claim pipe failed", error)
         os.set_blocking(claims.fileno(), False)  # shared with the worker: both take, neither waits
-        settings = WorkerSettings(
-            policy,
-            self._plain_types,
-            self._pool_pid,
-            self._initializer,
-            self._initargs,
-            claims,
-            guardian,
-        )
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=run_worker, args=(child_end, settings), name="nativeguard-worker"
-        )
         try:
-            process.start()
+            if TEMPLATED:
+                process = self._fork(policy, parent_end, child_end, claims)
+            else:
+                process = self._context.Process(  # type: ignore[attr-defined]
+                    target=run_worker,
+                    args=(child_end, self._settings(policy, claims)),
+                    name="nativeguard-worker",
+                )
+                process.start()
+                # Only the manager may poll a worker: multiprocessing's active_children()
+                # (run by every Process.start(), from any thread) would race it for the
+                # exit status (forkserver: one read of a pipe; the loser gets "255").
+                multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        except WorkerStartError as failure:
+            parent_end.close()
+            claims.close()
+            claim_writer.close()
+            return None, failure
         except Exception as error:
             parent_end.close()
             claims.close()
             claim_writer.close()
-            failure = WorkerStartError(f"starting a worker process failed: {error!r}")
-            failure.__cause__ = error
-            return None, failure
+            return None, _start_error("starting a worker process failed", error)
         finally:
             child_end.close()  # the child has its own copy (or there is no child)
-        # Only the manager may poll a worker: multiprocessing's active_children() (run by
-        # every Process.start(), from any thread) would race it for the exit status
-        # (forkserver: one read of a pipe; the loser gets "255").
-        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
         worker = Worker(process, parent_end, "spare", policy, ClaimPipe(claims, claim_writer))
-        if self._start_method != "forkserver" and hasattr(os, "pidfd_open"):
-            # Under fork/spawn the sentinel is a pipe the worker's own children
-            # inherit: a task's long-lived child would hide the worker's exit.
-            with contextlib.suppress(OSError):
-                worker.pidfd = os.pidfd_open(process.pid)
         return worker, None
 
-
-_GUARDED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
-
-
-def _fork_server_pid() -> int | None:
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    pid = getattr(server, "_forkserver_pid", None)
-    return pid if isinstance(pid, int) else None
-
-
-class _Guardian:
-    """The pool's guardian process, and the write end of its registration pipe."""
-
-    def __init__(self, process: Any, writer: Connection, server: int | None) -> None:
-        self.process = process
-        self.writer = writer
-        self.server = server  # the fork server it is a child of (None: the pool's own child)
-
-    @classmethod
-    def start(cls, context: Any, pool_pid: int, server: int | None) -> _Guardian:
-        reader, writer = context.Pipe(duplex=False)
+    def _fork(
+        self,
+        policy: RecyclePolicy,
+        parent_end: Connection,
+        child_end: Connection,
+        claims: Connection,
+    ) -> Any:
+        """Have the template fork a worker and hand it its settings (the first message)."""
         try:
-            process = context.Process(
-                target=run_guardian, args=(reader, pool_pid), name="nativeguard-guardian"
-            )
-            process.start()
-        except BaseException:
-            writer.close()
-            raise
-        finally:
-            reader.close()  # the guardian has its own copy (or there is no guardian)
-        # As for workers: nobody but this launcher may poll it (see launch()).
-        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
-        return cls(process, writer, server)
+            template = self._live_template()
+        except (OSError, ValueError, EOFError) as error:  # EMFILE, a fork server that cannot start
+            raise _start_error("starting the pool's template process failed", error) from None
+        try:
+            process = template.fork(child_end.fileno(), claims.fileno())
+        except (OSError, EOFError) as error:
+            # Dead or broken: the next start gets a new one.
+            self._template = None
+            template.close()
+            raise _start_error("the pool's template process did not fork a worker", error) from None
+        if template.threads > 1 and not template.warned:
+            template.warned = True
+            _warn_threads(f"the pool's template (pid {template.process.pid})", template.threads)
+        try:
+            payload = pickle.dumps(self._settings(policy, None), protocol=pickle.HIGHEST_PROTOCOL)
+            parent_end.send_bytes(payload)
+        except OSError:
+            pass  # it died already: its sentinel says how
+        return process
 
-    def alive(self) -> bool:
-        return self.process.exitcode is None
 
-    def close(self, *, kill: bool = True) -> None:
-        self.writer.close()
-        if kill:
-            with contextlib.suppress(OSError, ValueError):
-                self.process.kill()
-            self.process.join()
-        else:  # reaped now if it is done; else by whoever its parent is now
-            self.process.join(0)
+def _start_error(what: str, error: BaseException) -> WorkerStartError:
+    failure = WorkerStartError(f"{what}: {error!r}")
+    failure.__cause__ = error
+    return failure
 
 
 _checked_fork_servers: set[int] = set()
@@ -239,10 +213,14 @@ def _check_forkserver_threads() -> None:
     except OSError:
         return
     if threads > 1:
-        warnings.warn(
-            f"the multiprocessing fork server (pid {pid}) has {threads} threads: a preloaded "
-            "module started threads, so forked workers may inherit locks held by threads that "
-            "do not exist in them; remove it from preload",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        _warn_threads(f"the multiprocessing fork server (pid {pid})", threads)
+
+
+def _warn_threads(what: str, threads: int) -> None:
+    warnings.warn(
+        f"{what} has {threads} threads: a preloaded module (or the main script) started "
+        "threads, so forked workers may inherit locks held by threads that do not exist in "
+        'them; remove it from preload (or start them under `if __name__ == "__main__":`)',
+        RuntimeWarning,
+        stacklevel=5,
+    )

@@ -39,6 +39,7 @@ from .._core._redact import redact_text
 from ._launcher import Launcher
 from ._messages import RunTask, StopWorker, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._recycle import MB, RecyclePolicy
+from ._template import ForkedProcess
 from ._types import (
     PoolStatistics,
     Retirement,
@@ -147,22 +148,20 @@ class Worker:
     stopping: bool = False
     retire_reason: str | None = None
     retire_detail: str = ""
-    pidfd: int | None = None  # fork/spawn: readable when the process ends (see Launcher.launch)
     violation: str | None = None
     """Why the manager killed it: it broke the protocol (see ``_receive``)."""
 
     @property
     def sentinel(self) -> int:
-        return self.process.sentinel if self.pidfd is None else self.pidfd
+        """Readable once the process ended (forked by a template: once its exit code is known)."""
+        return self.process.sentinel  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.conn.close()
         if self.claims is not None:
             self.claims.close()
-        if self.pidfd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.pidfd)
-            self.pidfd = None
+        if isinstance(self.process, ForkedProcess):
+            self.process.close()
 
     @property
     def pid(self) -> int | None:

@@ -35,7 +35,7 @@ if sys.platform != "win32":
 from .._core._errors import NotPlainDataError, RemoteTaskError, add_note
 from .._core._malloc import malloc_trim, rss_bytes
 from .._core._redact import redact_text
-from ._guardian import join_guardian, kill_descendants
+from ._guardian import die_with_parent, kill_descendants
 from ._messages import RunTask, TaskReport, TaskSkipped, WorkerReady, receive, send
 from ._plain import check_picklable, check_plain, describe_type
 from ._recycle import RecyclePolicy, RetirementPolicy
@@ -71,7 +71,6 @@ class WorkerSettings:
     initializer: Callable[..., object] | None = None  # run once, before the worker is ready
     initargs: tuple[Any, ...] = ()
     claims: Connection | None = None  # the claim pipe's read end (see RunTask.ahead)
-    guardian: Connection | None = None  # the write end of the pool guardian's registrations
 
 
 def take_claim(claims: int | None) -> bool:
@@ -358,20 +357,22 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
             return
 
 
-def run_worker(conn: Connection, settings: WorkerSettings) -> None:
-    """Entry point of a worker process (the ``multiprocessing.Process`` target)."""
+def run_worker(conn: Connection, settings: WorkerSettings, *, guarded: bool = False) -> None:
+    """A worker process's whole life; ends it with ``os._exit``.
+
+    ``guarded``: forked by the pool's template (:mod:`._template`), which
+    already made it a group leader and subreaper that dies with the template.
+    Otherwise (a ``multiprocessing.Process`` target, where no template runs)
+    it dies with its parent (``PR_SET_PDEATHSIG``).
+    """
     _Role.worker = True
     # Ctrl-C reaches the whole process group; the pool decides what happens to
     # its workers, so they must not die of it halfway through a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
-    registrations = None
-    if settings.guardian is not None:
-        registrations = os.dup(settings.guardian.fileno())
-        settings.guardian.close()
-    join_guardian(settings.pool_pid or os.getppid(), registrations)
-    # Again, although the pool's at-fork hook already ran: the fork server hands
-    # its child the alive pipe only after fork() returned.
+    if not guarded:
+        die_with_parent()
+    # A fork server's client's view of it is useless here (see forget_fork_server).
     forget_fork_server()
     code = 0
     try:

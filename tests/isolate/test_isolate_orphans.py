@@ -67,11 +67,11 @@ def test_parent_sigkill_ends_every_descendant_of_its_workers() -> None:
         left = info["left"]
         workers = info["workers"]
         members = _session(proc.pid)
-        guardians = {pid for pid, name in members.items() if name == "ng-guardian"}
+        templates = {pid for pid, name in members.items() if name == "ng-template"}
         # Exact accounting: the parent, its fork server and resource tracker, two
         # workers (one ran the task, one is the warm spare), the pool's one
-        # guardian, and the task's Popen and fork() children. The setsid child
-        # has a session of its own.
+        # template (their parent and guardian), and the task's Popen and fork()
+        # children. The setsid child has a session of its own.
         expected = {
             proc.pid,
             info["fork_server"],
@@ -82,18 +82,20 @@ def test_parent_sigkill_ends_every_descendant_of_its_workers() -> None:
         }
         assert len(workers) == 2
         assert left["worker"] in workers
-        assert set(members) - guardians == expected, members
+        assert set(members) - templates == expected, members
         assert psutil.Process(left["setsid"]).is_running()
-        guardian_parents = {psutil.Process(pid).ppid() for pid in guardians}
+        template_parents = {psutil.Process(pid).ppid() for pid in templates}
+        worker_parents = {psutil.Process(pid).ppid() for pid in workers}
         everyone = set(members) | {left["setsid"]}
 
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=HANG_S) == -signal.SIGKILL
         assert_all_gone(everyone - {proc.pid}, within_s=10)
-        # One guardian for the pool (a child of the fork server, like the
-        # workers), and nothing else was there.
-        assert len(guardians) == 1, members
-        assert guardian_parents == {info["fork_server"]}
+        # One template for the pool (a child of the fork server, the workers'
+        # parent), and nothing else was there.
+        assert len(templates) == 1, members
+        assert template_parents == {info["fork_server"]}
+        assert worker_parents == templates
     finally:
         proc.kill()
         proc.wait()
