@@ -231,6 +231,11 @@ class PoolManager:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._watched: dict[int, tuple[str, Worker]] = {}
+        self._watch_stale = True  # a worker came or went, or a pipe closed: re-register
+        # Whether the next pass must plan: False only after routine reports, whose
+        # next task went out as they were handled (see _routine). A full pass per
+        # task was ~20 us of the manager's CPU for a 1 ms task.
+        self._plan_needed = True
         os.set_blocking(self._wake_w, False)
         self._wake_open = True
         self._wake_pending = False
@@ -336,6 +341,7 @@ class PoolManager:
             if worker is not None:
                 self._counters.started += 1
                 self._workers.append(worker)
+                self._watch_stale = True
             self._wake_locked()
 
     # ------------------------------------------------------ manager thread
@@ -369,7 +375,9 @@ class PoolManager:
                     self._wake_pending = False
                     if self._finished_locked():
                         break
-                    self._plan_locked(settle)
+                    if self._plan_needed or self._closing:
+                        self._plan_needed = False
+                        self._plan_locked(settle)
                 _resolve(settle)
                 self._wait_and_handle()
         except BaseException as error:  # a bug here must not strand callers on futures
@@ -531,6 +539,9 @@ class PoolManager:
             worker.state = "busy"
             worker.task = task
             task.deadline = None if self._task_timeout is None else now + self._task_timeout
+            limit = worker.policy.max_tasks
+            if limit is not None and worker.tasks_run + 1 >= limit:
+                self._plan_needed = True  # its replacement starts while this last task runs
         if self._task_timeout is None and not (self._closing and self._cancel_on_close):
             self._send_ahead_locked()
 
@@ -545,6 +556,8 @@ class PoolManager:
         can. Not with a task timeout (the clock starts when the task does), nor
         for a retry (running already), nor to a worker whose next task is its last.
         """
+        if not self._queue:
+            return
         active = [w for w in self._workers if w.role == "active"]
         if len(active) < self._workers_wanted or any(w.state != "busy" for w in active):
             return  # a worker is idle or about to be: it takes the queue's head
@@ -659,6 +672,9 @@ class PoolManager:
 
     def _watch_locked(self) -> None:
         """Register each worker's pipe (while open) and end sentinel; nothing else."""
+        if not self._watch_stale:
+            return
+        self._watch_stale = False
         wanted: dict[int, tuple[str, Worker]] = {}
         for worker in self._workers:
             if not worker.conn.closed:
@@ -676,6 +692,7 @@ class PoolManager:
 
     def _unwatch(self, worker: Worker, *, only_messages: bool = False) -> None:
         """Unregister ``worker``'s fds before they are closed (their numbers get reused)."""
+        self._watch_stale = True
         for fd, (kind, watched) in list(self._watched.items()):
             if watched is worker and (kind == "message" or not only_messages):
                 self._selector.unregister(fd)
@@ -695,8 +712,12 @@ class PoolManager:
             timeout = min(_MAX_WAIT_S, max(0.0, min(deadlines) - time.monotonic()))
         messages: list[Worker] = []
         ended: list[Worker] = []
-        for key, _events in self._selector.select(timeout):
+        events = self._selector.select(timeout)
+        if not events:
+            self._plan_needed = True  # a deadline
+        for key, _events in events:
             if key.data is None:
+                self._plan_needed = True
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
             else:
@@ -707,6 +728,8 @@ class PoolManager:
         for worker in messages:
             if not worker.conn.closed:
                 self._receive(worker, settle)
+        if ended:
+            self._plan_needed = True
         for worker in ended:
             while not worker.conn.closed and self._poll(worker):
                 self._receive(worker, settle)
@@ -721,6 +744,7 @@ class PoolManager:
             return False
 
     def _receive(self, worker: Worker, settle: Settle) -> None:
+        self._plan_needed = True  # unless it is a routine report (below)
         try:
             message = receive(worker.conn)
         except (EOFError, OSError):
@@ -755,6 +779,7 @@ class PoolManager:
                         # (their callers wake and take the GIL): the worker's idle
                         # gap is one message, not a whole manager pass.
                         self._dispatch_locked(time.monotonic(), settle)
+                    self._plan_needed = not self._routine(worker, message)
                     return
                 violation = f"reported task {message.task_id} while running {task and task.info}"
             elif isinstance(message, _Unreadable):
@@ -767,6 +792,22 @@ class PoolManager:
             worker.violation = violation
         with contextlib.suppress(OSError, ValueError):
             worker.process.kill()
+
+    @staticmethod
+    def _routine(worker: Worker, report: TaskReport) -> bool:
+        """A report after which a planning pass has nothing to do.
+
+        Its next task (if any) went out as it was handled; nothing retires,
+        times out or stops, and the worker's next task is not its last by
+        ``max_tasks`` (that one's replacement starts in the planning pass).
+        """
+        limit = worker.policy.max_tasks
+        return (
+            report.retire is None
+            and not worker.timed_out
+            and not worker.stopping
+            and (limit is None or worker.tasks_run + 1 < limit)
+        )
 
     def _report(
         self,
