@@ -24,8 +24,8 @@ blocks in ``poll`` on:
   pid). Everything else a worker needs (its settings, initializer) comes as
   the first message on its task pipe and is unpickled in the worker: a
   setting that cannot be unpickled fails that worker's start, not the
-  template. EOF on the socket (the pool closed it after its last worker)
-  ends the template.
+  template. ``stop`` (the pool is done with its last worker) or EOF ends
+  the template.
 * a pidfd of each worker: when one exits, the template SIGKILLs what is left
   in its process group, reaps it, writes its exit code (multiprocessing's
   convention: ``-N`` for signal N) to its status pipe and closes the pipe.
@@ -74,6 +74,7 @@ __all__ = ["ForkedProcess", "Template", "run_template"]
 _CODE = struct.Struct("=i")  # a worker's exit code, on its status pipe
 _REPLY = struct.Struct("=ii")  # a fork's reply: the worker's pid, the template's thread count
 _REQUEST = b"fork"
+_STOP = b"stop"
 _NAME = b"ng-template"
 _CLOSE_WAIT_S = 5.0
 # The template ignores these (a Ctrl-C reaches the whole process group); a worker gets back
@@ -203,7 +204,11 @@ class Template:
         """End the template (after the last worker) and reap it. Idempotent."""
         if self._pidfd < 0:
             return
-        self._control.close()  # EOF: it exits (killing any worker it still has)
+        # "stop" rather than EOF alone: a child os.fork()ed from the pool's process
+        # (a pre-forking server) holds a copy of this socket, so EOF may never come.
+        with contextlib.suppress(OSError):
+            self._control.send(_STOP)
+        self._control.close()  # it exits (killing any worker it still has)
         if not _readable(self._pidfd, _CLOSE_WAIT_S):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
@@ -287,7 +292,7 @@ class _Zygote:
             data, fds, _flags, _address = socket.recv_fds(self.control, 1024, 3)
         except OSError:
             return False
-        if not data:
+        if not data or data == _STOP:
             _close(fds)
             return False
         if data != _REQUEST or len(fds) != 3:

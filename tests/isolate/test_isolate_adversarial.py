@@ -743,6 +743,37 @@ def test_a_pool_inherited_through_fork_fails_fast_instead_of_hanging() -> None:
     assert survivors == []
 
 
+def test_a_forked_child_holding_the_pools_fds_does_not_keep_its_template_alive() -> None:
+    """A pre-forking server's child inherits the pool's end of the template's socket.
+
+    The template must still end by itself when the pool shuts down (exit code
+    0): it used to wait for EOF that the child's copy held back, until the
+    pool SIGKILLed it 5 s later.
+    """
+    result, err, survivors = run_python(
+        """
+        import json, os, signal, time
+        import isolate_adversarial_tasks as tasks
+        from nativeguard.isolate import WorkerPool
+
+        pool = WorkerPool(1)
+        assert pool.submit(tasks.add, 1, 2).result(20) == 3
+        template = pool._manager._launcher._template
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        pool.shutdown()
+        code = template.process.exitcode
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print(json.dumps({"template_exitcode": code}))
+        """
+    )
+    assert result == {"template_exitcode": 0}, err
+    assert survivors == []
+
+
 def test_isolated_functions_get_their_own_shared_pool_in_a_forked_child() -> None:
     """A forked child's @isolated call starts a pool of its own instead of using the parent's."""
     result, err, survivors = run_python(
