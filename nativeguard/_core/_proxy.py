@@ -10,6 +10,7 @@ a result kept past its callback no longer pins a native handle.
 from __future__ import annotations
 
 import threading
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,9 +48,24 @@ class _Released:
         return f"<released {self._description} (closed at {self._where})>"
 
 
+_NEVER_SLOTS = (
+    str,
+    bytes,
+    int,
+    float,
+    bool,
+    type(None),
+    types.MethodType,
+    types.BuiltinMethodType,
+    types.FunctionType,
+)
+"""What an attribute read through a proxy cannot be a callback slot of: plain values and
+methods (``channel.unary_unary``), whose reads then skip asking every integration."""
+
+
 def _is_signal(owner: object, value: object) -> bool:
     """Whether ``value`` is one of the callback slots ``owner``'s integration finds on it."""
-    if isinstance(value, (str, bytes, int, float, bool, type(None))):
+    if isinstance(value, _NEVER_SLOTS):
         return False
     return any(value is slot for slot in callbacks_of(owner))
 
