@@ -130,19 +130,9 @@ def _onnxruntime_error(error: BaseException) -> bool:
 
 
 def _build(
-    model: str | bytes,
-    size: int,
-    sess_options: object,
-    providers: object,
-    kwargs: Any,
-    *,
-    plain_metadata: bool = True,
+    model: str | bytes, size: int, sess_options: object, providers: object, kwargs: Any
 ) -> Any:
-    """Construct the session; an onnxruntime load failure raised as our error, traceback-free.
-
-    ``plain_metadata=False`` keeps onnxruntime's own ``NodeArg``/``ModelMetadata``
-    objects (their copies cost ~15 us): only for a session no caller ever sees.
-    """
+    """Construct the session; an onnxruntime load failure raised as our error, traceback-free."""
     ort = _sdk.sdk()
     if sess_options is not None and not isinstance(sess_options, ort.SessionOptions):
         raise TypeError(
@@ -165,9 +155,6 @@ def _build(
         )
     if failure is not None:
         raise failure
-    if not plain_metadata:
-        _table.remember_wrapper(session, size)
-        return session
     namespace = vars(session)
     namespace["_inputs_meta"] = [_node(arg) for arg in session._inputs_meta]
     namespace["_outputs_meta"] = [_node(arg) for arg in session._outputs_meta]
@@ -309,12 +296,12 @@ def infer(
     checked_model, size = _checked_model(model)
     checked_feeds = _checked_feeds(feeds)
     # The session never leaves this function (outputs are copies, errors carry
-    # no traceback), so it needs no proxy, no cut and no metadata copies: a
-    # bare inline Scope runs the same release step managed_session's does.
+    # no traceback), so it needs no proxy and no cut: a bare inline Scope runs
+    # the same release step managed_session's does. The metadata copies stay:
+    # a NodeArg in the frame of a run() that raised would pin the session.
     with Scope(release="inline") as scope:
-        session = scope.register(
-            _build(checked_model, size, sess_options, providers, kwargs, plain_metadata=False)
-        )
+        session = scope.register(_build(checked_model, size, sess_options, providers, kwargs))
+        scope.adopt(session)  # alive until its release step runs, dropped by the scope
         try:
             outputs = run(session, checked_feeds, output_names=output_names)
         finally:
