@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from nativeguard.integrations import onnxruntime as ngo
 from nativeguard.integrations.onnxruntime._demo import make_model
-from nativeguard.verify import memory_breakdown, trim
+from nativeguard.verify import heap_stats, trim
 
 MB = 1 << 20
 
@@ -40,21 +40,22 @@ MB = 1 << 20
 def hand_written(path: str, feeds: dict[str, Any]) -> np.ndarray[Any, Any]:
     """The correct release without nativeguard: drop the session, trim like the integration.
 
-    Same rule as the release step: trim when dropping the session left at least
-    the threshold more free heap (never, when ``ngo.trim_threshold()`` is None).
+    Same rule as the release step, written as a careful user would: with a
+    threshold set, read glibc's free heap (``mallinfo2``, through the public
+    ``verify.heap_stats``) before and after dropping the session and trim
+    when it grew by the threshold; with none (``ngo.trim_threshold()`` is
+    None), just drop the session.
     """
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     output = np.array(session.run(None, feeds)[0], copy=True)
     threshold = ngo.trim_threshold()
-    free_before = memory_breakdown().native_free_bytes
+    if threshold is None:
+        del session
+        return output
+    free_before = heap_stats().free_bytes
     del session
-    free_after = memory_breakdown().native_free_bytes
-    if (
-        threshold is not None
-        and free_before is not None
-        and free_after is not None
-        and free_after - free_before >= threshold
-    ):
+    free_after = heap_stats().free_bytes
+    if free_before is not None and free_after is not None and free_after - free_before >= threshold:
         trim()
     return output
 

@@ -248,6 +248,8 @@ def test_a_full_reaper_queue_makes_the_caller_drop_and_says_so(small_reaper):
         assert small_reaper.submit("fills the queue", lambda: None)
         scope = Scope(release="background")
         node = scope.register(Node())
+        # Not a quick_step: the release goes to the reaper (a quick one never queues).
+        scope.add_finalizer(lambda: None)
         deaths = died_on(node)
         scope.adopt(node)
         del node
@@ -464,3 +466,38 @@ def test_deferred_release_errors_are_raised_by_wait_released(speech_service, wav
     recognizer.stop_continuous_recognition_async().get()
     recognizer.session_stopped.disconnect_all()
     del recognizer, fragile
+
+
+def test_a_quick_background_release_drops_on_the_caller_and_never_queues(small_reaper):
+    """Quick steps only: the drop and the judgement stay on the closing thread."""
+    gate = Gate(small_reaper)
+    try:
+        assert small_reaper.submit("fills the queue", lambda: None)
+        scope = Scope(release="background")
+        node = scope.register(Node())
+        deaths = died_on(node)
+        scope.adopt(node)
+        del node
+        scope.close()
+        assert scope.released  # at once: nothing was queued behind the gate
+        assert deaths == [threading.current_thread().name]
+        stats = scope.statistics()
+        assert (stats.reaper_queue_full, stats.reaper_dropped, stats.survivors) == (False, 0, 0)
+        assert stats.objects_adopted == 1
+    finally:
+        gate.open()
+
+
+def test_a_survivor_of_a_quick_background_release_is_judged_on_the_reaper():
+    """A survivor needs a collection to be judged: that goes to the reaper, not the caller."""
+    scope = Scope(release="background")
+    node = scope.register(Node())
+    kept = node  # a reference the scope cannot reach: the node survives its release
+    del node
+    scope.close()
+    assert scope.wait_released(10) is True
+    stats = scope.statistics()
+    assert stats.survivors == 1
+    assert stats.collections == (0, 1, 2)  # the reaper collected, in vain
+    assert stats.reaper_dropped == 0  # the drop itself ran on the caller
+    del kept

@@ -62,7 +62,8 @@ def checked_target(target: object, function: str) -> str:
             f"{function}: target must be a str such as '127.0.0.1:50051' or 'dns:///host:443', "
             f"got {type(target).__name__}"
         )
-    if not target or any(ch.isspace() or not ch.isprintable() for ch in target):
+    # isprintable() is False for every whitespace character but the ASCII space.
+    if not target or not target.isprintable() or " " in target:
         raise ChannelTargetError(
             f"{function}: target must be non-empty, without spaces or control characters, "
             f"got {shown_target(target)!r}"

@@ -43,17 +43,28 @@ _KINDS: dict[tuple[str, str], Kind] = {
 }
 
 
+_by_type: dict[type, Kind | None] = {}
+"""kind_of's answers by type: every release asks each predicate, so each object ~6 times."""
+
+
 def kind_of(obj: object) -> Kind | None:
     """Which of the four gRPC kinds ``obj`` is (subclasses included), or None; never imports."""
     if "grpc" not in sys.modules:
-        return None
-    for klass in type(obj).__mro__:
+        return None  # not cached: no grpc type exists yet, and a type may be made later
+    cls = type(obj)
+    try:
+        return _by_type[cls]
+    except KeyError:
+        pass
+    found: Kind | None = None
+    for klass in cls.__mro__:
         module = klass.__dict__.get("__module__")
         if isinstance(module, str) and module.startswith("grpc"):
             found = _KINDS.get((module, klass.__qualname__))
             if found is not None:
-                return found
-    return None
+                break
+    _by_type[cls] = found
+    return found
 
 
 def is_sync_channel(obj: object) -> bool:

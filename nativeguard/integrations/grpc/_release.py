@@ -226,8 +226,12 @@ class ConnectivitySubscriptions:
         return bool(self._callbacks())
 
     def disconnect_all(self) -> None:
-        for callback in self._callbacks():
+        callbacks = self._callbacks()
+        if not callbacks:
+            return
+        for callback in callbacks:
             self._channel.unsubscribe(callback)
+        del callbacks
         left = len(self._callbacks())
         if left:
             raise RuntimeError(f"{left} connectivity callback(s) stayed subscribed")

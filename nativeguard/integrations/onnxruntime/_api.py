@@ -16,6 +16,7 @@ left in a local after the block would otherwise pin its arena.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,13 +74,17 @@ def _model_info(meta: Any) -> ModelInfo:
 # -- arguments ---------------------------------------------------------------------
 
 
-def _checked_model(model: object) -> str | bytes:
-    """A model path (str) or serialized model (bytes), checked; raises before building anything."""
+def _checked_model(model: object) -> tuple[str | bytes, int]:
+    """(model path or serialized model, its size in bytes), checked; raises before building.
+
+    The size is what the ``onnxruntime.session_bytes`` counter adds: read by
+    the same ``stat`` that checks the path (one system call, not two).
+    """
     if isinstance(model, (bytes, bytearray, memoryview)):
         data = bytes(model)
         if not data:
             raise ModelLoadError("model is empty (0 bytes); pass a serialized ONNX model or a path")
-        return data
+        return data, len(data)
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if not isinstance(path, str):
@@ -87,9 +92,13 @@ def _checked_model(model: object) -> str | bytes:
                 "model path must be a str or a str os.PathLike; bytes are taken as the "
                 "serialized model itself"
             )
-        if not os.path.isfile(path):
+        try:
+            status = os.stat(path)
+        except (OSError, ValueError):  # ValueError: an embedded NUL
+            status = None
+        if status is None or not stat.S_ISREG(status.st_mode):
             raise ModelNotFoundError(f"model file not found: {path!r}")
-        return path
+        return path, status.st_size
     raise TypeError(
         "model must be a path (str or os.PathLike) or the serialized model (bytes), "
         f"got {type(model).__name__}"
@@ -120,7 +129,9 @@ def _onnxruntime_error(error: BaseException) -> bool:
 # -- building ----------------------------------------------------------------------
 
 
-def _build(model: str | bytes, sess_options: object, providers: object, kwargs: Any) -> Any:
+def _build(
+    model: str | bytes, size: int, sess_options: object, providers: object, kwargs: Any
+) -> Any:
     """Construct the session; an onnxruntime load failure raised as our error, traceback-free."""
     ort = _sdk.sdk()
     if sess_options is not None and not isinstance(sess_options, ort.SessionOptions):
@@ -151,7 +162,7 @@ def _build(model: str | bytes, sess_options: object, providers: object, kwargs: 
         _node(arg) for arg in session._overridable_initializers
     ]
     namespace["_model_meta"] = _model_info(session._model_meta)
-    _table.remember_wrapper(session)
+    _table.remember_wrapper(session, size)
     return session
 
 
@@ -171,9 +182,9 @@ def managed_session(
     ``release`` as for :func:`nativeguard.managed`; with ``release="inline"``
     the arena is freed (and the heap trimmed) when the block ends.
     """
-    checked = _checked_model(model)
+    checked, size = _checked_model(model)
     return Managed(
-        lambda: _build(checked, sess_options, providers, kwargs),
+        lambda: _build(checked, size, sess_options, providers, kwargs),
         scope=scope,
         release=release,
         description="InferenceSession",
@@ -282,12 +293,17 @@ def infer(
     memory is freed (and the heap trimmed, see ``set_trim_threshold``) before
     this returns or raises, whatever happened.
     """
-    checked_model = _checked_model(model)
+    checked_model, size = _checked_model(model)
     checked_feeds = _checked_feeds(feeds)
-    block = Managed(
-        lambda: _build(checked_model, sess_options, providers, kwargs),
-        release="inline",
-        description="InferenceSession",
-    )
-    with block as session:
-        return run(session, checked_feeds, output_names=output_names)
+    # The session never leaves this function (outputs are copies, errors carry
+    # no traceback), so it needs no proxy and no cut: a bare inline Scope runs
+    # the same release step managed_session's does. The metadata copies stay:
+    # a NodeArg in the frame of a run() that raised would pin the session.
+    with Scope(release="inline") as scope:
+        session = scope.register(_build(checked_model, size, sess_options, providers, kwargs))
+        scope.adopt(session)  # alive until its release step runs, dropped by the scope
+        try:
+            outputs = run(session, checked_feeds, output_names=output_names)
+        finally:
+            del session  # the scope's reference must be the last one when it judges
+    return outputs

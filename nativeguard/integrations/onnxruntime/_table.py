@@ -95,15 +95,18 @@ def model_size(namespace: dict[str, Any]) -> int:
     return 0
 
 
-def remember_wrapper(obj: object) -> bool:
-    """Count the native session of a live session wrapper; whether it holds one."""
+def remember_wrapper(obj: object, size: int | None = None) -> bool:
+    """Count the native session of a live session wrapper; whether it holds one.
+
+    ``size``: the model's size when the caller knows it (else read from the wrapper).
+    """
     namespace = _namespace(obj)
     if namespace is None or "_nativeguard_released" in namespace:
         return False
     c_session = namespace.get("_sess")
     if not _sdk.is_c_session(c_session):
         return False
-    remember(c_session, model_size(namespace))
+    remember(c_session, model_size(namespace) if size is None else size)
     return True
 
 
