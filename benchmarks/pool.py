@@ -25,10 +25,15 @@ rotated order), median and spread (min..max) over the rounds:
 
 Peers come from the ``bench`` extra: ``pip install -e '.[bench]'``.
 
-Every forkserver (and spawn) worker re-runs this script as ``__mp_main__``
-when it starts, so it imports only the standard library and nativeguard at
-module level (psutil is imported where it is used): its own import would
-otherwise be part of every pool's start-up cost.
+Every forkserver (and spawn) child re-runs this script as ``__mp_main__``
+when it starts (for ``WorkerPool`` only its template process, once per pool;
+for the peers every worker), so it imports only the standard library and
+nativeguard at module level (psutil is imported where it is used): its own
+import would otherwise be part of every worker's start-up cost.
+
+"CPU per recycle" is the difference between a pool's CPU per task with and
+without ``max_tasks=100``, times 100: what one worker's retirement and its
+replacement's start cost in all processes together.
 
 The last lines compare ``WorkerPool`` with issue 11's goals, and print the
 load average before and after each part: on a shared machine the ratios move
@@ -352,10 +357,22 @@ def main() -> None:
                 peers.setdefault(label, {})[name] = statistics.median(ratios)
         for name, why in hung.items():
             print(f"  {name:34} HUNG: {why}")
+        for plain, recycled in (
+            ("WorkerPool", "WorkerPool max_tasks=100"),
+            ("pebble", "pebble max_tasks=100"),
+        ):
+            if plain in cpus and recycled in cpus:
+                extra = _overhead(cpus[recycled]) - _overhead(cpus[plain])
+                print(f"  CPU per recycle, {plain}: {extra * 100 * 1000:.1f} ms")
 
     if not options.no_latency:
         summary.update(latency_part(options, chosen, rounds))
     print_goals(summary, peers)
+
+
+def _overhead(samples: list[tuple[float, float, float]]) -> float:
+    """Median CPU seconds per task beyond the task's own (this process + the workers)."""
+    return statistics.median(p for p, _, _ in samples) + statistics.median(w for _, w, _ in samples)
 
 
 GOALS = {  # issue 11: label -> (goal, ">=" or "<", unit)
