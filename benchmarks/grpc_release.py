@@ -116,16 +116,18 @@ VARIANTS: dict[str, Callable[[str, str, int], None]] = {
 }
 
 
-def batch(variant: str, target: str, workload: str) -> float:
-    """Median seconds per call over one batch of ``REQUESTS[workload]`` calls."""
+def batch(variant: str, target: str, workload: str) -> tuple[float, float]:
+    """(median wall seconds, median main-thread CPU seconds) per call over one batch."""
     run = VARIANTS[variant]
     per_channel = REUSE if workload == "reused" else 1
     samples = []
+    cpu = []
     for _ in range(REQUESTS[workload] // per_channel):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         run(target, workload, per_channel)
+        cpu.append((time.thread_time() - start_cpu) / per_channel)
         samples.append((time.perf_counter() - start) / per_channel)
-    return statistics.median(samples)
+    return statistics.median(samples), statistics.median(cpu)
 
 
 def main() -> int:
@@ -147,17 +149,22 @@ def main() -> int:
         raise SystemExit("the benchmark's server did not start within 60 s")
     target = f"127.0.0.1:{child.stdout.readline().strip()}"
     results: dict[str, dict[str, list[float]]] = {}
+    cpu_results: dict[str, dict[str, list[float]]] = {}
     try:
         for workload in REQUESTS:
             for variant in VARIANTS:  # warm-up: first channel, reaper, step runner
                 batch(variant, target, workload)
             rounds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            cpu_rounds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
             for _ in range(args.rounds):
                 order = list(VARIANTS)
                 random.shuffle(order)
                 for variant in order:
-                    rounds[variant].append(batch(variant, target, workload))
+                    wall, cpu = batch(variant, target, workload)
+                    rounds[variant].append(wall)
+                    cpu_rounds[variant].append(cpu)
             results[workload] = rounds
+            cpu_results[workload] = cpu_rounds
     finally:
         child.stdin.write("\n")
         child.stdin.close()
@@ -177,6 +184,7 @@ def main() -> int:
                 "median_ms": statistics.median(values) * 1000,
                 "spread_ms": [min(values) * 1000, max(values) * 1000],
                 "ratio": statistics.median(values) / base,
+                "cpu_us": statistics.median(cpu_results[workload][variant]) * 1e6,
             }
             for variant, values in rounds.items()
         }
@@ -186,7 +194,8 @@ def main() -> int:
     print(
         f"grpcio {report['grpcio']}, Python {report['python']}, {report['cpus']} CPUs, "
         f"load {report['loadavg'][0]:.2f}; {args.rounds} interleaved rounds; "
-        "per call: median of round medians [lowest-highest round], ratio to hand"
+        "per call: median of round medians [lowest-highest round], ratio to hand; "
+        "CPU of the calling thread (time.thread_time), beyond hand's"
     )
     for workload, variants in report["workloads"].items():
         print(f"\n{workload} ({REQUESTS[workload]} calls per round)")
@@ -194,7 +203,8 @@ def main() -> int:
             low, high = row["spread_ms"]
             print(
                 f"  {variant:<15} {row['median_ms']:8.3f} ms  [{low:.3f}-{high:.3f}]  "
-                f"{row['ratio']:.3f}x"
+                f"{row['ratio']:.3f}x   main-thread CPU {row['cpu_us']:7.1f} us "
+                f"(+{row['cpu_us'] - variants['hand']['cpu_us']:.1f})"
             )
     return 0
 

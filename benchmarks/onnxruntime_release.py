@@ -16,8 +16,10 @@ Run: ``python benchmarks/onnxruntime_release.py [--rounds 7] [--per-round 10]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -64,27 +66,39 @@ def guarded(path: str, feeds: dict[str, Any]) -> np.ndarray[Any, Any]:
     return ngo.infer(path, feeds, providers=["CPUExecutionProvider"])["y"]
 
 
-def _round(fn: Callable[[], object], count: int) -> float:
+def _round(fn: Callable[[], object], count: int) -> tuple[float, float]:
+    """(median wall seconds, median main-thread CPU seconds) per request over ``count``."""
     times = []
+    cpu = []
     for _ in range(count):
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.thread_time()
         fn()
+        cpu.append(time.thread_time() - began_cpu)
         times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def overhead(path: str, rows: int, rounds: int, per_round: int) -> dict[str, Any]:
+    """Interleaved rounds of hand-written and guarded requests: wall and main-thread CPU.
+
+    The CPU column (``time.thread_time`` of the requesting thread) is what
+    nativeguard adds on the request's own thread; it moves far less with the
+    machine's load than the wall-time ratio does.
+    """
     feeds = {"x": np.ones((1, rows), np.float32)}
     for fn in (hand_written, guarded):
         fn(path, feeds)  # warm
     medians: dict[str, list[float]] = {"hand": [], "guarded": []}
+    cpu: dict[str, list[float]] = {"hand": [], "guarded": []}
     for index in range(rounds):
         order = [("hand", hand_written), ("guarded", guarded)]
         if index % 2:
             order.reverse()  # interleaved: neither always runs second
         for name, fn in order:
             gc.collect()
-            medians[name].append(_round(lambda fn=fn: fn(path, feeds), per_round))
+            wall, used = _round(functools.partial(fn, path, feeds), per_round)
+            medians[name].append(wall)
+            cpu[name].append(used)
     ratios = [g / h for g, h in zip(medians["guarded"], medians["hand"], strict=True)]
     return {
         "hand_ms": statistics.median(medians["hand"]) * 1000,
@@ -94,6 +108,8 @@ def overhead(path: str, rows: int, rounds: int, per_round: int) -> dict[str, Any
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "hand_cpu_us": statistics.median(cpu["hand"]) * 1e6,
+        "guarded_cpu_us": statistics.median(cpu["guarded"]) * 1e6,
     }
 
 
@@ -145,7 +161,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--per-round", type=int, default=10)
     args = parser.parse_args()
-    print(f"onnxruntime {ort.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}")
+    print(
+        f"onnxruntime {ort.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory() as directory:
         cases = [
             ("16 MiB model, trim", 16, ngo.DEFAULT_TRIM_THRESHOLD_BYTES),
@@ -159,14 +178,18 @@ def main() -> None:
             else:
                 _tiny(path)
             ngo.set_trim_threshold(threshold)
-            result = overhead(path, 1024, args.rounds, args.per_round)
+            # A tiny request is ~1 ms: more of them per round for a stable median.
+            count = args.per_round if megabytes else args.per_round * 20
+            result = overhead(path, 1024, args.rounds, count)
             ngo.set_trim_threshold(ngo.DEFAULT_TRIM_THRESHOLD_BYTES)
             print(
                 f"{label}: hand-written {result['hand_ms']:.2f} ms "
                 f"(spread {result['hand_spread_ms']:.2f}), guarded {result['guarded_ms']:.2f} ms "
                 f"(spread {result['guarded_spread_ms']:.2f}); guarded/hand ratio median "
                 f"{result['ratio_median']:.3f} (min {result['ratio_min']:.3f}, "
-                f"max {result['ratio_max']:.3f})"
+                f"max {result['ratio_max']:.3f}); main-thread CPU per request "
+                f"{result['hand_cpu_us']:.0f} -> {result['guarded_cpu_us']:.0f} us "
+                f"(+{result['guarded_cpu_us'] - result['hand_cpu_us']:.0f} us)"
             )
         path = str(Path(directory) / "m16.onnx")
         for mode, reading in twenty(path).items():
