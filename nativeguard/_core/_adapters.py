@@ -189,13 +189,30 @@ def _has_plain_close(obj: object) -> bool:
     return callable(close) and not inspect.iscoroutinefunction(close)
 
 
+_async_close_by_type: dict[type, str | None] = {}
+"""``_async_close_method``'s answers for objects whose close methods come from their class."""
+
+
 def _async_close_method(obj: object) -> str | None:
-    """``close`` or ``aclose``, whichever is an ``async def``; None if neither."""
+    """``close`` or ``aclose``, whichever is an ``async def``; None if neither.
+
+    Cached by type (every managed block and every release asks) unless the
+    object carries its own ``close``/``aclose`` in its ``__dict__``.
+    """
+    cls = type(obj)
+    own = getattr(obj, "__dict__", None)
+    cacheable = not (isinstance(own, dict) and ("close" in own or "aclose" in own))
+    if cacheable and cls in _async_close_by_type:
+        return _async_close_by_type[cls]
+    found: str | None = None
     for name in ("close", "aclose"):
         method = getattr(obj, name, None)
         if method is not None and inspect.iscoroutinefunction(method):
-            return name
-    return None
+            found = name
+            break
+    if cacheable:
+        _async_close_by_type[cls] = found
+    return found
 
 
 def _has_async_close(obj: object) -> bool:

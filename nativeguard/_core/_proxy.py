@@ -151,17 +151,21 @@ class _ScopeEvents:
     """Known secrets of the scope's SDK objects (a config's key): masked in kept errors."""
 
 
-_scope_events: weakref.WeakKeyDictionary[Scope, _ScopeEvents] = weakref.WeakKeyDictionary()
 _scope_events_lock = threading.Lock()
 
 
 def _events_of(scope: Scope) -> _ScopeEvents:
+    """The scope's event bookkeeping, made on first use; kept on the scope itself."""
+    events = scope._proxy_state
+    if isinstance(events, _ScopeEvents):
+        return events
     with _scope_events_lock:
-        events = _scope_events.get(scope)
-        if events is None:
-            events = _ScopeEvents(weakref.WeakSet(), [], threading.Lock())
-            _scope_events[scope] = events
-            scope.add_finalizer(quick_step(lambda: detach_events(events)))
+        events = scope._proxy_state
+        if not isinstance(events, _ScopeEvents):
+            made = _ScopeEvents(weakref.WeakSet(), [], threading.Lock())
+            scope._proxy_state = made
+            scope.add_finalizer(quick_step(lambda: detach_events(made)))
+            return made
         return events
 
 
@@ -171,9 +175,8 @@ def callback_errors(scope: Scope) -> list[Exception]:
     The SDK calls callbacks from native threads and only prints what they
     raise; nativeguard keeps them so the managed block can re-raise them.
     """
-    with _scope_events_lock:
-        events = _scope_events.get(scope)
-    if events is None:
+    events = scope._proxy_state
+    if not isinstance(events, _ScopeEvents):
         return []
     with events.lock:
         return list(events.errors)

@@ -416,6 +416,8 @@ class Scope:
         self._release: _Release | None = None
         self._released = Latch()
         self._deferred_from: int | None = None
+        self._proxy_state: Any = None
+        """The proxies' per-scope bookkeeping (``_proxy._ScopeEvents``), made on first use."""
 
     @property
     def release_mode(self) -> ReleaseMode:
@@ -1275,6 +1277,8 @@ def _collect_until_dead(
     already freed everything (the common case once signals are disconnected)
     this does no collection at all.
     """
+    if not any(ref() is not None for ref in refs):
+        return (), 0.0, 0  # the common case: refcounting freed everything
     generations: list[int] = []
     start = time.perf_counter()
     for generation in (None, 0, 1, 2):
@@ -1307,7 +1311,9 @@ def _collect(generation: int) -> None:
         time.sleep(_SKIPPED_COLLECTION_WAIT_S)
 
 
+@functools.cache
 def _trim_available() -> bool:
+    """Whether glibc's malloc_trim can be called here (fixed for the process)."""
     return _malloc._load().malloc_trim is not None
 
 
@@ -1364,8 +1370,7 @@ def creation_tracebacks_enabled() -> bool:
     return _creation_tracebacks
 
 
-@dataclass(frozen=True)
-class _Origin:
+class _Origin(NamedTuple):
     """Where a tracked object came from: holds no reference to it."""
 
     verb: str
