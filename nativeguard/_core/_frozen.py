@@ -75,7 +75,7 @@ class FrozenMap(FrozenMapping[str]):
                 raise TypeError(
                     f"FrozenMap maps str to str, got {type(key).__name__} -> {type(value).__name__}"
                 )
-        super().__init__(data)
+        object.__setattr__(self, "_data", data)  # already a fresh dict: no second copy
 
     def __getitem__(self, key: object) -> str:
         name = getattr(key, "name", key) if not isinstance(key, str) else key
