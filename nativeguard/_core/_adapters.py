@@ -189,6 +189,7 @@ def _has_plain_close(obj: object) -> bool:
     return callable(close) and not inspect.iscoroutinefunction(close)
 
 
+_CACHE_LIMIT = 4096
 _async_close_by_type: dict[type, str | None] = {}
 """``_async_close_method``'s answers for objects whose close methods come from their class."""
 
@@ -211,6 +212,8 @@ def _async_close_method(obj: object) -> str | None:
             found = name
             break
     if cacheable:
+        if len(_async_close_by_type) >= _CACHE_LIMIT:
+            _async_close_by_type.clear()  # classes made at run time must not grow it for good
         _async_close_by_type[cls] = found
     return found
 

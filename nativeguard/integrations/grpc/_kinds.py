@@ -44,7 +44,9 @@ _KINDS: dict[tuple[str, str], Kind] = {
 
 
 _by_type: dict[type, Kind | None] = {}
-"""kind_of's answers by type: every release asks each predicate, so each object ~6 times."""
+"""kind_of's answers by type: every release asks each predicate, so each object ~6 times.
+Bounded (:data:`_CACHE_LIMIT`): a program that makes classes at run time must not grow it."""
+_CACHE_LIMIT = 4096
 
 
 def kind_of(obj: object) -> Kind | None:
@@ -63,6 +65,8 @@ def kind_of(obj: object) -> Kind | None:
             found = _KINDS.get((module, klass.__qualname__))
             if found is not None:
                 break
+    if len(_by_type) >= _CACHE_LIMIT:
+        _by_type.clear()
     _by_type[cls] = found
     return found
 

@@ -33,6 +33,7 @@ PYBIND_MODULE = "onnxruntime.capi.onnxruntime_pybind11_state"
 _kinds: dict[type, str | None] = {}
 """type -> "InferenceSession" / "IOBinding" / "OrtValue" (a base of it), or None; a cache."""
 _WRAPPERS = ("InferenceSession", "IOBinding", "OrtValue")
+_CACHE_LIMIT = 4096
 
 
 def loaded() -> bool:
@@ -55,6 +56,8 @@ def kind(cls: type) -> str | None:
         if klass.__module__ == COLLECTION_MODULE and klass.__name__ in _WRAPPERS:
             found = klass.__name__
             break
+    if len(_kinds) >= _CACHE_LIMIT:
+        _kinds.clear()  # classes made at run time must not grow it (and keep them) for good
     _kinds[cls] = found
     return found
 
