@@ -230,7 +230,13 @@ def run(
     session: Any, feeds: Mapping[str, Any], *, output_names: Sequence[str] | None = None
 ) -> dict[str, npt.NDArray[Any]]:
     """``session.run`` with checked feeds, nativeguard errors and outputs copied out by name."""
-    checked = _checked_feeds(feeds)
+    return _run(session, _checked_feeds(feeds), output_names)
+
+
+def _run(
+    session: Any, checked: dict[str, Any], output_names: Sequence[str] | None
+) -> dict[str, npt.NDArray[Any]]:
+    """:func:`run` once ``feeds`` are checked (``infer`` checks them before building)."""
     if output_names is not None and (
         isinstance(output_names, str)
         or not isinstance(output_names, Sequence)
@@ -303,7 +309,7 @@ def infer(
         session = scope.register(_build(checked_model, size, sess_options, providers, kwargs))
         scope.adopt(session)  # alive until its release step runs, dropped by the scope
         try:
-            outputs = run(session, checked_feeds, output_names=output_names)
+            outputs = _run(session, checked_feeds, output_names)
         finally:
             del session  # the scope's reference must be the last one when it judges
     return outputs
