@@ -97,9 +97,7 @@ class Launcher:
             manager.launched(worker, error)
 
     def _settings(self, policy: RecyclePolicy, claims: Connection | None) -> WorkerSettings:
-        return WorkerSettings(
-            policy, self._plain_types, self._pool_pid, self._initializer, self._initargs, claims
-        )
+        return WorkerSettings(policy, self._plain_types, self._initializer, self._initargs, claims)
 
     def _live_template(self) -> Template:
         """The pool's template, started (again) if there is none or it died."""

@@ -389,7 +389,7 @@ class PoolManager:
                 self._launch_wanted.notify()
             self._launcher.join()
             self._reap_all()
-            self._launcher.close()  # the guardian, once no worker is left to guard
+            self._launcher.close()  # the template, once no worker is left to fork or guard
             self._on_finish()
             with self._lock:
                 self._wake_open = False

@@ -68,7 +68,6 @@ class WorkerSettings:
 
     policy: RecyclePolicy
     plain_types: tuple[type, ...] = ()
-    pool_pid: int = 0  # the pool's process, watched by the pool's guardian (0: the parent)
     initializer: Callable[..., object] | None = None  # run once, before the worker is ready
     initargs: tuple[Any, ...] = ()
     claims: Connection | None = None  # the claim pipe's read end (see RunTask.ahead)
@@ -154,9 +153,10 @@ def _remedy() -> None:
 def forget_fork_server() -> None:
     """Drop this process's inherited view of a fork server it did not start.
 
-    A process forked from a fork server's client (a worker, forked by the
-    server itself; a child of ``os.fork()`` in the pool's process) inherits
-    the server's address, pid and its copy of the "alive" pipe's write end.
+    A process forked from a fork server's client (a pool's template, forked by
+    the server, and its workers; a child of ``os.fork()`` in the pool's
+    process) inherits the server's address, pid and its copy of the "alive"
+    pipe's write end.
     It cannot use that server (``ensure_running`` waits on a pid that is not
     its child), and the copy keeps the server alive after its real client
     died: PR_SET_PDEATHSIG (which waits for the fork server) would then never

@@ -26,6 +26,7 @@ import psutil
 import pytest
 from isolate_support import HANG_S, assert_all_gone, pids_of, read_pid, wait_for
 
+import nativeguard.isolate._launcher
 from nativeguard.isolate import WorkerCrashed, WorkerPool
 
 pytestmark = [pytest.mark.usefixtures("fork_server"), pytest.mark.timeout(60)]
@@ -220,3 +221,24 @@ def test_the_template_forks_while_the_pool_is_busy_single_threaded_and_leaking_n
     assert set(samples) == {1}
     assert settled_fds == first_fds
     assert_all_gone(pids_of(pool, futures) | {template.pid})
+
+
+def test_without_a_template_workers_are_processes_of_the_start_method(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where no template can run (not Linux), each worker is a multiprocessing.Process: here a
+    child of the fork server. Tasks, recycles, crashes and exit codes work the same way."""
+    monkeypatch.setattr(nativeguard.isolate._launcher, "TEMPLATED", False)
+    server = _fork_server()
+    with WorkerPool(1, max_tasks=2, jitter=0, warm_spare=False) as pool:
+        futures = [pool.submit(isolate_tasks.getpid) for _ in range(4)]
+        assert [f.result(HANG_S) for f in futures] == [f.pid for f in futures]
+        assert len({f.pid for f in futures}) == 2
+        crash = pool.submit(isolate_tasks.exit_with, 3)
+        with pytest.raises(WorkerCrashed) as error:
+            crash.result(HANG_S)
+        assert error.value.exitcode == 3
+        worker = pool.submit(isolate_tasks.getpid).result(HANG_S)
+        assert psutil.Process(worker).ppid() == server.pid
+        assert psutil.Process(worker).name() != "ng-template"
+    assert_all_gone(pids_of(pool, [*futures, crash]))
