@@ -485,6 +485,32 @@ def test_released_survivors_and_living_objects_do_not_warn():
     assert scope.statistics().survivors == 1
 
 
+def test_a_dropped_unclosed_scope_still_warns_when_its_object_dies():
+    scope = Scope()
+    node = scope.register(Node())
+    del scope  # forgotten, never closed: the object is still unreleased
+    gc.collect()
+    with pytest.warns(ResourceWarning, match="Node registered at"):
+        del node
+
+
+def test_released_and_refused_objects_leave_nothing_armed():
+    from nativeguard._core import _scope as scope_module
+
+    before = len(scope_module._armed)
+    kept = Node()
+    for _ in range(50):
+        with Scope(release="inline") as scope:
+            node = scope.register(Node())
+            scope.adopt(node)
+            del node
+        late = Scope()
+        late.close()
+        with pytest.raises(ClosedResourceError):
+            late.register(kept)  # refused: must not stay armed either
+    assert len(scope_module._armed) == before
+
+
 def test_objects_alive_at_interpreter_exit_do_not_warn():
     script = (
         "from nativeguard._core._scope import Scope\n"
