@@ -4,17 +4,21 @@ Why: a worker started through multiprocessing pays, on every recycle, the
 fork server's ``fork()`` of a ~40 MB interpreter, multiprocessing's bootstrap
 in the child (unpickling the preparation data and the process object, ~3-4
 ms of CPU, most of it copy-on-write faults) and the re-run of the main script
-as ``__mp_main__`` (2.5-5.5 ms for ``benchmarks/pool.py``): ~8-14 ms of CPU
-per recycle (nativeguard 0.1.0 at e56b793, Linux 6.18, glibc 2.36, Python
-3.11.7). So each pool starts one template process through multiprocessing,
-once (the bootstrap and the main script's import happen there, once), and
-asks it for each worker; it ``os.fork()``s itself and the child becomes the
-worker, with none of that paid again.
+as ``__mp_main__`` (2.5-5.5 ms for ``benchmarks/pool.py``). So each pool
+starts one template process through multiprocessing, once (the bootstrap and
+the main script's import happen there, once), and asks it for each worker;
+it ``os.fork()``s itself and the child becomes the worker, with none of that
+paid again. Measured as the CPU of the pool's whole process tree, 2 workers,
+1 ms tasks, ``max_tasks=10``, old and new code in alternating runs: ~21-28 ms
+of CPU per recycle before (e56b793), ~7-9 ms with the template (nativeguard
+0.1.0, Linux 6.18, glibc 2.36, Python 3.11.7; docs/isolation.md has where
+the rest goes).
 
-The template (named ``ng-template``) is small, warm and single-threaded (it
-runs only this module's loop, so forking it is sound; the thread count is
-sent back with every fork and the pool warns if it is ever above 1). It
-blocks in ``poll`` on:
+The template (named ``ng-template``) is warm (under ``forkserver`` it comes
+from the fork server, the SDK preloaded) and single-threaded (it runs only
+this module's loop, so forking it is sound; the thread count is sent back
+with every fork and the pool warns if it is ever above 1). It blocks in
+``poll`` on:
 
 * its control socket (``AF_UNIX``, ``SOCK_SEQPACKET``) from the pool's
   launcher: a fork request carries three fds (the worker's end of its task
