@@ -13,7 +13,9 @@ opens its connection (docs/core.md, "The 0.5 s start stall"). This script:
    workaround: the same push stream written only after
    ``start_transcribing_async().get()`` returned. Then ``recognize_once`` with
    the 1.5 s file and with a push stream written from the ``Connection``'s
-   ``connected`` event (it has no start future to wait for).
+   ``connected`` event (it has no start future to wait for), and with a push stream
+   written earlier (on ``session_started``; written then and closed on
+   ``connected``), which shows what the helper's choice costs.
 2. With the SDK's own log on (``Speech_LogFilename``), pairs each 1.5 s-file
    request with what ``CSpxAudioPump::WaitForPumpStart`` saw: ``'Idle'`` (the
    pump already read the whole file) or ``'Processing'``, and when the client
@@ -25,6 +27,7 @@ Run: python benchmarks/start_stall.py [--requests N]
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import re
 import statistics
@@ -71,15 +74,23 @@ class _PullPcm(speechsdk.audio.PullAudioInputStreamCallback):  # type: ignore[mi
         pass
 
 
-def _recognize_once(config: Any, audio: Any, on_connected: Callable[[], None] | None) -> float:
+def _recognize_once(
+    config: Any,
+    audio: Any,
+    on_connected: Callable[[], None] | None,
+    on_session_started: Callable[[], None] | None = None,
+) -> float:
     recognizer = speechsdk.SpeechRecognizer(config, audio)
     connection = speechsdk.Connection.from_recognizer(recognizer)
     if on_connected is not None:
         connection.connected.connect(lambda _evt: on_connected())
+    if on_session_started is not None:
+        recognizer.session_started.connect(lambda _evt: on_session_started())
     begin = time.perf_counter()
     recognizer.recognize_once_async().get()
     elapsed = time.perf_counter() - begin
     connection.connected.disconnect_all()
+    recognizer.session_started.disconnect_all()
     return elapsed
 
 
@@ -157,6 +168,38 @@ def main() -> None:
 
             return _recognize_once(config, speechsdk.audio.AudioConfig(stream=stream), feed)
 
+        def once_pushed_on_session_started(config: Any) -> float:
+            stream = speechsdk.audio.PushAudioInputStream()
+            fed = threading.Event()
+
+            def feed() -> None:
+                if not fed.is_set():
+                    fed.set()
+                    stream.write(pcm)
+                    stream.close()
+
+            return _recognize_once(config, speechsdk.audio.AudioConfig(stream=stream), None, feed)
+
+        def once_written_on_session_closed_on_connected(config: Any) -> float:
+            stream = speechsdk.audio.PushAudioInputStream()
+            lock = threading.Lock()
+            state = {"written": False, "closed": False}
+
+            def write() -> None:
+                with lock:
+                    if not state["written"]:
+                        state["written"] = True
+                        stream.write(pcm)
+
+            def close() -> None:
+                write()
+                with lock:
+                    if not state["closed"]:
+                        state["closed"] = True
+                        stream.close()
+
+            return _recognize_once(config, speechsdk.audio.AudioConfig(stream=stream), close, write)
+
         variants: dict[str, Callable[[Any], Timing]] = {
             "1.5 s WAV file": file_input(short),
             "4.5 s WAV file": file_input(medium),
@@ -170,6 +213,8 @@ def main() -> None:
         once: dict[str, list[float]] = {
             "recognize_once, 1.5 s WAV file": [],
             "recognize_once, push stream written on Connection.connected": [],
+            "recognize_once, push stream written on session_started": [],
+            "recognize_once, written on session_started, closed on connected": [],
         }
         for _ in range(runs):  # interleaved
             for name, variant in variants.items():
@@ -177,6 +222,12 @@ def main() -> None:
             once["recognize_once, 1.5 s WAV file"].append(once_file(service.speech_config()))
             once["recognize_once, push stream written on Connection.connected"].append(
                 once_pushed_on_connected(service.speech_config())
+            )
+            once["recognize_once, push stream written on session_started"].append(
+                once_pushed_on_session_started(service.speech_config())
+            )
+            once["recognize_once, written on session_started, closed on connected"].append(
+                once_written_on_session_closed_on_connected(service.speech_config())
             )
 
         sdk = metadata.version("azure-cognitiveservices-speech")
@@ -192,9 +243,11 @@ def main() -> None:
                 f"  max {max(t.total_s for t in values) * 1000:6.0f} ms"
             )
         for name, seconds in once.items():
+            unstalled = [v for v in seconds if v <= STALL_S] or [math.nan]
             print(
-                f"  {name:60s} stalled {sum(v > STALL_S for v in seconds):2d}/{len(seconds)}  "
+                f"  {name:66s} stalled {sum(v > STALL_S for v in seconds):2d}/{len(seconds)}  "
                 f"median {statistics.median(seconds) * 1000:6.1f} ms  "
+                f"unstalled median {statistics.median(unstalled) * 1000:6.1f} ms  "
                 f"max {max(seconds) * 1000:6.0f} ms"
             )
 
