@@ -149,7 +149,6 @@ class _Child:
         with wave.open(wav, "rb") as reader:
             self.pcm = reader.readframes(reader.getnframes())
         self.history: list[Any] = []  # every result, kept across requests
-        self._pending_feed: Callable[[], None] = lambda: None
         self.scopes: list[Any] = []
 
     def release_modes(self) -> list[str]:
@@ -366,9 +365,8 @@ class _Child:
             await asyncio.to_thread(lambda: transcriber.stop_transcribing_async().get())
         return len(segments)
 
-    def _fed_recognizer(self, block: Any, recognizer: Any) -> Any:
+    def _fed_recognizer(self, block: Any, recognizer: Any, audio_feed: Callable[[], None]) -> Any:
         """Write the audio on the recognizer's Connection.connected (as recognize_once does)."""
-        audio_feed = self._pending_feed
         fed = threading.Lock()
         connection = block.scope.register(
             self.sdk.Connection.from_recognizer(recognizer.__wrapped__)
@@ -384,11 +382,11 @@ class _Child:
     def managed_recognizer_fed(self) -> int:
         import nativeguard  # noqa: PLC0415
 
-        audio, self._pending_feed = self.pushed_audio()
+        audio, feed = self.pushed_audio()
         block = nativeguard.managed_recognizer(self.config(), audio)
         del audio
         with block as recognizer:
-            connection = self._fed_recognizer(block, recognizer)
+            connection = self._fed_recognizer(block, recognizer, feed)
             result = recognizer.recognize_once_async().get()
             plain = nativeguard.extract(result)
             del result, connection
@@ -397,11 +395,11 @@ class _Child:
     async def amanaged_recognizer_fed(self) -> int:
         import nativeguard  # noqa: PLC0415
 
-        audio, self._pending_feed = self.pushed_audio()
+        audio, feed = self.pushed_audio()
         block = nativeguard.managed_recognizer(self.config(), audio)
         del audio
         async with block as recognizer:
-            connection = self._fed_recognizer(block, recognizer)
+            connection = self._fed_recognizer(block, recognizer, feed)
             result = await asyncio.to_thread(lambda: recognizer.recognize_once_async().get())
             plain = nativeguard.extract(result)
             del result, connection
