@@ -3,7 +3,7 @@
 What a guarded request pays on top of its SDK work when the release is made of
 quick steps (onnxruntime, gRPC, objects without an adapter): the Scope's
 bookkeeping, the proxy, the judgement. Measured on a plain Python object, so
-the figure is ours alone; in a real request it roughly doubles, because the
+the figure is ours alone; in a real request it grows several-fold, because the
 SDK's native work leaves the CPU caches cold (the per-SDK benchmarks print
 the calling thread's CPU per request: grpc_release.py, onnxruntime_release.py).
 
