@@ -893,3 +893,41 @@ def test_ctrl_c_in_a_quick_step_during_aclose_is_raised_as_the_interrupt() -> No
     finally:
         assert len(log) == 1  # the step ran, once
         assert scope.wait_released(10.0)  # the release itself completes
+
+
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_register_racing_close_on_another_thread_leaks_nothing(mode: str) -> None:
+    """Every object register() accepted is released once; the refused one is never armed."""
+    for _ in range(30):  # the accepted ones are held here: each close collects
+        scope = Scope(release=mode)
+        accepted: list[QuickOne] = []
+        refused: list[QuickOne] = []
+        go = threading.Event()
+
+        def registering(
+            scope: Scope = scope,
+            accepted: list[QuickOne] = accepted,
+            refused: list[QuickOne] = refused,
+            go: threading.Event = go,
+        ) -> None:
+            go.set()
+            while True:
+                obj = QuickOne()
+                try:
+                    scope.register(obj)
+                except ClosedResourceError:
+                    refused.append(obj)
+                    return
+                accepted.append(obj)
+
+        thread = threading.Thread(target=registering)
+        thread.start()
+        go.wait(5)
+        scope.close()
+        thread.join()
+        assert scope.wait_released(10.0)
+        assert len(refused) == 1
+        assert refused[0].released_on == []
+        assert [len(obj.released_on) for obj in accepted] == [1] * len(accepted)
+        assert scope.statistics().objects_tracked == len(accepted)
+        assert scope.statistics().release_steps_run == len(accepted)
