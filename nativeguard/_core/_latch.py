@@ -14,9 +14,12 @@ free once set. Like ``Event.wait``, a wait can be interrupted by a signal
 from __future__ import annotations
 
 import _thread
-import threading
+import time
 
 __all__ = ["Latch"]
+
+_SLICE_S = 1.0
+"""Longest single sleep of a waiter (see :meth:`Latch.wait`)."""
 
 
 class Latch:
@@ -38,17 +41,28 @@ class Latch:
         _release(self._lock)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Whether the latch was set within ``timeout`` seconds (None: wait for it)."""
+        """Whether the latch was set within ``timeout`` seconds (None: wait for it).
+
+        Waits in slices of at most :data:`_SLICE_S`, checking the flag between
+        them: an interrupt that lands right after a waiter took the lock, before
+        it handed it back, leaves the lock held for good, and the other waiters
+        then see the flag at their next slice instead of sleeping out their
+        whole timeout (or for ever). Normally no waiter wakes before ``set()``.
+        """
         if self._is_set:
             return True
-        if timeout is None:
-            acquired = self._lock.acquire()
-        elif timeout <= 0:
+        if timeout is not None and timeout <= 0:
             acquired = self._lock.acquire(False)
-        else:
-            acquired = self._lock.acquire(True, min(timeout, threading.TIMEOUT_MAX))
-        if acquired:
-            _release(self._lock)  # the next waiter passes too
+            if acquired:
+                _release(self._lock)
+            return self._is_set
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._is_set:
+            remaining = _SLICE_S if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if self._lock.acquire(True, min(remaining, _SLICE_S)):
+                _release(self._lock)  # the next waiter passes too
         return self._is_set
 
     def __repr__(self) -> str:

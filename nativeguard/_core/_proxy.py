@@ -163,8 +163,9 @@ def _events_of(scope: Scope) -> _ScopeEvents:
         events = scope._proxy_state
         if not isinstance(events, _ScopeEvents):
             made = _ScopeEvents(weakref.WeakSet(), [], threading.Lock())
-            scope._proxy_state = made
+            # First the finalizer (it refuses a closed scope), then the state it detaches.
             scope.add_finalizer(quick_step(lambda: detach_events(made)))
+            scope._proxy_state = made
             return made
         return events
 

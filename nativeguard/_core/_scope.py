@@ -240,6 +240,11 @@ class _Release:
     queue_full: bool = False
     interrupt: BaseException | None = None
     """An interrupt that reached the closing thread during a quick step, raised by close()."""
+    on_caller: bool = False
+    """The release runs on the closing thread (the quick path)."""
+    quick_drop: bool = False
+    """Every object has an adapter made of quick steps: background mode drops them here too."""
+    close_started: float = 0.0
     step_timeout_s: float | None = None
     """The bound of each step when the closing thread runs them (the exit budget)."""
     adapters: dict[int, Adapter | None] = field(default_factory=dict)
@@ -581,11 +586,17 @@ class Scope:
         if origin is not None:
             self._defer(release, origin, start)
             return
+        release.close_started = start
         if self._all_quick(release):
-            self._release_here(release)
+            try:
+                self._release_here(release)
+            except BaseException as exc:  # Ctrl-C in nativeguard's own code, not in a step
+                self._complete_after_interrupt(release, exc)
+                raise
         elif _submit_or_run(release, "scope release", self._run_release, release, None):
             self._wait_within_budget(release, start)
-        release.caller_seconds = time.perf_counter() - start
+        if not release.on_caller:  # on the caller, _finish timed it before publishing
+            release.caller_seconds = time.perf_counter() - start
         error = self._close_error(release)
         interrupt, release.interrupt = release.interrupt, None
         if interrupt is not None:
@@ -596,6 +607,32 @@ class Scope:
             raise interrupt
         if error is not None:
             raise error
+
+    def _complete_after_interrupt(self, release: _Release, exc: BaseException) -> None:
+        """An interrupt hit the quick path outside a step: finish the release on the reaper.
+
+        The steps guard themselves (an interrupt there is kept and raised once the
+        release is done); this covers the bookkeeping around them. Steps the
+        interrupt skipped do not run (their objects are dropped, which frees what
+        refcounting frees), and the release says so as one of its errors.
+        """
+        release.on_caller = False
+        if not release.steps_done.is_set():
+            release.record(
+                RuntimeError(
+                    f"close() was interrupted by {type(exc).__name__} during the release "
+                    "steps; the steps not yet run were skipped and their objects dropped"
+                )
+            )
+        if not release.done.is_set():
+            _submit_or_run(
+                release,
+                "scope release (after an interrupt)",
+                self._drop_and_finish,
+                release,
+                None,
+                time.perf_counter(),
+            )
 
     def _all_quick(self, release: _Release) -> bool:
         """Whether close() may run this release's steps on the calling thread.
@@ -609,6 +646,7 @@ class Scope:
             return False
         if not all(is_quick(finalizer) for finalizer in release.finalizers):
             return False
+        declared = True
         for entry in release.tracked:
             obj = entry.ref()
             if obj is None:
@@ -617,11 +655,18 @@ class Scope:
                 adapter = adapter_for(obj)
             except Exception:
                 return False  # the normal path records the predicate's failure
+            except BaseException as exc:  # Ctrl-C in a predicate, on the closing thread
+                # Raised once the release (on the reaper path) is complete.
+                release.interrupt = exc.with_traceback(None)
+                return False
             finally:
                 del obj
             release.adapters[id(entry)] = adapter
-            if adapter is not None and not all(is_quick(step) for step in adapter.steps):
+            if adapter is None or not adapter.steps:
+                declared = False  # nothing says its drop is cheap: the reaper drops it
+            elif not all(is_quick(step) for step in adapter.steps):
                 return False
+        release.quick_drop = declared
         return True
 
     def _release_here(self, release: _Release) -> None:
@@ -636,6 +681,7 @@ class Scope:
         bounded by the exit budget instead of ``step_timeout_s``.
         """
         release.step_timeout_s = min(self._step_timeout_s, self._exit_budget_s) or None
+        release.on_caller = True
         if self._release_mode == "inline":
             self._run_release(release, None)
             return
@@ -644,13 +690,17 @@ class Scope:
         job_start = time.perf_counter()
         with self._lock:
             waits = bool(self._pending)
-        if waits or self._trim_threshold_bytes is not None:
+        if waits or self._trim_threshold_bytes is not None or not release.quick_drop:
+            # Objects without a quick adapter (a plain object's __del__ may block,
+            # or take a lock this thread holds) are dropped where they always were.
+            release.on_caller = False
             _submit_or_run(
                 release, "scope release (drop)", self._drop_and_finish, release, None, job_start
             )
             return
         self._drop(release, None, here=True)
         if any(entry.ref() is not None for entry in release.tracked):
+            release.caller_seconds = time.perf_counter() - release.close_started
             _submit_or_run(release, "scope release (judge)", self._finish, release, job_start)
             return
         self._finish(release, job_start)
@@ -681,9 +731,16 @@ class Scope:
                 release.budget_exceeded = True
         release.caller_seconds = time.perf_counter() - start
         error = self._close_error(release)
+        # Ctrl-C during a quick step (run on this loop's thread): raised like close() does.
+        interrupt, release.interrupt = release.interrupt, None
+        if interrupt is not None:
+            with release.lock:
+                release.raised_by_close = 0  # not raised: wait_released() reports them
         del release
         if interrupted is not None:
             raise interrupted
+        if interrupt is not None:
+            raise interrupt
         if error is not None:
             raise error
 
@@ -880,7 +937,8 @@ class Scope:
             park(release.keep)
         else:
             dropped = drop_all(release.keep)
-            release.reaper_dropped = 0 if release.queue_full or here else dropped
+            on_caller = here or release.on_caller
+            release.reaper_dropped = 0 if release.queue_full or on_caller else dropped
 
     def _release_steps(self, release: _Release) -> Generator[_StepCall | Awaitable[Any], Any, None]:
         """Yield each step to run, disconnect signals and callbacks, run finalizers.
@@ -906,6 +964,9 @@ class Scope:
                 release.record(
                     exc, f"{context}: an adapter's predicate raised, so no adapter step ran"
                 )
+            except BaseException as exc:  # KeyboardInterrupt raised in a predicate's code
+                adapter = None
+                release.record(_interrupted_step(exc, f"an adapter's predicate {context}"))
             steps = adapter.steps if adapter is not None else ()
             context += f" ({adapter.name if adapter is not None else 'no adapter'})"
             for step in steps:
@@ -963,6 +1024,9 @@ class Scope:
             except Exception as exc:
                 release.record(exc, "in a scope finalizer")
             except BaseException as exc:  # KeyboardInterrupt/SystemExit in a finalizer
+                if release.on_caller and release.interrupt is None:
+                    # Ctrl-C on the closing thread: raised by close() once the release is done.
+                    release.interrupt = exc.with_traceback(None)
                 release.record(_interrupted_step(exc, "a scope finalizer"))
         release.finalizers.clear()
 
@@ -999,6 +1063,8 @@ class Scope:
 
     def _finish(self, release: _Release, job_start: float) -> None:
         """Collect if needed, trim, publish the statistics and wake wait_released()."""
+        if release.done.is_set():
+            return  # finished already (an interrupt made close() hand the rest over)
         generations, gc_seconds, survivors = _collect_until_dead([t.ref for t in release.tracked])
         attempted, trimmed, trim_available = self._trim()
         judgement = _Judgement(
@@ -1011,6 +1077,9 @@ class Scope:
             time.perf_counter() - job_start,
             len(release.errors),
         )
+        if release.on_caller and not release.caller_seconds:
+            # close() returns right after this: its time, before the statistics are final.
+            release.caller_seconds = time.perf_counter() - release.close_started
         with self._lock:
             self._judgement = judgement
             self._state = _RELEASED

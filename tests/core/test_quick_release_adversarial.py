@@ -23,6 +23,7 @@ import gc
 import os
 import sys
 import threading
+import time
 import types
 import warnings
 import weakref
@@ -40,6 +41,7 @@ from nativeguard import (
     register_adapter,
     scopes_released,
 )
+from nativeguard._core import _latch as _latch_module
 from nativeguard._core import _scope
 from nativeguard._core._latch import Latch
 from nativeguard._core._reaper import get_reaper, get_step_runner
@@ -211,18 +213,6 @@ def test_ctrl_c_in_a_quick_step_is_raised_once_after_a_complete_release(mode: st
     assert scopes_released() == before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A KeyboardInterrupt raised by a quick finalizer on the closing thread is turned into "
-        "an ordinary RuntimeError inside ReleaseError (_release_steps' except BaseException "
-        "for finalizers), so close() raises ReleaseError and the Ctrl-C is lost to any "
-        "`except Exception`; quick_step's docstring promises an interrupt arriving while the "
-        "quick steps and finalizers run on the caller is raised once the release finished, "
-        "as it is for a quick step (_StepCall.interrupt)."
-    ),
-    raises=ReleaseError,
-)
 @pytest.mark.parametrize("mode", ["inline", "background"])
 def test_ctrl_c_in_a_quick_finalizer_is_raised_as_the_interrupt(mode: str) -> None:
     obj = QuickOne()
@@ -239,18 +229,6 @@ def test_ctrl_c_in_a_quick_finalizer_is_raised_as_the_interrupt(mode: str) -> No
     assert obj.released_on == [threading.get_ident()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Scope._all_quick() calls adapter_for() on the closing thread and catches only "
-        "Exception: a KeyboardInterrupt raised while an adapter predicate runs there "
-        "propagates out of close() after _begin() has marked the scope closed and disarmed "
-        "its objects, so no step runs, the release never completes (released stays False, "
-        "wait_released() returns False for ever, statistics() raises) and a second close() "
-        "does nothing."
-    ),
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("mode", ["inline", "background"])
 def test_ctrl_c_in_an_adapter_predicate_on_the_closing_thread_still_releases(
     mode: str,
@@ -266,21 +244,6 @@ def test_ctrl_c_in_an_adapter_predicate_on_the_closing_thread_still_releases(
     del obj
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "The quick path runs nativeguard's own release code on the closing thread, and only "
-        "the step calls are guarded against interrupts: a KeyboardInterrupt that lands "
-        "elsewhere aborts the release. Background: at job_start = time.perf_counter() in "
-        "Scope._release_here (after the steps, before the drop) the steps ran but "
-        "release.keep keeps the objects alive for good (a leak) and _finish never runs. "
-        "Inline: at job_start = time.perf_counter() at the top of _run_release no step runs "
-        "at all. Either way released stays False, wait_released() returns False for ever, "
-        "a second close() does nothing and scopes_released() never counts it. On the reaper "
-        "path the same interrupt only ended close()'s wait."
-    ),
-    raises=AssertionError,
-)
 @pytest.mark.parametrize(
     ("mode", "where"), [("background", "_release_here"), ("inline", "_run_release")]
 )
@@ -298,27 +261,16 @@ def test_ctrl_c_between_the_quick_steps_and_the_drop_still_completes_the_release
     finally:
         sys.setprofile(None)
     del obj
-    try:
-        assert scope.wait_released(0.5)
-        assert ref() is None
-    finally:
-        # Let the fixture's accounting see past the leak this test documents.
-        if scope._release is not None:
-            scope._release.keep.clear()
+    # close() hands the rest of the release to the reaper before the interrupt propagates.
+    if where == "_run_release":  # before any step ran: the skipped steps are reported
+        with pytest.raises(ReleaseError) as caught:
+            scope.wait_released(5.0)
+        assert "steps not yet run were skipped" in str(caught.value.exceptions[0])
+    else:
+        assert scope.wait_released(5.0)
+    assert ref() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Latch.wait(): when an interrupt is raised after lock.acquire() succeeded and "
-        "before _release(), the latch's lock stays held for good although the latch is set; "
-        "a thread already blocked in acquire() (e.g. another wait_released(60)) then sleeps "
-        "its whole timeout, and wait(None) never returns. threading.Event had no such window "
-        "(its Condition is released by a with-block); the docstring says the lock stays free "
-        "once set."
-    ),
-    raises=AssertionError,
-)
 def test_an_interrupted_latch_waiter_leaves_the_latch_open() -> None:
     latch = Latch()
 
@@ -340,29 +292,36 @@ def test_an_interrupted_latch_waiter_leaves_the_latch_open() -> None:
     finally:
         sys.setprofile(None)
     assert latch.is_set()
-    held = latch._lock.locked()
-    if held:
-        latch._lock.release()  # so the fixture and later code see a usable latch
-    # Held means: a waiter already past the is_set() check (blocked in acquire() when
-    # set() ran) sleeps its whole timeout, and one without a timeout never returns.
-    assert not held
+    assert latch.wait(None)  # later waiters read the flag first
+
+
+def test_a_lock_left_held_by_an_interrupted_waiter_delays_others_by_a_slice_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A waiter blocked before set() wakes within one slice even if the lock stays held."""
+    monkeypatch.setattr(_latch_module, "_SLICE_S", 0.05)
+    latch = Latch()
+    results: list[tuple[bool, float]] = []
+
+    def wait(timeout: float | None) -> None:
+        began = time.monotonic()
+        results.append((latch.wait(timeout), time.monotonic() - began))
+
+    waiters = [threading.Thread(target=wait, args=(timeout,)) for timeout in (None, 30.0)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.2)  # both blocked in acquire()
+    # What an interrupted waiter leaves behind: the flag set, the lock never handed back.
+    latch._is_set = True
+    for waiter in waiters:
+        waiter.join(5)
+    assert [ok for ok, _ in results] == [True, True]
+    assert all(waited < 2.0 for _, waited in results)
 
 
 # -- __del__ on the closing thread ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Background quick path: an object with no adapter counts as quick, so its last "
-        "reference is dropped on the closing thread; a __del__ that takes a lock the closing "
-        "thread holds blocks close() past its exit budget (here 0.2 s, __del__'s own 0.5 s "
-        "bound is what ends it; unbounded it deadlocks), where the reaper path dropped it on "
-        "the reaper once the caller let the lock go. ScopeStatistics.exit_budget_exceeded "
-        "stays False."
-    ),
-    raises=AssertionError,
-)
 def test_a_del_that_needs_a_lock_the_closer_holds_does_not_run_on_the_closer() -> None:
     lock = threading.Lock()
     outcome: list[tuple[bool, int]] = []
@@ -388,15 +347,6 @@ def test_a_del_that_needs_a_lock_the_closer_holds_does_not_run_on_the_closer() -
     assert acquired
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Inline quick path: Scope._release_here runs _run_release on the closing thread, "
-        "whose _drop() is not told here=True, so ScopeStatistics.reaper_dropped counts the "
-        "references dropped on the caller as dropped on the reaper (2 here, expected 0)."
-    ),
-    raises=AssertionError,
-)
 def test_inline_quick_release_does_not_count_caller_drops_as_reaper_drops() -> None:
     dropped_on: list[int] = []
 
@@ -435,9 +385,13 @@ def test_a_raising_del_is_unraisable_and_the_release_completes(
     scope.adopt(obj)
     del obj
     scope.close()  # no ReleaseError: __del__'s failure is not a release step's
-    assert scope.released
+    assert scope.wait_released(5.0)
     assert ref() is None
-    assert seen == [(ValueError, threading.get_ident())]
+    # No adapter declares its drop cheap: background mode drops it on the reaper.
+    dropped_on = threading.get_ident() if mode == "inline" else seen[0][1]
+    assert seen == [(ValueError, dropped_on)]
+    if mode == "background":
+        assert dropped_on in {t.ident for t in get_reaper().threads()}
     stats = scope.statistics()
     assert (stats.objects_tracked, stats.objects_adopted, stats.survivors) == (1, 1, 0)
     assert stats.release_errors == 0
@@ -472,7 +426,7 @@ def test_an_object_resurrecting_itself_is_judged_a_survivor_off_the_caller() -> 
         gc.callbacks.remove(note)
     stats = scope.statistics()
     assert stats.survivors == 1
-    assert stats.reaper_dropped == 0  # dropped on the caller (where __del__ resurrected it)
+    assert stats.reaper_dropped == 2  # no adapter: dropped on the reaper (tracked + adopted)
     assert stats.collections == (0, 1, 2)
     reaper_idents = {t.ident for t in get_reaper().threads()}
     assert collected_on
@@ -821,17 +775,6 @@ def test_a_quick_step_may_adopt_and_the_release_drops_it_here() -> None:
         scope.adopt(Plain())  # dropped its references: too late now
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "statistics() is built lazily from the live _Release, and close() sets "
-        "release.caller_seconds (and budget_exceeded) only after the release completed: "
-        "in the window between _finish() (released is True, wait_released() returns) and "
-        "that assignment, statistics() reports release_seconds == 0.0, and a later call "
-        "another value, although ScopeStatistics promises the final state once released."
-    ),
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("mode", ["inline", "background"])
 def test_statistics_are_final_as_soon_as_the_scope_is_released(mode: str) -> None:
     scope = Scope(release=mode)
@@ -843,17 +786,16 @@ def test_statistics_are_final_as_soon_as_the_scope_is_released(mode: str) -> Non
     calls: list[None] = []
 
     def profile(frame: types.FrameType, event: str, arg: Any) -> None:
-        # close()'s second perf_counter() call: the release is over, caller_seconds not set.
-        # A thread woken by wait_released() reads the statistics at this instant.
+        # The instant the scope's latch opens: a thread woken by wait_released() reads
+        # the statistics here, before close() has returned.
         if (
-            event == "c_call"
-            and frame.f_code.co_name == "close"
-            and getattr(arg, "__name__", None) == "perf_counter"
+            event == "return"
+            and frame.f_code.co_name == "set"
+            and frame.f_locals.get("self") is scope._released
         ):
             calls.append(None)
-            if len(calls) == 2:
-                sys.setprofile(None)
-                seen.append((scope.released, scope.statistics()))
+            sys.setprofile(None)
+            seen.append((scope.released, scope.statistics()))
 
     sys.setprofile(profile)
     try:
@@ -865,17 +807,6 @@ def test_statistics_are_final_as_soon_as_the_scope_is_released(mode: str) -> Non
     assert early == scope.statistics()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "aclose() never looks at release.interrupt: a KeyboardInterrupt raised by a quick step "
-        "(run on the event loop's thread by _start_step) is kept only as "
-        "RuntimeError('... raised KeyboardInterrupt ...') inside a ReleaseError, so "
-        "`async with Scope()` turns Ctrl-C into an ordinary exception, where close() "
-        "re-raises the interrupt once the release finished; release.interrupt stays set."
-    ),
-    raises=ReleaseError,
-)
 def test_ctrl_c_in_a_quick_step_during_aclose_is_raised_as_the_interrupt() -> None:
     obj = Interrupting()
     log = obj.released_on
@@ -892,7 +823,10 @@ def test_ctrl_c_in_a_quick_step_during_aclose_is_raised_as_the_interrupt() -> No
             asyncio.run(main(scope))
     finally:
         assert len(log) == 1  # the step ran, once
-        assert scope.wait_released(10.0)  # the release itself completes
+        # The release completes; as after close(), wait_released() reports the step's failure.
+        with pytest.raises(ReleaseError) as caught:
+            scope.wait_released(10.0)
+        assert "raised KeyboardInterrupt" in str(caught.value.exceptions[0])
 
 
 @pytest.mark.parametrize("mode", ["inline", "background"])

@@ -18,6 +18,7 @@ import weakref
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
+from nativeguard import quick_step, register_adapter
 from nativeguard._core import _reaper
 from nativeguard._core._errors import ClosedResourceError, ReleaseError
 from nativeguard._core._reaper import REAPER_THREAD_NAME, Reaper, get_reaper
@@ -468,13 +469,25 @@ def test_deferred_release_errors_are_raised_by_wait_released(speech_service, wav
     del recognizer, fragile
 
 
+class QuickNode:
+    """Released by an adapter made of one quick step (as gRPC's and onnxruntime's are)."""
+
+
+@quick_step
+def _release_quick_node(obj: object, timeout_s: float) -> None:
+    """Nothing to free: the step only has to be quick."""
+
+
+register_adapter(QuickNode, [_release_quick_node], name="test quick node")
+
+
 def test_a_quick_background_release_drops_on_the_caller_and_never_queues(small_reaper):
     """Quick steps only: the drop and the judgement stay on the closing thread."""
     gate = Gate(small_reaper)
     try:
         assert small_reaper.submit("fills the queue", lambda: None)
         scope = Scope(release="background")
-        node = scope.register(Node())
+        node = scope.register(QuickNode())
         deaths = died_on(node)
         scope.adopt(node)
         del node
@@ -491,7 +504,7 @@ def test_a_quick_background_release_drops_on_the_caller_and_never_queues(small_r
 def test_a_survivor_of_a_quick_background_release_is_judged_on_the_reaper():
     """A survivor needs a collection to be judged: that goes to the reaper, not the caller."""
     scope = Scope(release="background")
-    node = scope.register(Node())
+    node = scope.register(QuickNode())
     kept = node  # a reference the scope cannot reach: the node survives its release
     del node
     scope.close()
@@ -501,3 +514,16 @@ def test_a_survivor_of_a_quick_background_release_is_judged_on_the_reaper():
     assert stats.collections == (0, 1, 2)  # the reaper collected, in vain
     assert stats.reaper_dropped == 0  # the drop itself ran on the caller
     del kept
+
+
+def test_an_object_no_adapter_knows_is_dropped_on_the_reaper_in_background_mode():
+    """Nothing says a plain object's __del__ is cheap (or lock-free): the reaper drops it."""
+    scope = Scope(release="background")
+    node = scope.register(Node())
+    deaths = died_on(node)
+    scope.adopt(node)
+    del node
+    scope.close()
+    assert scope.wait_released(10) is True
+    assert deaths == [REAPER_THREAD_NAME]
+    assert scope.statistics().reaper_dropped == 2  # the tracked and the adopted reference
