@@ -253,7 +253,9 @@ def settle_to(before: State, what: str) -> None:
         now = state()
     extra = [t.name for t in now.threads - before.threads]
     assert not extra, f"{what}: threads left alive: {extra}"
-    assert now.fds == before.fds, f"{what}: fds {before.fds} -> {now.fds}"
+    # Fewer fds is no leak of this call: the world's pool may finish retiring a worker an
+    # earlier case ended (its task, claim and status pipes close when the template reports).
+    assert now.fds <= before.fds, f"{what}: fds {before.fds} -> {now.fds}"
     assert now.handles == before.handles, f"{what}: SDK handles {before.handles} -> {now.handles}"
 
 
