@@ -14,8 +14,11 @@ timeit, then the median and spread of the rounds):
   besides its SDK calls);
 * ``scope-empty``: ``Scope(release="inline")`` and ``close()``, nothing in it;
 * ``scope-inline`` / ``scope-background``: a Scope that registers and adopts
-  one object and closes;
-* ``managed``: ``with nativeguard.managed(obj)`` (the proxy, its cut, the block);
+  one object released by a quick step, and closes;
+* ``background-plain``: the same in background mode with an object no adapter
+  knows, which the reaper drops (nothing says its ``__del__`` is cheap);
+* ``managed``: ``with nativeguard.managed(obj)`` of a quick-step object, default
+  mode (the proxy, its cut, the block);
 * ``guarded``: a ``@nativeguard.guarded`` function that returns nothing.
 
 Run: python benchmarks/scope_overhead.py [--rounds 7] [--number 5000]
@@ -37,7 +40,19 @@ from nativeguard import Scope
 
 
 class Thing:
-    """A plain weak-referenceable object standing in for an SDK object."""
+    """Stands in for an SDK object whose integration releases it with quick steps."""
+
+
+class Plain:
+    """An object no adapter knows (background mode drops it on the reaper)."""
+
+
+@nativeguard.quick_step
+def _release_thing(obj: object, timeout_s: float) -> None:
+    """A release step that is bounded by itself, as onnxruntime's and gRPC's are."""
+
+
+nativeguard.register_adapter(Thing, [_release_thing], name="benchmark thing")
 
 
 def baseline() -> None:
@@ -65,6 +80,14 @@ def scope_background() -> None:
     _scope("background")
 
 
+def scope_background_plain() -> None:
+    scope = Scope(release="background")
+    thing = scope.register(Plain())
+    scope.adopt(thing)
+    del thing
+    scope.close()
+
+
 def managed() -> None:
     with nativeguard.managed(Thing()):
         pass
@@ -80,6 +103,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "scope-empty": scope_empty,
     "scope-inline": scope_inline,
     "scope-background": scope_background,
+    "background-plain": scope_background_plain,
     "managed": managed,
     "guarded": guarded,
 }
