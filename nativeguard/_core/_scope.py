@@ -17,7 +17,7 @@ import traceback
 import tracemalloc
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -133,7 +133,8 @@ class ScopeStatistics:
 
 
 class _TrackedRef(weakref.ref):  # type: ignore[type-arg]
-    """A tracked object's weak reference; warns if the object dies while armed.
+    """A tracked object's weak reference, and the scope's entry for it; warns if the
+    object dies while armed.
 
     One object instead of a ``weakref.ref`` plus a ``weakref.finalize``
     (whose registry, counter and info record cost ~10 us per registration
@@ -177,12 +178,6 @@ def _died(ref: _TrackedRef) -> None:
 atexit.register(_armed.clear)
 
 
-@dataclass(slots=True)
-class _Tracked:
-    ref: _TrackedRef
-    type_name: str
-
-
 class _Judgement(NamedTuple):
     """What the end of a release found; :meth:`Scope.statistics` builds its answer from it."""
 
@@ -214,7 +209,7 @@ class _StepCall:
 class _Release:
     """One release in progress, shared by the closing thread and the reaper job."""
 
-    tracked: list[_Tracked]
+    tracked: list[_TrackedRef]
     callbacks: list[tuple[weakref.ReferenceType[Any], Callable[..., Any]]]
     finalizers: list[Callable[[], None]]
     done: Latch
@@ -406,8 +401,8 @@ class Scope:
         # Re-entrant: close() may run in a signal handler that interrupted this
         # thread inside register() or connect().
         self._lock = threading.RLock()
-        self._tracked: list[_Tracked] = []
-        self._index: dict[int, _Tracked] = {}
+        self._tracked: list[_TrackedRef] = []
+        self._index: dict[int, _TrackedRef] = {}
         self._callbacks: list[tuple[weakref.ReferenceType[Any], Callable[..., Any]]] = []
         self._finalizers: list[Callable[[], None]] = []
         self._adopted: list[Any] = []
@@ -445,26 +440,25 @@ class Scope:
         integrations()  # the first registration loads the entry points' release steps
         key = id(obj)
         known = self._index.get(key)
-        if known is not None and known.ref() is obj:
+        if known is not None and known() is obj:
             return obj
         type_name = type(obj).__qualname__
         try:
-            ref = _TrackedRef(obj, type_name, _Origin.of(obj))
+            entry = _TrackedRef(obj, type_name, _Origin.of(obj))
         except TypeError:
             raise TypeError(
                 f"Scope tracks objects by weak reference; {type(obj).__name__} does not "
                 "support weak references"
             ) from None
-        entry = _Tracked(ref, type_name)
-        _arm(ref)
+        _arm(entry)
         with self._lock:
             known = self._index.get(key)
-            added = self._closed_at is None and not (known is not None and known.ref() is obj)
+            added = self._closed_at is None and not (known is not None and known() is obj)
             if added:
                 self._tracked.append(entry)
                 self._index[key] = entry
         if not added:
-            _disarm(ref)
+            _disarm(entry)
             self._check_open("register an object in")  # raises if closed meanwhile
             return obj
         if self._closed_at is not None:
@@ -476,7 +470,7 @@ class Scope:
                     self._tracked = [t for t in self._tracked if t is not entry]
                     self._index.pop(key, None)
             if orphan:
-                _disarm(ref)
+                _disarm(entry)
                 self._check_open("register an object in")
         return obj
 
@@ -648,7 +642,7 @@ class Scope:
             return False
         declared = True
         for entry in release.tracked:
-            obj = entry.ref()
+            obj = entry()
             if obj is None:
                 continue
             try:
@@ -698,8 +692,8 @@ class Scope:
                 release, "scope release (drop)", self._drop_and_finish, release, None, job_start
             )
             return
-        self._drop(release, None, here=True)
-        if any(entry.ref() is not None for entry in release.tracked):
+        self._drop(release, None)
+        if any(entry() is not None for entry in release.tracked):
             release.caller_seconds = time.perf_counter() - release.close_started
             _submit_or_run(release, "scope release (judge)", self._finish, release, job_start)
             return
@@ -842,7 +836,7 @@ class Scope:
             self._release = release
         for entry in tracked:
             # From here on the scope is releasing them: dying now is no leak.
-            _disarm(entry.ref)
+            _disarm(entry)
         return release
 
     def _wait_within_budget(self, release: _Release, start: float) -> None:
@@ -918,13 +912,8 @@ class Scope:
         release.pending.clear()
         self._finish(release, job_start)
 
-    def _drop(
-        self, release: _Release, unsafe_origin: ForeignOrigin | None, *, here: bool = False
-    ) -> None:
-        """Drop (or, for an SDK thread that did not return, park) what the scope holds.
-
-        ``here``: on the closing thread (the quick path), not on the reaper.
-        """
+    def _drop(self, release: _Release, unsafe_origin: ForeignOrigin | None) -> None:
+        """Drop (or, for an SDK thread that did not return, park) what the scope holds."""
         _mark_steps_done(release)
         adopted = self._take_adopted(release)
         release.keep.extend(adopted)
@@ -937,8 +926,8 @@ class Scope:
             park(release.keep)
         else:
             dropped = drop_all(release.keep)
-            on_caller = here or release.on_caller
-            release.reaper_dropped = 0 if release.queue_full or on_caller else dropped
+            on_caller = release.queue_full or release.on_caller
+            release.reaper_dropped = 0 if on_caller else dropped
 
     def _release_steps(self, release: _Release) -> Generator[_StepCall | Awaitable[Any], Any, None]:
         """Yield each step to run, disconnect signals and callbacks, run finalizers.
@@ -949,7 +938,7 @@ class Scope:
         returned (awaited by aclose(), refused by close()).
         """
         for entry in reversed(release.tracked):
-            obj = entry.ref()
+            obj = entry()
             if obj is None:
                 continue
             context = f"while releasing {entry.type_name}"
@@ -1043,7 +1032,7 @@ class Scope:
         # Strong references now, on this thread: from here on the scope's are
         # guaranteed not to be the last ones the SDK thread drops when the
         # callback returns; the reaper drops them after it has returned.
-        release.keep.extend(obj for entry in release.tracked if (obj := entry.ref()) is not None)
+        release.keep.extend(obj for entry in release.tracked if (obj := entry()) is not None)
         release.hold_tracked = False  # already in keep: the steps must not add them twice
         self._deferred_from = threading.get_ident()
         warnings.warn(
@@ -1065,7 +1054,7 @@ class Scope:
         """Collect if needed, trim, publish the statistics and wake wait_released()."""
         if release.done.is_set():
             return  # finished already (an interrupt made close() hand the rest over)
-        generations, gc_seconds, survivors = _collect_until_dead([t.ref for t in release.tracked])
+        generations, gc_seconds, survivors = _collect_until_dead(release.tracked)
         attempted, trimmed, trim_available = self._trim()
         judgement = _Judgement(
             generations,
@@ -1166,21 +1155,9 @@ def _interrupted_step(exc: BaseException, what: str) -> Exception:
 def _start_step(call: _StepCall) -> concurrent.futures.Future[object]:
     """Run ``call`` on a step-runner thread; the future holds its outcome, never its frames.
 
-    A :func:`~nativeguard.quick_step` runs here instead, on the driving thread.
+    Quick steps never come here: the drivers run them with :func:`_run_quick`.
     """
     future: concurrent.futures.Future[object] = concurrent.futures.Future()
-    if is_quick(call.step):
-        future.set_running_or_notify_cancel()
-        try:
-            outcome = call.step(call.obj, call.timeout_s)
-        except Exception as exc:
-            future.set_exception(detach_traceback(exc))
-        except BaseException as exc:  # e.g. Ctrl-C while the step ran on the closing thread
-            call.interrupt = exc.with_traceback(None)
-            future.set_exception(detach_traceback(exc))
-        else:
-            future.set_result(outcome)
-        return future
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():
@@ -1199,8 +1176,8 @@ def _start_step(call: _StepCall) -> concurrent.futures.Future[object]:
 def _run_quick(call: _StepCall) -> object:
     """Run a :func:`~nativeguard.quick_step` here: its return value, or raise ``_StepFailed``.
 
-    What ``_step_outcome(call, _start_step(call))`` gives for a quick step,
-    without a ``Future`` (a Condition and two lock round trips per step).
+    The same outcome ``_step_outcome`` gives for a step run elsewhere, without
+    a ``Future`` (a Condition and two lock round trips per step) or a thread.
     """
     try:
         return call.step(call.obj, call.timeout_s)
@@ -1296,14 +1273,18 @@ async def _drive_async(
         reply = None
         try:
             if isinstance(item, _StepCall):
-                future = _start_step(item)
                 try:
-                    outcome = await asyncio.to_thread(_step_outcome, item, future)
+                    if is_quick(item.step):
+                        outcome = _run_quick(item)  # on this loop's thread, like close() does
+                    else:
+                        future = _start_step(item)
+                        try:
+                            outcome = await asyncio.to_thread(_step_outcome, item, future)
+                        finally:
+                            del future
                 except _StepFailed as failed:
                     reply = failed.error
                     continue
-                finally:
-                    del future
                 if inspect.isawaitable(outcome):
                     try:
                         await asyncio.wait_for(_awaited(outcome), item.timeout_s)
@@ -1338,7 +1319,7 @@ async def _awaited(awaitable: Awaitable[Any]) -> None:
 
 
 def _collect_until_dead(
-    refs: list[weakref.ReferenceType[Any]],
+    refs: Sequence[weakref.ReferenceType[Any]],
 ) -> tuple[tuple[int, ...], float, int]:
     """Collect only as much as needed for the tracked objects to die.
 
