@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import math
@@ -248,83 +249,17 @@ class _Child:
 
         return len(nativeguard.transcribe(self.config(), self.wav).segments)
 
-    def managed_transcriber(self) -> int:
+    def _input(self, fed: bool) -> tuple[Any, Callable[[], None]]:
+        """The WAV file, or (``fed``) a push stream and the function that fills it."""
+        return self.pushed_audio() if fed else (self.audio(), lambda: None)
+
+    def managed_transcriber(self, fed: bool = False) -> int:
+        """``fed``: the audio written after the start, as ``transcribe`` does."""
         from nativeguard import managed_transcriber  # noqa: PLC0415
 
         segments: list[Any] = []
         ended = threading.Event()
-        with managed_transcriber(self.config(), self.audio()) as transcriber:
-            transcriber.transcribed.connect(segments.append, plain=True)
-            transcriber.canceled.connect(lambda _c: ended.set(), plain=True)
-            transcriber.session_stopped.connect(lambda _e: ended.set(), plain=True)
-            transcriber.start_transcribing_async().get()
-            if not ended.wait(SESSION_TIMEOUT_S):
-                raise RuntimeError("transcription session did not end")
-            transcriber.stop_transcribing_async().get()
-        return len(segments)
-
-    async def atranscribe(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        return len((await nativeguard.atranscribe(self.config(), self.wav)).segments)
-
-    async def amanaged_transcriber(self) -> int:
-        from nativeguard import managed_transcriber  # noqa: PLC0415
-
-        loop = asyncio.get_running_loop()
-        segments: list[Any] = []
-        ended = asyncio.Event()
-
-        def end(_evt: Any) -> None:
-            loop.call_soon_threadsafe(ended.set)
-
-        async with managed_transcriber(self.config(), self.audio()) as transcriber:
-            transcriber.transcribed.connect(segments.append, plain=True)
-            transcriber.canceled.connect(end, plain=True)
-            transcriber.session_stopped.connect(end, plain=True)
-            await asyncio.to_thread(lambda: transcriber.start_transcribing_async().get())
-            await asyncio.wait_for(ended.wait(), SESSION_TIMEOUT_S)
-            await asyncio.to_thread(lambda: transcriber.stop_transcribing_async().get())
-        return len(segments)
-
-    def recognize_once(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        return int(
-            isinstance(nativeguard.recognize_once(self.config(), self.wav), nativeguard.Segment)
-        )
-
-    def managed_recognizer(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        with nativeguard.managed_recognizer(self.config(), self.audio()) as recognizer:
-            result = recognizer.recognize_once_async().get()
-            plain = nativeguard.extract(result)
-            del result
-        return int(isinstance(plain, nativeguard.Segment))
-
-    async def arecognize_once(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        plain = await nativeguard.arecognize_once(self.config(), self.wav)
-        return int(isinstance(plain, nativeguard.Segment))
-
-    async def amanaged_recognizer(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        async with nativeguard.managed_recognizer(self.config(), self.audio()) as recognizer:
-            result = await asyncio.to_thread(lambda: recognizer.recognize_once_async().get())
-            plain = nativeguard.extract(result)
-            del result
-        return int(isinstance(plain, nativeguard.Segment))
-
-    def managed_transcriber_fed(self) -> int:
-        """managed_transcriber with the audio written after the start, as ``transcribe`` does."""
-        from nativeguard import managed_transcriber  # noqa: PLC0415
-
-        segments: list[Any] = []
-        ended = threading.Event()
-        audio, feed = self.pushed_audio()
+        audio, feed = self._input(fed)
         block = managed_transcriber(self.config(), audio)
         del audio
         with block as transcriber:
@@ -338,7 +273,12 @@ class _Child:
             transcriber.stop_transcribing_async().get()
         return len(segments)
 
-    async def amanaged_transcriber_fed(self) -> int:
+    async def atranscribe(self) -> int:
+        import nativeguard  # noqa: PLC0415
+
+        return len((await nativeguard.atranscribe(self.config(), self.wav)).segments)
+
+    async def amanaged_transcriber(self, fed: bool = False) -> int:
         from nativeguard import managed_transcriber  # noqa: PLC0415
 
         loop = asyncio.get_running_loop()
@@ -348,7 +288,7 @@ class _Child:
         def end(_evt: Any) -> None:
             loop.call_soon_threadsafe(ended.set)
 
-        audio, feed = self.pushed_audio()
+        audio, feed = self._input(fed)
         block = managed_transcriber(self.config(), audio)
         del audio
         async with block as transcriber:
@@ -365,6 +305,46 @@ class _Child:
             await asyncio.to_thread(lambda: transcriber.stop_transcribing_async().get())
         return len(segments)
 
+    def recognize_once(self) -> int:
+        import nativeguard  # noqa: PLC0415
+
+        return int(
+            isinstance(nativeguard.recognize_once(self.config(), self.wav), nativeguard.Segment)
+        )
+
+    def managed_recognizer(self, fed: bool = False) -> int:
+        """``fed``: the audio written on Connection.connected, as ``recognize_once`` does."""
+        import nativeguard  # noqa: PLC0415
+
+        audio, feed = self._input(fed)
+        block = nativeguard.managed_recognizer(self.config(), audio)
+        del audio
+        with block as recognizer:
+            connection = self._fed_recognizer(block, recognizer, feed) if fed else None
+            result = recognizer.recognize_once_async().get()
+            plain = nativeguard.extract(result)
+            del result, connection
+        return int(isinstance(plain, nativeguard.Segment))
+
+    async def arecognize_once(self) -> int:
+        import nativeguard  # noqa: PLC0415
+
+        plain = await nativeguard.arecognize_once(self.config(), self.wav)
+        return int(isinstance(plain, nativeguard.Segment))
+
+    async def amanaged_recognizer(self, fed: bool = False) -> int:
+        import nativeguard  # noqa: PLC0415
+
+        audio, feed = self._input(fed)
+        block = nativeguard.managed_recognizer(self.config(), audio)
+        del audio
+        async with block as recognizer:
+            connection = self._fed_recognizer(block, recognizer, feed) if fed else None
+            result = await asyncio.to_thread(lambda: recognizer.recognize_once_async().get())
+            plain = nativeguard.extract(result)
+            del result, connection
+        return int(isinstance(plain, nativeguard.Segment))
+
     def _fed_recognizer(self, block: Any, recognizer: Any, audio_feed: Callable[[], None]) -> Any:
         """Write the audio on the recognizer's Connection.connected (as recognize_once does)."""
         fed = threading.Lock()
@@ -378,32 +358,6 @@ class _Child:
 
         block.scope.connect(connection.connected, on_connected)
         return connection
-
-    def managed_recognizer_fed(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        audio, feed = self.pushed_audio()
-        block = nativeguard.managed_recognizer(self.config(), audio)
-        del audio
-        with block as recognizer:
-            connection = self._fed_recognizer(block, recognizer, feed)
-            result = recognizer.recognize_once_async().get()
-            plain = nativeguard.extract(result)
-            del result, connection
-        return int(isinstance(plain, nativeguard.Segment))
-
-    async def amanaged_recognizer_fed(self) -> int:
-        import nativeguard  # noqa: PLC0415
-
-        audio, feed = self.pushed_audio()
-        block = nativeguard.managed_recognizer(self.config(), audio)
-        del audio
-        async with block as recognizer:
-            connection = self._fed_recognizer(block, recognizer, feed)
-            result = await asyncio.to_thread(lambda: recognizer.recognize_once_async().get())
-            plain = nativeguard.extract(result)
-            del result, connection
-        return int(isinstance(plain, nativeguard.Segment))
 
     def synthesize(self) -> int:
         import nativeguard  # noqa: PLC0415
@@ -452,8 +406,12 @@ class _Child:
         if name.endswith("-fed"):
             base = name[: -len("-fed")]
             helpers = ("transcribe", "atranscribe", "recognize_once", "arecognize_once")
-            # A helper again (it feeds that way itself), or the block fed like it.
-            name = base if base in helpers else f"{base}_fed"
+            if base not in helpers:  # the block fed like the helper (which feeds that way itself)
+                fed: Callable[[], int] | Callable[[], Awaitable[int]] = functools.partial(
+                    getattr(self, base), fed=True
+                )
+                return fed
+            name = base
         method: Callable[[], int] | Callable[[], Awaitable[int]] = getattr(self, name)
         return method
 
