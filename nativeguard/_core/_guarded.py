@@ -344,14 +344,14 @@ def _call_sync(
     except BaseException as exc:  # KeyboardInterrupt too: release, then re-raise
         del target, args, kwargs  # the traceback keeps this frame: not what it called
         call.hand_over()
-        _after_failure(options, exc, *_closed(call, name))
+        _after_failure(call, options, exc, name, _closed(call))
         raise
     # Pass the result in a box so that, if strict raises, no frame of ours
     # keeps the value (and the leaked objects in it) alive in the traceback.
     box = [result]
     del result, target, args, kwargs
     call.hand_over()
-    return _after_success(call, options, box, *_closed(call, name))
+    return _after_success(call, options, box, name, _closed(call))
 
 
 async def _call_async(
@@ -376,31 +376,31 @@ async def _call_async(
     except BaseException as exc:  # CancelledError too
         del target, args, kwargs  # the traceback keeps this frame: not what it called
         call.hand_over()
-        _after_failure(options, exc, *await _aclosed(call, name))
+        _after_failure(call, options, exc, name, await _aclosed(call))
         raise
     box = [result]
     del result, target, args, kwargs
     call.hand_over()
-    return _after_success(call, options, box, *await _aclosed(call, name))
+    return _after_success(call, options, box, name, await _aclosed(call))
 
 
-def _closed(call: _Call, name: str) -> tuple[GuardStatistics, ReleaseError | None]:
-    """Close the scope: its statistics and the ReleaseError it raised, if any."""
+def _closed(call: _Call) -> ReleaseError | None:
+    """Close the scope: the ReleaseError it raised, if any."""
     error: ReleaseError | None = None
     try:
         call.scope.close()
     except ReleaseError as exc:
         error = exc
-    return _statistics(call, name), error
+    return error
 
 
-async def _aclosed(call: _Call, name: str) -> tuple[GuardStatistics, ReleaseError | None]:
+async def _aclosed(call: _Call) -> ReleaseError | None:
     error: ReleaseError | None = None
     try:
         await call.scope.aclose()
     except ReleaseError as exc:
         error = exc
-    return _statistics(call, name), error
+    return error
 
 
 def _statistics(call: _Call, name: str) -> GuardStatistics:
@@ -412,14 +412,18 @@ def _statistics(call: _Call, name: str) -> GuardStatistics:
 
 
 def _after_failure(
-    options: _Options, exc: BaseException, statistics: GuardStatistics, error: ReleaseError | None
+    call: _Call, options: _Options, exc: BaseException, name: str, error: ReleaseError | None
 ) -> None:
-    """The body's exception wins; release problems become notes on it."""
+    """The body's exception wins; release problems become notes on it.
+
+    The statistics are built only for an ``on_release`` callback (most calls
+    have none): right after the close, as in :func:`_after_success`.
+    """
     if error is not None:
         add_note(exc, f"nativeguard: {error.message}: {error.exceptions!r}")
     if options.on_release is not None:
         try:
-            options.on_release(statistics)
+            options.on_release(_statistics(call, name))
         except Exception as callback_error:
             add_note(exc, f"nativeguard: on_release raised {callback_error!r}")
 
@@ -428,9 +432,15 @@ def _after_success(
     call: _Call,
     options: _Options,
     box: list[Any],
-    statistics: GuardStatistics,
+    name: str,
     error: ReleaseError | None,
 ) -> Any:
+    if options.on_release is None and not options.strict:
+        if error is not None:
+            box.clear()
+            raise error
+        return box.pop()  # the common case: no statistics are wanted, none are built
+    statistics = _statistics(call, name)
     if options.on_release is not None:
         try:
             options.on_release(statistics)  # its failure is the caller's to see

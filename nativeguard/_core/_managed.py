@@ -73,6 +73,7 @@ class Managed(Generic[T]):
         self._async_target = False
         self._state = "new"
         self._secrets: tuple[str, ...] = ()
+        self._proxy: ManagedProxy | None = None
 
     @property
     def scope(self) -> Scope:
@@ -98,16 +99,28 @@ class Managed(Generic[T]):
             _events_of(scope).secrets.extend(self._secrets)
         proxy = ManagedProxy(target, scope, plain=self._plain)
         del target  # from here on, the proxy holds the only reference we own
-
-        def cut() -> None:
-            # Cutting here (not when the proxy dies) is what frees the native
-            # object while the caller still holds the proxy. The scope drops
-            # the reference: inline on this thread, or on its reaper thread.
-            scope.adopt(proxy._self_release(scope.closed_at or "<unknown>"))
-
-        scope.add_finalizer(quick_step(cut))
+        self._proxy = proxy
+        try:
+            scope.add_finalizer(self._cut)
+        except BaseException:
+            self._proxy = None  # a scope closed meanwhile: this block must not keep the target
+            raise
         result: T = proxy  # type: ignore[assignment]
         return result
+
+    @quick_step
+    def _cut(self) -> None:
+        """The scope's finalizer: cut the proxy's reference and hand the target to the scope.
+
+        Cutting here (not when the proxy dies) is what frees the native object
+        while the caller still holds the proxy. The scope drops the reference:
+        inline on this thread, or on its reaper thread. A method, not a closure
+        per block: its quick mark is set once, on the class's function.
+        """
+        proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            scope = self.scope
+            scope.adopt(proxy._self_release(scope.closed_at or "<unknown>"))
 
     def __exit__(
         self,

@@ -90,7 +90,6 @@ class ManagedProxy(wrapt.ObjectProxy[Any]):
         super().__init__(wrapped)
         self._self_scope = scope
         self._self_plain = plain
-        self._self_description = f"{type(wrapped).__qualname__} object"
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.__wrapped__, name)
@@ -101,7 +100,8 @@ class ManagedProxy(wrapt.ObjectProxy[Any]):
     def _self_release(self, where: str) -> object:
         """Cut the reference to the target; returns it so the scope can drop it."""
         target = self.__wrapped__
-        self.__wrapped__ = _Released(self._self_description, where)
+        if type(target) is not _Released:  # named here, not at creation: most are never cut twice
+            self.__wrapped__ = _Released(f"{type(target).__qualname__} object", where)
         return target
 
     def __repr__(self) -> str:

@@ -146,13 +146,17 @@ class _TrackedRef(weakref.ref):  # type: ignore[type-arg]
     origin: _Origin
     type_name: str
 
-    def __new__(cls, obj: Any, type_name: str, origin: _Origin) -> _TrackedRef:
-        return super().__new__(cls, obj, _died)
+    @classmethod
+    def track(cls, obj: Any, type_name: str, origin: _Origin) -> _TrackedRef:
+        """The entry for ``obj`` (``TypeError`` if it has no weak references).
 
-    def __init__(self, obj: Any, type_name: str, origin: _Origin) -> None:
-        # weakref.ref.__init__ only re-parses (obj, callback): __new__ did the work.
-        self.type_name = type_name
-        self.origin = origin
+        Made by weakref's own C constructor, then labelled: a Python
+        ``__new__``/``__init__`` pair would add two frames to every registration.
+        """
+        entry = cls(obj, _died)
+        entry.type_name = type_name
+        entry.origin = origin
+        return entry
 
 
 _armed: dict[int, _TrackedRef] = {}
@@ -186,7 +190,8 @@ class _Judgement(NamedTuple):
     survivors: int
     trim_attempted: bool
     bytes_trimmed: int
-    trim_available: bool
+    trim_available: bool | None
+    """None: no trim was asked for, and whether one could run is looked up when shown."""
     reaper_seconds: float
     errors: int
 
@@ -198,11 +203,16 @@ class _StepCall:
     step: ReleaseStep
     obj: Any
     timeout_s: float
-    what: str
+    type_name: str
     pending: concurrent.futures.Future[object] | None = None
     """Set by the driver when the step overran its bound and is still running."""
     interrupt: BaseException | None = None
     """A quick step run on this thread was interrupted (KeyboardInterrupt): raised later."""
+
+    @property
+    def what(self) -> str:
+        """``Type: step`` for messages; built only when one is written (most steps succeed)."""
+        return f"{self.type_name}: {_step_name(self.step)}"
 
 
 @dataclass(slots=True)
@@ -444,7 +454,7 @@ class Scope:
             return obj
         type_name = type(obj).__qualname__
         try:
-            entry = _TrackedRef(obj, type_name, _Origin.of(obj))
+            entry = _TrackedRef.track(obj, type_name, _Origin.of(obj))
         except TypeError:
             raise TypeError(
                 f"Scope tracks objects by weak reference; {type(obj).__name__} does not "
@@ -682,9 +692,9 @@ class Scope:
         _drive_sync(self._release_steps(release))
         _mark_steps_done(release)
         job_start = time.perf_counter()
-        with self._lock:
-            waits = bool(self._pending)
-        if waits or self._trim_threshold_bytes is not None or not release.quick_drop:
+        # A list's truth is read atomically; _hold_until appends under the lock, and
+        # one appended after this read is taken (and waited for) by _drop below.
+        if self._pending or self._trim_threshold_bytes is not None or not release.quick_drop:
             # Objects without a quick adapter (a plain object's __del__ may block,
             # or take a lock this thread holds) are dropped where they always were.
             release.on_caller = False
@@ -802,7 +812,11 @@ class Scope:
                 reaper_seconds=judgement.reaper_seconds,
                 trim_attempted=judgement.trim_attempted,
                 bytes_trimmed=judgement.bytes_trimmed,
-                trim_available=judgement.trim_available,
+                trim_available=(
+                    _trim_available()
+                    if judgement.trim_available is None
+                    else judgement.trim_available
+                ),
                 exit_budget_exceeded=release.budget_exceeded,
                 steps_timed_out=release.steps_timed_out,
             )
@@ -860,6 +874,11 @@ class Scope:
 
     def _close_error(self, release: _Release) -> ReleaseError | None:
         """What close() raises: inline, every failure; background, the steps'; none past budget."""
+        if not release.errors:
+            # Nothing failed so far (errors are only ever appended): nothing to raise, and
+            # wait_released() reports from index 0 whatever the reaper finds later.
+            release.raised_by_close = 0
+            return None
         with release.lock:
             if release.budget_exceeded:
                 count = 0
@@ -915,12 +934,15 @@ class Scope:
     def _drop(self, release: _Release, unsafe_origin: ForeignOrigin | None) -> None:
         """Drop (or, for an SDK thread that did not return, park) what the scope holds."""
         _mark_steps_done(release)
-        adopted = self._take_adopted(release)
+        with self._lock:
+            adopted, self._adopted = self._adopted, []
+            self._state = _DROPPING
+            if self._pending:
+                release.pending.extend(self._pending)
+                self._pending.clear()
+        release.adopted = len(adopted)
         release.keep.extend(adopted)
         adopted.clear()
-        with self._lock:
-            release.pending.extend(self._pending)
-            self._pending.clear()
         if unsafe_origin is not None:
             unsafe_origin.park()
             park(release.keep)
@@ -964,7 +986,7 @@ class Scope:
                     step,
                     obj,
                     release.step_timeout_s or self._step_timeout_s,
-                    f"{entry.type_name}: {_step_name(step)}",
+                    entry.type_name,
                 )
                 error = yield call
                 if call.interrupt is not None and release.interrupt is None:
@@ -1019,13 +1041,6 @@ class Scope:
                 release.record(_interrupted_step(exc, "a scope finalizer"))
         release.finalizers.clear()
 
-    def _take_adopted(self, release: _Release) -> list[Any]:
-        with self._lock:
-            adopted, self._adopted = self._adopted, []
-            self._state = _DROPPING
-        release.adopted = len(adopted)
-        return adopted
-
     def _defer(self, release: _Release, origin: ForeignOrigin, start: float) -> None:
         """close() on a thread that must not release: hand the whole release to the reaper."""
         release.deferred = True
@@ -1054,8 +1069,14 @@ class Scope:
         """Collect if needed, trim, publish the statistics and wake wait_released()."""
         if release.done.is_set():
             return  # finished already (an interrupt made close() hand the rest over)
-        generations, gc_seconds, survivors = _collect_until_dead(release.tracked)
-        attempted, trimmed, trim_available = self._trim()
+        if any(entry() is not None for entry in release.tracked):
+            generations, gc_seconds, survivors = _collect_until_dead(release.tracked)
+        else:
+            generations, gc_seconds, survivors = (), 0.0, 0  # refcounting freed them all
+        if self._trim_threshold_bytes is None:
+            attempted, trimmed, trim_available = False, 0, None  # statistics() asks glibc
+        else:
+            attempted, trimmed, trim_available = self._trim()
         judgement = _Judgement(
             generations,
             gc_seconds,
@@ -1120,6 +1141,8 @@ class Scope:
 
 def _mark_steps_done(release: _Release) -> None:
     """The steps are over: the errors found so far are theirs (what close() may raise)."""
+    if release.steps_done.is_set():
+        return  # set once, never cleared: the second caller (the drop) needs no lock
     with release.lock:
         if release.steps_done.is_set():
             return
@@ -1237,7 +1260,7 @@ def _drive_sync(
             except _StepFailed as failed:
                 reply = failed.error
             else:
-                if inspect.isawaitable(outcome):
+                if outcome is not None and inspect.isawaitable(outcome):
                     reply = _refuse(outcome)
                 del outcome
         else:
