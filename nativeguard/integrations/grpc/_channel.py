@@ -55,8 +55,25 @@ def _check_endpoint(endpoint: str, target: str, function: str) -> None:
         )
 
 
+_VALID_TARGETS: dict[str, None] = {}
+"""Targets that passed :func:`checked_target` (a program dials a handful, again and again).
+Bounded: a program that dials ever new targets must not grow it."""
+_VALID_TARGETS_LIMIT = 256
+
+
 def checked_target(target: object, function: str) -> str:
     """``target`` if gRPC can use it as written; else a ChannelTargetError saying why."""
+    if type(target) is str and target in _VALID_TARGETS:
+        return target
+    checked = _checked_target(target, function)
+    if type(target) is str:  # not a str subclass: its __eq__/__hash__ could lie
+        if len(_VALID_TARGETS) >= _VALID_TARGETS_LIMIT:
+            _VALID_TARGETS.clear()
+        _VALID_TARGETS[checked] = None
+    return checked
+
+
+def _checked_target(target: object, function: str) -> str:
     if not isinstance(target, str):
         raise ChannelArgumentError(
             f"{function}: target must be a str such as '127.0.0.1:50051' or 'dns:///host:443', "

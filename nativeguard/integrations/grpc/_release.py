@@ -241,5 +241,18 @@ class ConnectivitySubscriptions:
 
 
 def subscriptions(obj: object) -> list[ConnectivitySubscriptions]:
-    """The connectivity-callback slot of a sync channel (empty for anything else)."""
-    return [ConnectivitySubscriptions(obj)] if is_sync_channel(obj) else []
+    """The connectivity-callback slot of a sync channel that has callbacks (else empty).
+
+    A channel without callbacks (every channel once ``_close_channel`` ran, and
+    most never subscribe) has nothing to disconnect: no slot, so a release
+    does not build one and take the state's lock twice for nothing. The
+    list's truth is read without the lock (atomic); ``subscribe()`` after
+    that is a use of a channel being released.
+    """
+    if not is_sync_channel(obj):
+        return []
+    state = getattr(obj, "_connectivity_state", None)
+    entries = getattr(state, "callbacks_and_connectivities", None)
+    if isinstance(entries, list) and not entries:
+        return []
+    return [ConnectivitySubscriptions(obj)]
