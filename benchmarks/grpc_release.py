@@ -18,8 +18,22 @@ Workloads:
 * ``echo``: the call returns at once (the worst case: nothing but the
   channel's life cycle, ~1 ms on loopback);
 * ``work5ms``: the server works 5 ms per call (a short real RPC);
+* ``echo-warm``: ``echo`` while the process holds one idle channel, so
+  grpc's core stays initialized between requests, as in a process that also
+  serves gRPC or keeps another channel;
 * ``reused``: one channel per 50 calls (how gRPC clients are meant to be
   written), cost given per call.
+
+Why ``echo-warm``: when a request frees the process's last grpc object,
+grpcio 1.85.4 starts a ``grpc_shutdown`` thread that tears the core down
+(event engine, timer and lifeguard threads) unless the next channel
+re-initializes it first; a request that starts after the teardown builds
+it all again (milliseconds). A release that ends a few tens of
+microseconds later than ``close()`` does by hand loses that race more
+often, so in ``echo`` part of the difference is grpc's own re-initialization,
+not nativeguard's code. After the timed rounds, a separate pass counts the
+``grpc_shutdown`` threads each variant caused per 1,000 ``echo`` requests
+(``/proc/self/task``; untimed, Linux only).
 
 Per variant: the median of each round's per-request median, the spread
 (lowest-highest round median), and the ratio to ``hand``.
@@ -48,7 +62,8 @@ import nativeguard
 from nativeguard.integrations.grpc import managed_channel
 
 SERVICE = "bench.Service"
-REQUESTS = {"echo": 200, "work5ms": 40, "reused": 200}
+REQUESTS = {"echo": 200, "echo-warm": 200, "work5ms": 40, "reused": 200}
+SHUTDOWN_COUNT_REQUESTS = 1000
 REUSE = 50
 
 
@@ -73,6 +88,32 @@ def serve() -> None:
     print(port, flush=True)
     sys.stdin.readline()
     server.stop(None).wait(10)
+
+
+def shutdowns_per_1000(variant: str, target: str) -> int | None:
+    """``grpc_shutdown`` threads started during 1,000 ``echo`` requests of ``variant`` (Linux).
+
+    Untimed: it lists this process's threads after every request. A
+    shutdown thread lives for milliseconds, so a listing after each
+    ~1 ms request sees each one; new thread ids are counted once.
+    """
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return None
+    run = VARIANTS[variant]
+    seen = set(os.listdir(tasks))
+    found = 0
+    for _ in range(SHUTDOWN_COUNT_REQUESTS):
+        run(target, "echo", 1)
+        now = set(os.listdir(tasks))
+        for tid in now - seen:
+            try:
+                with open(f"{tasks}/{tid}/comm", encoding="ascii") as comm:
+                    found += comm.read().startswith("grpc_shutdown")
+            except OSError:
+                pass  # ended before it could be read
+        seen = now
+    return found
 
 
 def call(channel: Any, workload: str) -> bytes:
@@ -150,8 +191,11 @@ def main() -> int:
     target = f"127.0.0.1:{child.stdout.readline().strip()}"
     results: dict[str, dict[str, list[float]]] = {}
     cpu_results: dict[str, dict[str, list[float]]] = {}
+    shutdowns: dict[str, int | None] = {}
     try:
         for workload in REQUESTS:
+            # echo-warm: an idle channel (never connected) keeps grpc's core initialized.
+            idle = grpc.insecure_channel(target) if workload == "echo-warm" else None
             for variant in VARIANTS:  # warm-up: first channel, reaper, step runner
                 batch(variant, target, workload)
             rounds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -165,6 +209,11 @@ def main() -> int:
                     cpu_rounds[variant].append(cpu)
             results[workload] = rounds
             cpu_results[workload] = cpu_rounds
+            if idle is not None:
+                idle.close()
+                del idle
+        for variant in VARIANTS:
+            shutdowns[variant] = shutdowns_per_1000(variant, target)
     finally:
         child.stdin.write("\n")
         child.stdin.close()
@@ -176,6 +225,7 @@ def main() -> int:
         "loadavg": os.getloadavg(),
         "rounds": args.rounds,
         "workloads": {},
+        "grpc_shutdowns_per_1000_echo": shutdowns,
     }
     for workload, rounds in results.items():
         base = statistics.median(rounds["hand"])
@@ -206,6 +256,10 @@ def main() -> int:
                 f"{row['ratio']:.3f}x   main-thread CPU {row['cpu_us']:7.1f} us "
                 f"(+{row['cpu_us'] - variants['hand']['cpu_us']:.1f})"
             )
+    print(
+        "\ngrpc core teardowns (grpc_shutdown threads) per 1,000 echo requests: "
+        + ", ".join(f"{variant} {count}" for variant, count in shutdowns.items())
+    )
     return 0
 
 
