@@ -82,6 +82,10 @@ class Managed(Generic[T]):
         return self._scope
 
     def __enter__(self) -> T:
+        return self._enter()
+
+    def _enter(self) -> T:
+        """Make the object, register it, hand out its proxy (``__enter__`` and ``__aenter__``)."""
         if self._state != "new":
             raise RuntimeError(
                 f"this managed {self._description} was already entered; "
@@ -92,7 +96,6 @@ class Managed(Generic[T]):
         self._scope = scope
         target = self._factory()
         self._factory = _spent  # drop the factory's closure: it may reference the object
-        self._async_target = _has_async_close(target)
         scope.register(target)
         if self._secrets:
             scope._add_secrets(self._secrets)
@@ -132,7 +135,10 @@ class Managed(Generic[T]):
             self._conclude(exc, _close(self.scope))
 
     async def __aenter__(self) -> T:
-        return self.__enter__()
+        proxy = self._enter()
+        # Only an async block asks how its target closes (a sync one always closes here).
+        self._async_target = _has_async_close(_unwrap(proxy))
+        return proxy
 
     async def __aexit__(
         self,

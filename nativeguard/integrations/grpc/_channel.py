@@ -204,9 +204,6 @@ class _AsyncOnly(Managed[T]):
             "by awaiting it on its event loop); for a plain `with` use managed_channel()"
         )
 
-    async def __aenter__(self) -> T:
-        return Managed.__enter__(self)
-
 
 def managed_aio_channel(
     target: str,
