@@ -614,3 +614,65 @@ def test_a_collection_skipped_by_another_threads_collection_is_retried(monkeypat
         gc.enable()
     assert calls[:2] == [0, 0]  # skipped, then retried
     assert scope.statistics().survivors == 0
+
+
+# -- a release with nothing to do --------------------------------------------------
+
+
+class _Adoptable:
+    """Weak-referenceable and known to no adapter."""
+
+
+def _empty_case_statistics(scope: Scope) -> nativeguard.ScopeStatistics:
+    assert scope.released
+    assert scope.wait_released(0)
+    return scope.statistics()
+
+
+@pytest.mark.parametrize("release", ["inline", "background"])
+def test_an_empty_release_completes_at_once_and_counts_once(release: str) -> None:
+    before = nativeguard.scopes_released()
+    with Scope(release=release) as scope:  # type: ignore[arg-type]
+        pass
+    stats = _empty_case_statistics(scope)
+    assert nativeguard.scopes_released() == before + 1
+    assert (stats.objects_tracked, stats.release_steps_run, stats.survivors) == (0, 0, 0)
+    assert (stats.collections, stats.release_errors, stats.reaper_dropped) == ((), 0, 0)
+    assert stats.release_mode == release
+    assert not stats.deferred
+    assert stats.trim_attempted is False
+    assert stats.trim_available is (_malloc._load().malloc_trim is not None)
+    with pytest.raises(ClosedResourceError):
+        scope.adopt(_Adoptable())
+    scope.close()  # idempotent: nothing counted twice
+    assert nativeguard.scopes_released() == before + 1
+
+
+def test_an_empty_async_release_completes_without_a_thread_hop() -> None:
+    async def main() -> Scope:
+        async with Scope() as scope:
+            pass
+        return scope
+
+    before = nativeguard.scopes_released()
+    scope = asyncio.run(main())
+    assert _empty_case_statistics(scope).objects_tracked == 0
+    assert nativeguard.scopes_released() == before + 1
+
+
+def test_a_release_with_only_an_adopted_object_still_drops_it() -> None:
+    thing = _Adoptable()
+    ref = weakref.ref(thing)
+    with Scope(release="inline") as scope:
+        scope.adopt(thing)
+        del thing
+        assert ref() is not None
+    assert ref() is None
+    assert _empty_case_statistics(scope).objects_adopted == 1
+
+
+def test_an_empty_scope_with_a_trim_threshold_still_trims() -> None:
+    with Scope(release="inline", trim_threshold_bytes=0) as scope:
+        pass
+    stats = _empty_case_statistics(scope)
+    assert stats.trim_attempted is stats.trim_available
