@@ -36,7 +36,10 @@ not nativeguard's code. After the timed rounds, a separate pass counts the
 (``/proc/self/task``; untimed, Linux only).
 
 Per variant: the median of each round's per-request median, the spread
-(lowest-highest round median), and the ratio to ``hand``.
+(lowest-highest round median), and the ratio to ``hand``. Then, for
+``echo``, ``echo-warm`` and ``work5ms``, each variant paired with ``hand``
+request by request (back to back, alternating order; ``_paired.py``): the
+median per-pair ratio and its quartiles, steadier than round medians.
 
 Run: python benchmarks/grpc_release.py [--rounds N] [--json]
 """
@@ -44,6 +47,7 @@ Run: python benchmarks/grpc_release.py [--rounds N] [--json]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -57,6 +61,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from _paired import Paired, paired  # benchmarks/_paired.py (this script's directory)
 
 import nativeguard
 from nativeguard.integrations.grpc import managed_channel
@@ -64,6 +69,7 @@ from nativeguard.integrations.grpc import managed_channel
 SERVICE = "bench.Service"
 REQUESTS = {"echo": 200, "echo-warm": 200, "work5ms": 40, "reused": 200}
 SHUTDOWN_COUNT_REQUESTS = 1000
+PAIRS = {"echo": 600, "echo-warm": 600, "work5ms": 60}
 REUSE = 50
 
 
@@ -192,6 +198,7 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {}
     cpu_results: dict[str, dict[str, list[float]]] = {}
     shutdowns: dict[str, int | None] = {}
+    pair_results: dict[str, dict[str, Paired]] = {}
     try:
         for workload in REQUESTS:
             # echo-warm: an idle channel (never connected) keeps grpc's core initialized.
@@ -209,6 +216,16 @@ def main() -> int:
                     cpu_rounds[variant].append(cpu)
             results[workload] = rounds
             cpu_results[workload] = cpu_rounds
+            if workload in PAIRS:
+                pair_results[workload] = {
+                    variant: paired(
+                        functools.partial(hand, target, workload, 1),
+                        functools.partial(VARIANTS[variant], target, workload, 1),
+                        PAIRS[workload],
+                    )
+                    for variant in VARIANTS
+                    if variant != "hand"
+                }
             if idle is not None:
                 idle.close()
                 del idle
@@ -226,6 +243,10 @@ def main() -> int:
         "rounds": args.rounds,
         "workloads": {},
         "grpc_shutdowns_per_1000_echo": shutdowns,
+        "paired": {
+            workload: {variant: vars(result) for variant, result in found.items()}
+            for workload, found in pair_results.items()
+        },
     }
     for workload, rounds in results.items():
         base = statistics.median(rounds["hand"])
@@ -256,6 +277,10 @@ def main() -> int:
                 f"{row['ratio']:.3f}x   main-thread CPU {row['cpu_us']:7.1f} us "
                 f"(+{row['cpu_us'] - variants['hand']['cpu_us']:.1f})"
             )
+    for workload, found in pair_results.items():
+        print(f"\n{workload}, each variant paired with hand request by request")
+        for variant, result in found.items():
+            print(f"  {variant:<15} {result.describe()}")
     print(
         "\ngrpc core teardowns (grpc_shutdown threads) per 1,000 echo requests: "
         + ", ".join(f"{variant} {count}" for variant, count in shutdowns.items())

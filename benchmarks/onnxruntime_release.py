@@ -6,7 +6,9 @@
    ``del`` the session, ``malloc_trim`` when the free heap grew by the same
    threshold). Medians per round, their spread, and the ratio (target <= 1.05).
    Two model sizes: 16 MiB (a realistic initializer) and a tiny one, where the
-   fixed cost of the machinery shows most.
+   fixed cost of the machinery shows most. Then the same two requests paired,
+   back to back in alternating order, many times (``_paired.py``): the median
+   of the per-pair ratios, steadier than round medians on a shared machine.
 2. RSS after 20 sessions of a 16 MiB model each kept in a reference cycle:
    naive, naive + gc.collect(), guarded; each in a fresh interpreter.
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from _paired import paired  # benchmarks/_paired.py (this script's directory is on sys.path)
 
 from nativeguard.integrations import onnxruntime as ngo
 from nativeguard.integrations.onnxruntime._demo import make_model
@@ -78,7 +81,7 @@ def _round(fn: Callable[[], object], count: int) -> tuple[float, float]:
     return statistics.median(times), statistics.median(cpu)
 
 
-def overhead(path: str, rows: int, rounds: int, per_round: int) -> dict[str, Any]:
+def overhead(path: str, rows: int, rounds: int, per_round: int, pairs: int) -> dict[str, Any]:
     """Interleaved rounds of hand-written and guarded requests: wall and main-thread CPU.
 
     The CPU column (``time.thread_time`` of the requesting thread) is what
@@ -100,7 +103,12 @@ def overhead(path: str, rows: int, rounds: int, per_round: int) -> dict[str, Any
             medians[name].append(wall)
             cpu[name].append(used)
     ratios = [g / h for g, h in zip(medians["guarded"], medians["hand"], strict=True)]
+    gc.collect()
+    pair = paired(
+        functools.partial(hand_written, path, feeds), functools.partial(guarded, path, feeds), pairs
+    )
     return {
+        "paired": pair,
         "hand_ms": statistics.median(medians["hand"]) * 1000,
         "hand_spread_ms": (max(medians["hand"]) - min(medians["hand"])) * 1000,
         "guarded_ms": statistics.median(medians["guarded"]) * 1000,
@@ -117,6 +125,7 @@ TWENTY = """
 import gc, json, sys
 import numpy as np, onnxruntime as ort
 from nativeguard import verify
+from _paired import paired  # benchmarks/_paired.py (this script's directory is on sys.path)
 from nativeguard.integrations import onnxruntime as ngo
 path, mode = sys.argv[1], sys.argv[2]
 x = {"x": np.ones((1, 1024), np.float32)}
@@ -180,7 +189,8 @@ def main() -> None:
             ngo.set_trim_threshold(threshold)
             # A tiny request is ~1 ms: more of them per round for a stable median.
             count = args.per_round if megabytes else args.per_round * 20
-            result = overhead(path, 1024, args.rounds, count)
+            pairs = args.per_round * 6 if megabytes else args.per_round * 150
+            result = overhead(path, 1024, args.rounds, count, pairs)
             ngo.set_trim_threshold(ngo.DEFAULT_TRIM_THRESHOLD_BYTES)
             print(
                 f"{label}: hand-written {result['hand_ms']:.2f} ms "
@@ -189,7 +199,8 @@ def main() -> None:
                 f"{result['ratio_median']:.3f} (min {result['ratio_min']:.3f}, "
                 f"max {result['ratio_max']:.3f}); main-thread CPU per request "
                 f"{result['hand_cpu_us']:.0f} -> {result['guarded_cpu_us']:.0f} us "
-                f"(+{result['guarded_cpu_us'] - result['hand_cpu_us']:.0f} us)"
+                f"(+{result['guarded_cpu_us'] - result['hand_cpu_us']:.0f} us); "
+                f"{result['paired'].describe()}"
             )
         path = str(Path(directory) / "m16.onnx")
         for mode, reading in twenty(path).items():
