@@ -125,7 +125,6 @@ TWENTY = """
 import gc, json, sys
 import numpy as np, onnxruntime as ort
 from nativeguard import verify
-from _paired import paired  # benchmarks/_paired.py (this script's directory is on sys.path)
 from nativeguard.integrations import onnxruntime as ngo
 path, mode = sys.argv[1], sys.argv[2]
 x = {"x": np.ones((1, 1024), np.float32)}
