@@ -9,6 +9,11 @@
    fixed cost of the machinery shows most. Then the same two requests paired,
    back to back in alternating order, many times (``_paired.py``): the median
    of the per-pair ratios, steadier than round medians on a shared machine.
+   With ``--anatomy``, the tiny model's request is also paired with two
+   reduced versions of ``infer`` built from the integration's private pieces
+   (measurement only, not API): the same argument checks, build, run and
+   release step without the Scope around them, and that without the
+   metadata copies (``NodeArg`` -> plain data) too; what each part costs.
 2. RSS after 20 sessions of a 16 MiB model each kept in a reference cycle:
    naive, naive + gc.collect(), guarded; each in a fresh interpreter.
 
@@ -67,6 +72,44 @@ def hand_written(path: str, feeds: dict[str, Any]) -> np.ndarray[Any, Any]:
 
 def guarded(path: str, feeds: dict[str, Any]) -> np.ndarray[Any, Any]:
     return ngo.infer(path, feeds, providers=["CPUExecutionProvider"])["y"]
+
+
+def _without_scope(path: str, feeds: dict[str, Any], copies: bool) -> np.ndarray[Any, Any]:
+    """``infer``'s own work with no Scope around it: checks, build, run, release step.
+
+    ``copies=False`` also builds the session bare (onnxruntime's ``NodeArg``
+    metadata instead of plain copies), counted like ``_build`` counts it.
+    """
+    from nativeguard.integrations.onnxruntime import _api, _release, _table  # noqa: PLC0415
+
+    model, size = _api._checked_model(path)
+    checked = _api._checked_feeds(feeds)
+    if copies:
+        session = _api._build(model, size, None, ["CPUExecutionProvider"], {})
+    else:
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        _table.remember_wrapper(session, size)
+    try:
+        return _api._run(session, checked, None)["y"]
+    finally:
+        _release.release_session(session, 1.0)
+        del session
+
+
+def anatomy(path: str, pairs: int) -> dict[str, Any]:
+    """The tiny request paired with hand-written: infer, and infer without parts of it."""
+    feeds = {"x": np.ones((1, 1024), np.float32)}
+    variants: dict[str, Callable[[], object]] = {
+        "infer": functools.partial(guarded, path, feeds),
+        "without the Scope": functools.partial(_without_scope, path, feeds, True),
+        "without the Scope and the metadata copies": functools.partial(
+            _without_scope, path, feeds, False
+        ),
+    }
+    hand: Callable[[], object] = functools.partial(hand_written, path, feeds)
+    for fn in (hand, *variants.values()):
+        fn()  # warm
+    return {name: paired(hand, fn, pairs) for name, fn in variants.items()}
 
 
 def _round(fn: Callable[[], object], count: int) -> tuple[float, float]:
@@ -168,6 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument(
+        "--anatomy", action="store_true", help="also pair the tiny request with reduced infers"
+    )
     args = parser.parse_args()
     print(
         f"onnxruntime {ort.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}, "
@@ -201,6 +247,11 @@ def main() -> None:
                 f"(+{result['guarded_cpu_us'] - result['hand_cpu_us']:.0f} us); "
                 f"{result['paired'].describe()}"
             )
+        if args.anatomy:
+            tiny = str(Path(directory) / "m0.onnx")
+            ngo.set_trim_threshold(ngo.DEFAULT_TRIM_THRESHOLD_BYTES)
+            for name, result in anatomy(tiny, args.per_round * 150).items():
+                print(f"tiny model, {name}: {result.describe()}")
         path = str(Path(directory) / "m16.onnx")
         for mode, reading in twenty(path).items():
             print(
