@@ -676,8 +676,9 @@ class Scope:
         """
         if self._lock._is_owned() or get_reaper().held_by_caller():  # type: ignore[attr-defined]
             return False
-        if not all(is_quick(finalizer) for finalizer in release.finalizers):
-            return False
+        for finalizer in release.finalizers:
+            if not is_quick(finalizer):
+                return False
         declared = True
         for entry in release.tracked:
             obj = entry()
@@ -696,8 +697,10 @@ class Scope:
             release.adapters[id(entry)] = adapter
             if adapter is None or not adapter.steps:
                 declared = False  # nothing says its drop is cheap: the reaper drops it
-            elif not all(is_quick(step) for step in adapter.steps):
-                return False
+                continue
+            for step in adapter.steps:
+                if not is_quick(step):
+                    return False
         release.quick_drop = declared
         return True
 
@@ -994,7 +997,6 @@ class Scope:
             obj = entry()
             if obj is None:
                 continue
-            context = f"while releasing {entry.type_name}"
             try:
                 adapter = (
                     release.adapters[id(entry)]
@@ -1004,13 +1006,18 @@ class Scope:
             except Exception as exc:
                 adapter = None
                 release.record(
-                    exc, f"{context}: an adapter's predicate raised, so no adapter step ran"
+                    exc,
+                    f"while releasing {entry.type_name}: an adapter's predicate raised, so no "
+                    "adapter step ran",
                 )
             except BaseException as exc:  # KeyboardInterrupt raised in a predicate's code
                 adapter = None
-                release.record(_interrupted_step(exc, f"an adapter's predicate {context}"))
+                release.record(
+                    _interrupted_step(
+                        exc, f"an adapter's predicate while releasing {entry.type_name}"
+                    )
+                )
             steps = adapter.steps if adapter is not None else ()
-            context += f" ({adapter.name if adapter is not None else 'no adapter'})"
             for step in steps:
                 release.steps_run += 1
                 call = _StepCall(
@@ -1028,7 +1035,7 @@ class Scope:
                     release.steps_timed_out += 1
                 del call
                 if error is not None:
-                    release.record(error, context)
+                    release.record(error, _step_context(entry.type_name, adapter))
             try:
                 signals = callbacks_of(obj)
             except Exception as exc:
@@ -1199,6 +1206,11 @@ def _submit_or_run(release: _Release, what: str, fn: Callable[..., None], *args:
 
 
 # -- drivers for the release steps ---------------------------------------------
+
+
+def _step_context(type_name: str, adapter: Adapter | None) -> str:
+    """The note on a failed step: which object, through which adapter (built on failure only)."""
+    return f"while releasing {type_name} ({adapter.name if adapter is not None else 'no adapter'})"
 
 
 def _step_name(step: object) -> str:
