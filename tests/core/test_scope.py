@@ -676,3 +676,55 @@ def test_an_empty_scope_with_a_trim_threshold_still_trims() -> None:
         pass
     stats = _empty_case_statistics(scope)
     assert stats.trim_attempted is stats.trim_available
+
+
+def _adopt_when_told(
+    scope: Scope, box: list[object], go: threading.Event, outcome: list[str]
+) -> None:
+    go.wait()
+    thing = box.pop()  # from here on the only strong reference: this frame's local
+    try:
+        scope.adopt(thing)
+    except ClosedResourceError:
+        outcome.append("refused")
+    else:
+        outcome.append("adopted")
+    del thing
+
+
+def test_an_adopt_racing_an_empty_close_is_either_dropped_or_refused() -> None:
+    """The empty-release shortcut must not lose an object adopted while close() runs."""
+    seen: dict[str, int] = {"refused": 0, "adopted": 0}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # more thread switches: more interleavings of the race
+    try:
+        _race_adopt_and_close(seen)
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(seen.values()) == 300
+    assert seen["adopted"] >= 100  # every third round adopts first
+    assert seen["refused"] >= 1
+
+
+def _race_adopt_and_close(seen: dict[str, int]) -> None:
+    for round_ in range(300):
+        scope = Scope(release="inline")
+        box: list[object] = [_Adoptable()]
+        ref = weakref.ref(box[0])
+        go = threading.Event()
+        outcome: list[str] = []
+        worker = threading.Thread(target=_adopt_when_told, args=(scope, box, go, outcome))
+        worker.start()
+        go.set()
+        if round_ % 3 == 1:
+            worker.join(5)  # adopted before close() starts: the normal path must drop it
+        elif round_ % 3 == 2:
+            time.sleep(0)  # let the two race
+        scope.close()
+        worker.join(5)
+        assert not worker.is_alive()
+        assert len(outcome) == 1
+        seen[outcome[0]] += 1
+        if outcome == ["adopted"]:
+            assert scope.wait_released(5), "a release with an adopted object did not complete"
+        assert ref() is None, f"{outcome}: the object outlived the release and the worker"
