@@ -380,6 +380,31 @@ class Scope:
     a register() it interrupted fails with ClosedResourceError.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_adopted",
+        "_callbacks",
+        "_close_token",
+        "_closed_at",
+        "_deferred_from",
+        "_entered",
+        "_exit_budget_s",
+        "_finalizers",
+        "_index",
+        "_judgement",
+        "_lock",
+        "_pending",
+        "_proxy_state",
+        "_release",
+        "_release_mode",
+        "_released",
+        "_secrets",
+        "_state",
+        "_step_timeout_s",
+        "_tracked",
+        "_trim_threshold_bytes",
+    )
+
     def __init__(
         self,
         *,
