@@ -748,8 +748,8 @@ class Scope:
         _drive_sync(self._release_steps(release))
         _mark_steps_done(release)
         job_start = time.perf_counter()
-        # A list's truth is read atomically; _hold_until appends under the lock, and
-        # one appended after this read is taken (and waited for) by _drop below.
+        # A list's truth is read atomically (_hold_until appends under the lock); one
+        # appended after this read is taken by _drop below and waited for on the reaper.
         if self._pending or self._trim_threshold_bytes is not None or not release.quick_drop:
             # Objects without a quick adapter (a plain object's __del__ may block,
             # or take a lock this thread holds) are dropped where they always were.
@@ -759,9 +759,11 @@ class Scope:
             )
             return
         self._drop(release, None)
-        if any(entry() is not None for entry in release.tracked):
+        if release.pending or any(entry() is not None for entry in release.tracked):
             release.caller_seconds = time.perf_counter() - release.close_started
-            _submit_or_run(release, "scope release (judge)", self._finish, release, job_start)
+            _submit_or_run(
+                release, "scope release (judge)", self._wait_and_finish, release, job_start
+            )
             return
         self._finish(release, job_start)
 
@@ -975,8 +977,14 @@ class Scope:
     ) -> None:
         """Drop the scope's references, wait for overrunning steps, judge, publish."""
         self._drop(release, unsafe_origin)
-        # A step that overran its bound still holds its object; the release is
-        # complete only when it returned and dropped it.
+        self._wait_and_finish(release, job_start)
+
+    def _wait_and_finish(self, release: _Release, job_start: float) -> None:
+        """Wait for what still uses an object (bounded), then judge and publish.
+
+        A step that overran its bound, or a future the scope holds on to, still
+        holds its object; the release is complete only when it is done with it.
+        """
         deadline = time.monotonic() + _PENDING_STEP_WAIT_S
         for future in release.pending:
             concurrent.futures.wait([future], timeout=max(0.0, deadline - time.monotonic()))

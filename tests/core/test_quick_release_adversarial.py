@@ -865,3 +865,58 @@ def test_register_racing_close_on_another_thread_leaks_nothing(mode: str) -> Non
         assert [len(obj.released_on) for obj in accepted] == [1] * len(accepted)
         assert scope.statistics().objects_tracked == len(accepted)
         assert scope.statistics().release_steps_run == len(accepted)
+
+
+# -- a future held on to while the quick path drops ------------------------------
+
+
+def test_a_future_held_after_the_quick_steps_is_waited_for_before_the_judgement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``_hold_until`` from another thread can land between the steps and the drop.
+
+    The thread behind that future still holds the object; the release must
+    judge survivors only once it is done (as the reaper path always did), not
+    count the object as a survivor it cannot collect.
+    """
+    import concurrent.futures
+
+    scope = Scope(release="background")
+    obj = QuickOne()
+    ref = weakref.ref(obj)
+    scope.register(obj)
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    holder_done = threading.Event()
+
+    def holder(held: list[QuickOne]) -> None:
+        time.sleep(0.2)
+        held.clear()  # the SDK call returned: its reference goes
+        holder_done.set()
+        future.set_result(None)
+
+    original = _scope._mark_steps_done
+    calls: list[int] = []
+    workers: list[threading.Thread] = []
+
+    def steps_done_then_held(release: Any) -> None:
+        original(release)
+        calls.append(1)
+        if len(calls) == 2:  # the drop's call: after close() looked for held futures
+            future.set_running_or_notify_cancel()
+            worker = threading.Thread(target=holder, args=([ref()],), daemon=True)
+            workers.append(worker)
+            worker.start()
+            scope._hold_until(future)  # what a helper's wait does, racing the drop
+
+    monkeypatch.setattr(_scope, "_mark_steps_done", steps_done_then_held)
+    del obj
+    scope.close()
+    assert scope.wait_released(5)
+    stats = scope.statistics()
+    assert stats.survivors == 0
+    assert stats.collections == ()
+    assert ref() is None
+    assert holder_done.is_set()
+    assert len(calls) == 2  # the race was staged where it can happen
+    for worker in workers:
+        worker.join(5)
