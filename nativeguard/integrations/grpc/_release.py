@@ -50,35 +50,43 @@ _POLLER_SETTLE_S = 1.0
 
 
 @functools.cache
-def _watch_lines(code: CodeType) -> frozenset[int]:
-    """Lines of ``code`` on which it calls ``watch_connectivity_state`` (the parked poller)."""
-    lines: set[int] = set()
-    in_call = False
-    line: int | None = None
+def _watch_call(code: CodeType) -> range | None:
+    """Offsets of the instruction that calls ``watch_connectivity_state`` in ``code``, or None.
+
+    The call whose result is stored (``event = channel.watch_connectivity_state(...)``):
+    the last ``CALL`` before the first store after the method is looked up, with its
+    inline cache entries (up to the store). A frame whose ``f_lasti`` is in that range is
+    inside the call: for grpc's C watch ``f_lasti`` is the ``CALL`` itself, for a Python
+    callee its last cache entry (Python 3.11). No thread switch happens between starting
+    a ``CALL`` and entering the callee, and grpcio 1.85.4's Cython watch checks the
+    channel and registers its watch before it releases the GIL to block. Being on the
+    call's *lines* is not enough: evaluating its arguments (``time.time() + 0.2``) is on
+    them too, and a close landing then makes the poller watch a closed channel
+    (``ValueError: Cannot monitor channel state: Channel closed!`` in its thread; seen
+    once in a full CI run).
+    """
+    call: int | None = None
+    seen_method = False
     for instruction in dis.get_instructions(code):
-        positions = getattr(instruction, "positions", None)  # Python >= 3.11
-        if positions is not None and positions.lineno is not None:
-            line = positions.lineno
-        elif instruction.starts_line is not None:
-            line = instruction.starts_line
         if instruction.argval == "watch_connectivity_state":
-            in_call = True
-        if in_call:
-            if line is not None:
-                lines.add(line)
-            if instruction.opname.startswith("CALL"):
-                in_call = False
-    return frozenset(lines)
+            seen_method = True
+        elif seen_method and instruction.opname.startswith("CALL"):
+            call = instruction.offset
+        elif seen_method and instruction.opname.startswith("STORE") and call is not None:
+            return range(call, instruction.offset)
+    return None
 
 
 def _poller_busy(state: object) -> bool:
-    """Whether ``state``'s connectivity poller runs anywhere but in its blocking watch."""
+    """Whether ``state``'s connectivity poller runs anywhere but inside its blocking watch."""
     for frame in list(sys._current_frames().values()):
         current: FrameType | None = frame
         while current is not None:
             code = current.f_code
             if code.co_name == "_poll_connectivity" and current.f_locals.get("state") is state:
-                return current.f_lineno not in _watch_lines(code)
+                watching = _watch_call(code)
+                # A grpcio whose poller reads differently: busy until the settle bound.
+                return watching is None or current.f_lasti not in watching
             current = current.f_back
     return False
 

@@ -337,3 +337,65 @@ def test_token_metadata_reaches_the_server_and_leaked_channel_report_masks_it(
     assert wait_for(lambda: grpc_counters() == baseline.counters)
     assert_back_to(baseline)
     assert counts().fds == baseline.fds
+
+
+# -- the connectivity poller, caught between its lines ------------------------------
+
+_POLLER_SOURCE = """
+def _poll_connectivity(state, channel, connectivity, slow):
+    while True:
+        event = channel.watch_connectivity_state(connectivity, slow())
+        if event:
+            return
+"""
+
+
+class _FakeWatchChannel:
+    """Blocks in ``watch_connectivity_state`` until told, like grpc's C watch."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def watch_connectivity_state(self, connectivity: object, deadline: object) -> bool:
+        self.inside.set()
+        self.release.wait(10)
+        return True
+
+
+def test_a_poller_evaluating_its_watch_arguments_is_busy_not_parked() -> None:
+    """Closing while the poller computes ``time.time() + 0.2`` makes it watch a closed channel.
+
+    On the watch call's line but not yet inside the call is busy; only inside it
+    (``f_lasti`` at the call) is parked. The fake poller has grpc's shape: the
+    argument evaluation blocks on an event so the check can look at it there.
+    """
+    from nativeguard.integrations.grpc import _release
+
+    namespace: dict[str, Any] = {}
+    exec(compile(_POLLER_SOURCE, "fake_grpc_channel.py", "exec"), namespace)
+    poll = namespace["_poll_connectivity"]
+    state = object()
+    channel = _FakeWatchChannel()
+    evaluating = threading.Event()
+    go_on = threading.Event()
+
+    def slow() -> float:
+        evaluating.set()
+        go_on.wait(10)
+        return 0.2
+
+    poller = threading.Thread(target=poll, args=(state, channel, "IDLE", slow), daemon=True)
+    poller.start()
+    try:
+        assert evaluating.wait(5)
+        assert _release._poller_busy(state) is True  # on the watch line, in its arguments
+        go_on.set()
+        assert channel.inside.wait(5)
+        assert _release._poller_busy(state) is False  # inside the blocking watch
+    finally:
+        go_on.set()
+        channel.release.set()
+        poller.join(5)
+    assert not poller.is_alive()
+    assert _release._poller_busy(state) is False  # no poller at all
