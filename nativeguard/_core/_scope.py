@@ -661,8 +661,7 @@ class Scope:
             self._state = _DROPPING  # adopt() refuses from here on
         release.on_caller = True
         release.steps_done.set()  # step_errors stays 0: no step ran
-        release.caller_seconds = time.perf_counter() - start
-        self._publish(release, _Judgement((), 0.0, 0, False, 0, None, 0.0, 0))
+        self._finish(release, start)  # nothing to collect or trim: it only publishes
         return True
 
     def _complete_after_interrupt(self, release: _Release, exc: BaseException) -> None:
@@ -1140,14 +1139,8 @@ class Scope:
         """Collect if needed, trim, publish the statistics and wake wait_released()."""
         if release.done.is_set():
             return  # finished already (an interrupt made close() hand the rest over)
-        if any(entry() is not None for entry in release.tracked):
-            generations, gc_seconds, survivors = _collect_until_dead(release.tracked)
-        else:
-            generations, gc_seconds, survivors = (), 0.0, 0  # refcounting freed them all
-        if self._trim_threshold_bytes is None:
-            attempted, trimmed, trim_available = False, 0, None  # statistics() asks glibc
-        else:
-            attempted, trimmed, trim_available = self._trim()
+        generations, gc_seconds, survivors = _collect_until_dead(release.tracked)
+        attempted, trimmed, trim_available = self._trim()
         judgement = _Judgement(
             generations,
             gc_seconds,
@@ -1171,10 +1164,14 @@ class Scope:
         release.done.set()  # the scope's _released
         _count_release()
 
-    def _trim(self) -> tuple[bool, int, bool]:
-        """(attempted, RSS bytes released, available) for the optional heap trim."""
+    def _trim(self) -> tuple[bool, int, bool | None]:
+        """(attempted, RSS bytes released, available) for the optional heap trim.
+
+        Without a threshold nothing is attempted and availability is None:
+        ``statistics()`` asks glibc only if someone reads it.
+        """
         if self._trim_threshold_bytes is None:
-            return False, 0, _trim_available()
+            return False, 0, None
         result = _malloc.trim(self._trim_threshold_bytes)
         return result.attempted, result.rss_released_bytes, result.available
 
