@@ -207,6 +207,17 @@ RELEASE: tuple[tuple[str, Callable[[object], bool], tuple[Callable[[Any, float],
 # -- connectivity callbacks ----------------------------------------------------
 
 
+def _subscribed(channel: Any) -> tuple[Any, list[Any] | None]:
+    """(connectivity state, its callback entries) of a sync channel; entries None if unknown.
+
+    grpcio 1.85.4 keeps them in ``_connectivity_state.callbacks_and_connectivities``.
+    Read without the state's lock: callers that need a consistent copy take it.
+    """
+    state = getattr(channel, "_connectivity_state", None)
+    entries = getattr(state, "callbacks_and_connectivities", None)
+    return state, entries if isinstance(entries, list) else None
+
+
 class ConnectivitySubscriptions:
     """The ``subscribe()`` callbacks of one sync channel, as a slot a Scope disconnects.
 
@@ -222,9 +233,8 @@ class ConnectivitySubscriptions:
         self._channel = channel
 
     def _callbacks(self) -> list[Any]:
-        state = getattr(self._channel, "_connectivity_state", None)
-        entries = getattr(state, "callbacks_and_connectivities", None)
-        if state is None or not isinstance(entries, list):
+        state, entries = _subscribed(self._channel)
+        if entries is None:
             return []
         lock = getattr(state, "lock", None)
         with lock if lock is not None else contextlib.nullcontext():
@@ -259,8 +269,7 @@ def subscriptions(obj: object) -> list[ConnectivitySubscriptions]:
     """
     if not is_sync_channel(obj):
         return []
-    state = getattr(obj, "_connectivity_state", None)
-    entries = getattr(state, "callbacks_and_connectivities", None)
-    if isinstance(entries, list) and not entries:
+    _state, entries = _subscribed(obj)
+    if entries is not None and not entries:
         return []
     return [ConnectivitySubscriptions(obj)]
