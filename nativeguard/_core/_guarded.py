@@ -435,22 +435,19 @@ def _after_success(
     name: str,
     error: ReleaseError | None,
 ) -> Any:
-    if options.on_release is None and not options.strict:
-        if error is not None:
-            box.clear()
-            raise error
-        return box.pop()  # the common case: no statistics are wanted, none are built
-    statistics = _statistics(call, name)
-    if options.on_release is not None:
-        try:
-            options.on_release(statistics)  # its failure is the caller's to see
-        except BaseException:
-            box.clear()
-            raise
     leak: LeakError | None = None
-    if options.strict and statistics.scope is not None and statistics.scope.survivors:
-        report = _survivor_report(call, statistics, returned=box)
-        leak = LeakError(report.summary(), report)
+    # Statistics only for whoever reads them (most calls: nobody).
+    if options.on_release is not None or options.strict:
+        statistics = _statistics(call, name)
+        if options.on_release is not None:
+            try:
+                options.on_release(statistics)  # its failure is the caller's to see
+            except BaseException:
+                box.clear()
+                raise
+        if options.strict and statistics.scope is not None and statistics.scope.survivors:
+            report = _survivor_report(call, statistics, returned=box)
+            leak = LeakError(report.summary(), report)
     if error is not None:
         if leak is not None:
             add_note(error, f"nativeguard: {leak}")
