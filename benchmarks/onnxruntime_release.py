@@ -14,6 +14,9 @@
    (measurement only, not API): the same argument checks, build, run and
    release step without the Scope around them, and that without the
    metadata copies (``NodeArg`` -> plain data) too; what each part costs.
+   It also pairs the hand-written request with itself plus an empty
+   ``Scope``: what the Scope's fixed cost becomes right after native work
+   (compare ``scope_overhead.py``'s ``scope-empty`` row, measured hot).
 2. RSS after 20 sessions of a 16 MiB model each kept in a reference cycle:
    naive, naive + gc.collect(), guarded; each in a fresh interpreter.
 
@@ -40,6 +43,7 @@ import numpy as np
 import onnxruntime as ort
 from _paired import paired  # benchmarks/_paired.py (this script's directory is on sys.path)
 
+import nativeguard
 from nativeguard.integrations import onnxruntime as ngo
 from nativeguard.integrations.onnxruntime._demo import make_model
 from nativeguard.verify import heap_stats, trim
@@ -96,6 +100,13 @@ def _without_scope(path: str, feeds: dict[str, Any], copies: bool) -> np.ndarray
         del session
 
 
+def _with_empty_scope(request: Callable[[], object]) -> object:
+    """An empty ``Scope`` opened and closed, then ``request``: what the Scope costs in place."""
+    with nativeguard.Scope():
+        pass
+    return request()
+
+
 def anatomy(path: str, pairs: int) -> dict[str, Any]:
     """The tiny request paired with hand-written: infer, and infer without parts of it."""
     feeds = {"x": np.ones((1, 1024), np.float32)}
@@ -107,6 +118,9 @@ def anatomy(path: str, pairs: int) -> dict[str, Any]:
         ),
     }
     hand: Callable[[], object] = functools.partial(hand_written, path, feeds)
+    variants["hand-written plus an empty Scope (the Scope's cost in place)"] = functools.partial(
+        _with_empty_scope, hand
+    )
     for fn in (hand, *variants.values()):
         fn()  # warm
     return {name: paired(hand, fn, pairs) for name, fn in variants.items()}
